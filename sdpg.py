@@ -1,0 +1,750 @@
+"""SDPG — Self-Distilled Policy Gradient, in one readable file.
+
+Liu, Zhang, Zhang, Gu. "Self-Distilled Policy Gradient", arXiv 2606.04036 (2026).
+Equation tags E1–E8 refer to SDPG_SPEC.md (the project's restatement of the paper).
+
+One model π_θ, two views. The student sees the problem x; the teacher is the same current
+weights shown x plus privileged context c (the reference answer). Per training step (E8):
+
+  1. sample B prompts with their privileged contexts;
+  2. sample G responses per prompt from the student view (temperature τ);
+  3. verifier rewards R ∈ {0,1} → group-relative advantages A            (E1)
+  4. without gradient: log π_old and log π_ref of the sampled tokens;
+  5. per mini-batch: student forward (grad) + teacher forward (no grad, prompt with c), then
+       L_t = DAPO dual-clip PG                                             (E2)
+           + β(k) · 1[A > 0] · KL(p_student ‖ SG p_teacher) over the vocab (E3, E4, E5)
+           + α · f(log π_θ − log π_ref)                                    (E6)
+     token-mean over the mini-batch (E7), clip grad-norm, AdamW step.
+
+Symbols → names:  π_θ → `logp`,  π_old → `old_logp`,  π_ref → `ref_logp`,  G → `group_size`,
+B → `batch_size`,  A → `advantages`,  τ → `temperature`,  β → `beta`,  α → `alpha`,
+z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`.
+
+Where this file departs from the paper (each is tagged `# [impl]` and numbered in README.md):
+no dynamic sampling and no overlong penalty; the vocabulary projection is chunked over
+response positions and recomputed in backward, so (B, T, V) logits never exist at once;
+with a single update per rollout batch old_logp is the current logp detached (ratio ≡ 1).
+
+Run:
+  python sdpg.py --model tiny --steps 20                # offline, any laptop, minutes
+  python sdpg.py --model Qwen/Qwen2.5-0.5B-Instruct     # GSM8K, one GPU
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: the single source of defaults. Defaults = the single-GPU Qwen2.5-0.5B GSM8K run.
+
+
+@dataclass
+class Config:
+    # -- model and data
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local directory, or `tiny` (built-in, offline)
+    dataset: str = ""  # gsm8k | arithmetic | a .jsonl/.json/.csv/.parquet file; empty: gsm8k (arithmetic for --model tiny)
+    question_field: str = "question"  # column holding the problem x
+    answer_field: str = "answer"  # column holding the ground truth (text after `####` if present)
+    teacher_context: str = "answer"  # privileged context c: `answer` (authors' template) or `solution` (worked solution)
+    max_prompt_length: int = 512  # tokens; a longer student or teacher prompt is an error, never cut
+    # -- E8 sizes
+    steps: int = 200  # T, training steps (rollout batches)
+    batch_size: int = 32  # B, prompts per step
+    group_size: int = 8  # G, responses sampled per prompt
+    mini_batch_size: int = 8  # prompts per optimizer update; B / this = updates per step (E2's clip acts when > 1)
+    micro_batch_size: int = 8  # sequences per forward/backward; memory only, never the result
+    logits_chunk_size: int = 1024  # response positions per vocabulary projection; 0 = all at once (naive)
+    max_new_tokens: int = 512  # maximum response length in tokens
+    temperature: float = 1.0  # τ, sampling temperature; the log-probs and E3 use the same τ
+    # -- optimizer
+    lr: float = 1e-6  # AdamW learning rate (authors: 1e-6)
+    warmup_steps: int = 10  # linear learning-rate warmup, in training steps
+    weight_decay: float = 0.1  # AdamW weight decay (authors: 0.1)
+    max_grad_norm: float = 1.0  # gradient-norm clip (authors: 1.0)
+    # -- E2 outcome loss
+    clip_low: float = 0.2  # ε_low of the PPO ratio clip
+    clip_high: float = 0.28  # ε_high ("clip-higher", DAPO)
+    clip_c: float = 10.0  # c, dual-clip bound for negative advantages
+    no_std_scale: bool = False  # E1 without the division by std (Dr. GRPO)
+    # -- E3–E5 self-distillation
+    beta: float = 0.001  # β_base, weight of the reverse KL to the teacher view; 0 = GRPO/DAPO
+    beta_warmup_steps: int = 0  # T_warm of E5; 0 disables the warmup factor
+    beta_decay_steps: int = 0  # T_decay of E5; 0 disables the decay factor
+    no_gate: bool = False  # apply E3 to every rollout instead of only A > 0 (turns off E4)
+    # -- E6 reference anchor
+    alpha: float = 0.001  # α, weight of the KL anchor to the frozen initial policy; 0 = no reference model
+    kl_mode: str = "urkl"  # E6 integrand: urkl | ufkl | rkl | fkl
+    # -- run
+    seed: int = 0  # seeds python, numpy and torch (GPU sampling is still not bit-exact)
+    output_dir: str = "runs/sdpg"  # config.json, metrics.jsonl, checkpoints
+    save_every: int = 0  # save a checkpoint every N steps; 0 = only the final one
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32
+
+
+def parse_config(argv=None) -> Config:
+    """argparse generated from Config's fields; each field's comment is its --help."""
+    import inspect
+
+    comments = dict(re.findall(r"^\s+(\w+): \w+ = .*?  # (.*)$", inspect.getsource(Config), re.M))
+    parser = argparse.ArgumentParser(description="SDPG: Self-Distilled Policy Gradient (arXiv 2606.04036)",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type is bool:
+            parser.add_argument(flag, action="store_true", help=comments.get(field.name))
+        else:
+            parser.add_argument(flag, type=field.type, default=field.default, help=comments.get(field.name))
+    cfg = Config(**vars(parser.parse_args(argv)))
+    if not cfg.dataset:
+        cfg.dataset = "arithmetic" if cfg.model == "tiny" else "gsm8k"
+    check_config(cfg)
+    return cfg
+
+
+def fail(message: str):
+    """Bad input ends the program with one line naming the problem and the fix, no traceback."""
+    raise SystemExit(f"sdpg: error: {message}")
+
+
+def check_config(cfg: Config):
+    if cfg.group_size < 2:
+        fail(f"--group-size {cfg.group_size}: E1 compares responses within a group, so G must be ≥ 2")
+    if cfg.batch_size < 1 or cfg.mini_batch_size < 1 or cfg.batch_size % cfg.mini_batch_size:
+        fail(f"--batch-size {cfg.batch_size} must be a positive multiple of --mini-batch-size {cfg.mini_batch_size}")
+    if cfg.micro_batch_size < 1 or cfg.max_new_tokens < 1 or cfg.steps < 1 or cfg.logits_chunk_size < 0:
+        fail("--micro-batch-size, --max-new-tokens and --steps must be ≥ 1 and --logits-chunk-size ≥ 0")
+    if cfg.kl_mode not in KL_MODES:
+        fail(f"--kl-mode {cfg.kl_mode!r} is unknown; choose one of {', '.join(KL_MODES)}")
+    if cfg.teacher_context not in ("answer", "solution"):
+        fail(f"--teacher-context {cfg.teacher_context!r} is unknown; choose `answer` or `solution`")
+    if cfg.temperature <= 0:
+        fail("--temperature must be > 0 for on-policy sampling")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and privileged context (spec: "Data and privileged context")
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # Qwen's math prompt
+ANSWER_CONTEXT = ("The correct answer to this problem is: {answer}\n"
+                  "Use this to verify your reasoning, but show your full solution process.")  # authors' template
+SOLUTION_CONTEXT = ("A worked solution to this problem:\n{solution}\n"
+                    "Use this to verify your reasoning, but show your full solution process.")
+
+
+def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
+    """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None)."""
+    if "####" not in text:
+        return text.strip(), None
+    solution, answer = text.rsplit("####", 1)
+    return answer.strip().replace(",", ""), solution.strip()
+
+
+def arithmetic_rows(n: int = 2000, seed: int = 0) -> list[dict]:
+    """Built-in offline task: seeded one- and two-step word problems with worked solutions."""
+    rng = random.Random(seed)
+    names, items = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fay"], ["apples", "books", "coins", "shells"]
+    rows = []
+    for _ in range(n):
+        name, item, a, b, c = rng.choice(names), rng.choice(items), *(rng.randint(2, 20) for _ in range(3))
+        kind = rng.randrange(3)
+        if kind == 0:
+            q, sol, ans = f"{name} has {a} {item} and finds {b} more. How many {item} does {name} have now?", f"{a} + {b} = {a + b}", a + b
+        elif kind == 1:
+            q, sol, ans = f"{name} buys {a} bags with {b} {item} in each bag. How many {item} is that in total?", f"{a} * {b} = {a * b}", a * b
+        else:
+            q = f"{name} has {a + b} {item}, gives away {b}, then gets {c} more. How many {item} does {name} have?"
+            sol, ans = f"{a + b} - {b} = {a}, then {a} + {c} = {a + c}", a + c
+        rows.append({"question": q, "answer": str(ans), "solution": sol})
+    return rows
+
+
+def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
+    """Rows of {question, answer, solution}: gsm8k, arithmetic, math500 or a local file, via `datasets`."""
+    if name == "arithmetic":
+        return arithmetic_rows(seed=0 if split == "train" else 1)
+    import datasets
+
+    if name in ("gsm8k", "math500"):
+        hub_id, config, split = {"gsm8k": ("openai/gsm8k", "main", split),
+                                 "math500": ("HuggingFaceH4/MATH-500", None, "test")}[name]
+        question_field, answer_field = ("question", "answer") if name == "gsm8k" else ("problem", "answer")
+        try:
+            table = datasets.load_dataset(hub_id, config, split=split)
+        except Exception as error:  # offline, gated or renamed: say what to do instead
+            fail(f"could not load {hub_id} ({type(error).__name__}); with no network pass a local file: --dataset rows.jsonl")
+    else:
+        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(os.path.splitext(name)[1])
+        if builder is None:
+            fail(f"--dataset {name!r}: expected gsm8k, arithmetic, math500 or a .jsonl/.json/.csv/.parquet file")
+        if not os.path.isfile(name):
+            fail(f"dataset file {name!r} not found; check the path")
+        try:
+            table = datasets.load_dataset(builder, data_files=name, split="train")
+        except Exception as error:
+            fail(f"could not read {name!r} as {builder}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    for field in (question_field, answer_field):
+        if field not in table.column_names:
+            fail(f"dataset {name!r} has no field {field!r} (fields: {', '.join(table.column_names)}); "
+                 f"pass --question-field/--answer-field")
+    rows = []
+    for row in table:
+        answer, solution = split_gsm8k_answer(str(row[answer_field]))
+        solution = row.get("solution") or solution
+        rows.append({"question": str(row[question_field]), "answer": answer, "solution": solution})
+    if not rows:
+        fail(f"dataset {name!r} is empty")
+    return rows
+
+
+def build_prompt(tokenizer, question: str, context: str | None = None) -> list[int]:
+    """Student prompt x (context None) or teacher prompt (c, x): one user turn, chat template, generation prompt."""
+    content = f"{question}\n{INSTRUCTION}" + (f"\n\n{context}" if context else "")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def privileged_context(row: dict, kind: str) -> str:
+    if kind == "solution":
+        if not row.get("solution"):
+            fail("--teacher-context solution needs a worked solution per row (GSM8K's rationale, a `solution` "
+                 "field, or text before `####`); use --teacher-context answer")
+        return SOLUTION_CONTEXT.format(solution=row["solution"])
+    return ANSWER_CONTEXT.format(answer=row["answer"])
+
+
+def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_length: int) -> list[dict]:
+    """Tokenize both views once; a prompt over the limit is an error (never silently cut the problem)."""
+    for index, row in enumerate(rows):
+        row["prompt_ids"] = build_prompt(tokenizer, row["question"])
+        row["teacher_ids"] = build_prompt(tokenizer, row["question"], privileged_context(row, teacher_context))
+        for view, key in (("student", "prompt_ids"), ("teacher", "teacher_ids")):
+            if len(row[key]) > max_prompt_length:
+                fail(f"row {index}: {view} prompt has {len(row[key])} tokens, over --max-prompt-length "
+                     f"{max_prompt_length}; raise the limit or drop long rows")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Rule-based verifier: 1.0 iff the final answer equals the ground truth
+
+_STRICT, _LOOSE = 1, 2
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last closed \\boxed{...}/\\fbox{...}; one pass with a brace stack, so O(len)."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if not starts:
+        return None
+    closing, stack = {}, []
+    for i, char in enumerate(text):
+        if char == "{":
+            stack.append(i)
+        elif char == "}" and stack:
+            closing[stack.pop()] = i
+    for start in reversed(starts):
+        if start - 1 in closing:
+            return text[start:closing[start - 1]]
+    return None
+
+
+def _find_answer(completion: str) -> tuple[str | None, int]:
+    boxed = _last_boxed(completion)
+    if boxed is not None:
+        return boxed, _STRICT
+    hashes = re.findall(r"####\s*([^\n]+)", completion)
+    if hashes:
+        return hashes[-1], _STRICT
+    stated = re.findall(r"answer(?: is|:)\s*:?\s*([^\n]*?)(?:\.\s|\.?$|\n)", completion, re.I | re.M)
+    if stated and stated[-1].strip():
+        return stated[-1], _STRICT
+    numbers = re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?", completion)
+    return (numbers[-1], _LOOSE) if numbers else (None, 0)
+
+
+def extract_answer(completion: str) -> str | None:
+    """Final answer: last \\boxed{}, else `#### x`, else "answer is x"/"Answer: x", else the last number."""
+    try:
+        return _find_answer(completion)[0]
+    except Exception:  # never let a hostile completion crash training
+        return None
+
+
+def has_answer_format(completion: str) -> bool:
+    """A boxed / `####` / "answer is" answer, not just a stray last number (logged as `format_rate`)."""
+    try:
+        return _find_answer(completion)[1] == _STRICT
+    except Exception:
+        return False
+
+
+def normalize_answer(text: str) -> str:
+    """Strip LaTeX decoration, units, currency, percent and thousands commas; `x = 4` → `4`."""
+    text = text.strip()
+    for old, new in (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\$", ""),
+                     ("$", ""), ("\\%", ""), ("%", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("^\\circ", ""),
+                     ("^{\\circ}", ""), ("°", "")):
+        text = text.replace(old, new)
+    text = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"^[a-zA-Z]\w*\s*=\s*", "", text.strip()).strip().rstrip(".").strip()
+    unit = re.fullmatch(r"(-?[\d.,]+(?:/\d+)?)\s*(?:[a-zA-Z]{2,}\.?\s*)+", text)  # "18 dollars" → 18
+    if unit:
+        text = unit.group(1)
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+        text = text.replace(",", "")
+    return re.sub(r"\s+", "", text)
+
+
+def parse_number(text: str) -> Fraction | None:
+    """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
+    if len(text) > 100:  # no giant ints (Python refuses > 4300 digits anyway)
+        return None
+    match = re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", text) or re.fullmatch(r"(-?)(-?[\d.]+)/(-?[\d.]+)", text)
+    try:
+        if match:
+            value = Fraction(match.group(2)) / Fraction(match.group(3))
+            return -value if match.group(1) else value
+        return Fraction(text) if re.fullmatch(r"-?\d*\.?\d+", text) else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def verify(completion: str, answer: str) -> float:
+    """Rule-based reward R ∈ {0, 1}: numeric equality when both parse as numbers, else normalized strings."""
+    try:
+        predicted = extract_answer(completion)
+        if predicted is None:
+            return 0.0
+        predicted, answer = normalize_answer(predicted), normalize_answer(str(answer))
+        predicted_value, answer_value = parse_number(predicted), parse_number(answer)
+        if predicted_value is not None and answer_value is not None:
+            return float(predicted_value == answer_value)
+        return float(predicted != "" and predicted == answer)
+    except Exception:
+        return 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and rollouts (E8 steps 1–2)
+
+
+def build_tiny_model(seed: int = 0):
+    """A small random Qwen2ForCausalLM with a character-level ChatML tokenizer, built offline."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # the ids' roles match Qwen's (pad, chat, eos)
+    vocab = {token: i for i, token in enumerate(specials + [chr(c) for c in range(32, 127)] + ["\n"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = (  # Qwen2.5's template shape, default system message included
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0])
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = [2, 0], 0
+    return model, tokenizer
+
+
+def load_model(name: str, seed: int = 0):
+    """(model, tokenizer) from `tiny`, a local directory or a hub id; weights in float32 for AdamW."""
+    if name == "tiny":
+        return build_tiny_model(seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        where = "is not a local directory and could not be fetched from the Hugging Face Hub"
+        fail(f"model {name!r} {where} ({type(error).__name__}); check the id or path, or use --model tiny")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    return sorted(ids | {tokenizer.eos_token_id})
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts are left-padded so every response starts at the same column."""
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences], device=device)  # (N, P)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+    return ids, mask
+
+
+def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 up to and including the first EOS, 0 after; built from EOS, not `!= pad` (Qwen's pad IS an EOS)."""
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (N, T)
+    eos_seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~eos_seen_before).long()
+
+
+@torch.no_grad()
+def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast):
+    """G samples per prompt with KV cache; pure temperature sampling, so the log-probs are on-policy."""
+    from transformers import GenerationConfig
+
+    # [impl] a fresh GenerationConfig: the checkpoint's top_k/top_p/repetition_penalty would make the
+    # sampling distribution differ from the π_θ that E2 and E3 assume.
+    generation = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                                  eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True)
+    with autocast:
+        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation)
+    response_ids = output[:, prompt_ids.shape[1]:]  # (N, T), right-padded with pad after EOS
+    return response_ids, response_mask_from_eos(response_ids, eos_ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probs and the teacher view (E3's inputs)
+
+
+def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask):
+    """Final hidden states at the positions that predict each response token: (B, T, H)."""
+    ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T): [pad…, prompt, response, pad…]
+    mask = torch.cat([prompt_mask, response_mask], dim=1)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift RoPE positions
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    prompt_length, response_length = prompt_ids.shape[1], response_ids.shape[1]
+    return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
+
+
+def _chunk_stats(lm_head, temperature, student_hidden, teacher_hidden, tokens):
+    """Vocabulary projection + log-softmax + E3 for one chunk of positions: (N,) logp, KL, entropy."""
+    student_logits = lm_head(student_hidden).float() / temperature  # (N, V), the only place V appears
+    log_probs = student_logits.log_softmax(dim=-1)
+    logp = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
+    if teacher_hidden is None:
+        return logp, torch.zeros_like(logp), entropy
+    with torch.no_grad():  # SG: the teacher view gets no gradient, not even through the shared lm_head
+        teacher_logits = lm_head(teacher_hidden).float() / temperature
+    return logp, opd_kl(student_logits, teacher_logits), entropy
+
+
+def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
+                   temperature=1.0, chunk_size=1024, with_entropy=False):
+    """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
+
+    Prompts left-padded, responses right-padded; both outputs are zero where response_mask is 0.
+    teacher_ids None → kl is None (β = 0: no teacher forward). The vocabulary projection runs on at
+    most `chunk_size` response positions at a time and is recomputed in backward, so (B, T, V)
+    logits never exist (`chunk_size=0`: all positions at once, no recompute).
+    """
+    valid = response_mask.bool()  # (B, T)
+    student_hidden = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)[valid]  # (N, H)
+    teacher_hidden = None
+    if teacher_ids is not None:
+        with torch.no_grad():
+            teacher_hidden = _response_hidden(model, teacher_ids, teacher_mask, response_ids, response_mask)[valid]
+    lm_head, tokens = model.get_output_embeddings(), response_ids[valid]  # (N,)
+    size = chunk_size or max(len(tokens), 1)
+    pieces = [(student_hidden.new_zeros(0, dtype=torch.float32),) * 3]  # keeps torch.cat valid when no position is valid
+    for start in range(0, len(tokens), size):
+        chunk = slice(start, start + size)
+        args = (lm_head, temperature, student_hidden[chunk],
+                None if teacher_hidden is None else teacher_hidden[chunk], tokens[chunk])
+        if chunk_size and torch.is_grad_enabled():  # [impl] recompute in backward: memory ∝ H, not V
+            pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
+        else:
+            pieces.append(_chunk_stats(*args))
+    zeros = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)  # (B, T)
+    logp, kl, entropy = (zeros.masked_scatter(valid, torch.cat(column).float()) for column in zip(*pieces))
+    outputs = (logp, kl if teacher_ids is not None else None)
+    return outputs + (entropy,) if with_entropy else outputs
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages (E1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1); scale_std=False: A_i = R_i − mean_G R (Dr. GRPO)."""
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"need group_size ≥ 2 dividing {rewards.numel()} rewards, got {group_size}")
+    groups = rewards.float().view(-1, group_size)  # (num_prompts, G), groups contiguous
+    centered = groups - groups.mean(dim=1, keepdim=True)
+    if scale_std:
+        centered = centered / (groups.std(dim=1, keepdim=True) + eps)  # sample std; all-equal group → 0/ε = 0
+    return centered.view(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (E2–E7)
+
+
+def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=10.0):
+    """Per-token DAPO dual-clip surrogate   (E2)
+
+    r = exp(logp − old_logp);  l = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high));  A < 0: l = min(l, −A·c)
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    return torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
+
+
+def opd_kl(student_logits, teacher_logits, temperature=1.0):
+    """ℓ = Σ_v p(v) (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3)
+
+    Exact over the last (vocabulary) dim, in float32 or wider; the teacher is detached here.
+    """
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    log_p = (student_logits.to(dtype) / temperature).log_softmax(dim=-1)
+    log_q = (teacher_logits.detach().to(dtype) / temperature).log_softmax(dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
+    """β(k) = β_base · min(1, k/T_warm) · min(1, (T−k)/T_decay); a zero T_· disables its factor   (E5)"""
+    warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    decay = max(0.0, min(1.0, (total_steps - step) / decay_steps)) if decay_steps > 0 else 1.0
+    return beta * warm * decay
+
+
+KL_MODES = ("urkl", "ufkl", "rkl", "fkl")
+
+
+def ref_kl(logp, ref_logp, mode="urkl"):
+    """E6 integrand f(log w), log w = logp − ref_logp:  urkl ½(log w)²,  ufkl e^(−log w) + log w,
+    rkl ½(log w + 1)²,  fkl e^(−log w)."""
+    log_w = logp - ref_logp
+    if mode == "urkl":
+        return 0.5 * log_w**2
+    if mode == "ufkl":
+        return torch.exp(-log_w) + log_w
+    if mode == "rkl":
+        return 0.5 * (log_w + 1) ** 2
+    if mode == "fkl":
+        return torch.exp(-log_w)
+    raise ValueError(f"unknown kl mode {mode!r}; valid modes: {', '.join(KL_MODES)}")
+
+
+def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", positive_only=True,
+              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None):
+    """L = Σ_t mask · [E2 + β · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens   (E7, gate E4)
+
+    logp/old_logp/ref_logp/kl/mask: (B, T); advantages: (B,). ref_logp/kl may be None when α/β is 0.
+    num_tokens: the whole mini-batch's token count under gradient accumulation (default mask.sum()).
+    Returns (loss, metrics); metrics are token means over this call's mask, as plain floats.
+    """
+    mask = mask.float()
+    num_tokens = mask.sum() if num_tokens is None else num_tokens
+    token_advantages = advantages[:, None].expand_as(logp)  # (B, T), A_i broadcast to every token
+    pg = clipped_pg_loss(logp, old_logp, token_advantages, clip_low, clip_high, clip_c)
+    gate = (advantages > 0).float() if positive_only else torch.ones_like(advantages)  # (B,)   E4
+    kl = torch.zeros_like(logp) if kl is None else kl.clamp(max=20.0)  # authors' safety valve
+    anchor = torch.zeros_like(logp) if ref_logp is None else ref_kl(logp, ref_logp, kl_mode)
+    per_token = pg + beta * gate[:, None] * kl + alpha * anchor
+    loss = (per_token * mask).sum() / num_tokens
+
+    with torch.no_grad():
+        ratio = torch.exp(logp - old_logp)
+        low_clipped = (token_advantages < 0) & (ratio < 1 - clip_low)
+        high_clipped = (token_advantages > 0) & (ratio > 1 + clip_high)
+        dual_clipped = (token_advantages < 0) & (ratio > clip_c)  # −A·r > −A·c exactly when r > c
+        tokens = mask.sum().clamp(min=1)
+        mean = lambda x: (x.float() * mask).sum() / tokens  # noqa: E731
+        values = torch.stack([mean(pg), mean(kl), mean(anchor), mean(low_clipped | high_clipped), mean(dual_clipped),
+                              mean(gate[:, None].expand_as(mask))]).tolist()
+    return loss, dict(zip(["pg_loss", "opd_kl", "ref_kl", "clip_frac", "dual_clip_frac", "gate_frac"], values))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training (E8)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return torch.device(name)
+
+
+def make_autocast(device: torch.device, dtype_name: str):
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
+             "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype_name)
+    if dtype is None:
+        fail(f"--dtype {dtype_name!r} is unknown; choose auto, bfloat16 or float32")
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def micro_batches(batch: dict, indices: list[int], size: int):
+    """Slices of a mini-batch with the columns that are padding in every row trimmed away."""
+    for start in range(0, len(indices), size):
+        rows = torch.tensor(indices[start:start + size])
+        micro = {key: value[rows.to(value.device)] for key, value in batch.items()}
+        for ids, mask, side in (("prompt_ids", "prompt_mask", "left"), ("teacher_ids", "teacher_mask", "left"),
+                                ("response_ids", "response_mask", "right")):
+            used = micro[mask].any(dim=0).nonzero().squeeze(-1)
+            keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
+            for key in [ids, mask] + (["old_logp", "ref_logp"] if side == "right" else []):
+                if key in micro:
+                    micro[key] = micro[key][:, keep]
+        yield micro
+
+
+@torch.no_grad()
+def sampled_logp(policy, batch: dict, indices: list[int], cfg: Config, autocast) -> torch.Tensor:
+    """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
+    width, pieces = batch["response_ids"].shape[1], []
+    for micro in micro_batches(batch, indices, cfg.micro_batch_size):
+        with autocast:
+            logp, _ = response_stats(policy, micro["prompt_ids"], micro["prompt_mask"], None, None, micro["response_ids"],
+                                     micro["response_mask"], cfg.temperature, cfg.logits_chunk_size)
+        pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
+    return torch.cat(pieces)
+
+
+def save_checkpoint(model, tokenizer, path: str):
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def main(cfg: Config) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    autocast = make_autocast(device, cfg.dtype)
+    model, tokenizer = load_model(cfg.model, cfg.seed)
+    rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
+                         cfg.teacher_context, cfg.max_prompt_length)
+    model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
+    reference = None
+    if cfg.alpha > 0:  # π_ref: the frozen initial weights (E6)
+        reference = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+    metrics_file = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "w")
+    order, history = [], []
+    updates_per_step = cfg.batch_size // cfg.mini_batch_size
+    shuffler = random.Random(cfg.seed)
+
+    progress = tqdm(range(cfg.steps), desc="sdpg", dynamic_ncols=True)
+    for step in progress:
+        started = time.time()
+        # 1. sample B prompts with their privileged contexts (epochs reshuffled)
+        if len(order) < cfg.batch_size:
+            order += shuffler.sample(range(len(rows)), len(rows))
+        batch_rows, order = [rows[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
+        per_sequence = [row for row in batch_rows for _ in range(cfg.group_size)]  # groups contiguous
+        prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in per_sequence], pad_id, device)  # (B*G, P)
+        teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
+
+        # 2. G responses per prompt from the student view
+        response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
+                                                       cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
+
+        # 3. verifier rewards → advantages (E1)
+        completions = tokenizer.batch_decode(response_ids * response_mask + pad_id * (1 - response_mask), skip_special_tokens=True)
+        rewards = torch.tensor([verify(c, row["answer"]) for c, row in zip(completions, per_sequence)], device=device)
+        advantages = group_advantages(rewards, cfg.group_size, scale_std=not cfg.no_std_scale)  # (B*G,)
+        batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
+                     response_ids=response_ids, response_mask=response_mask, advantages=advantages)
+
+        # 4. without gradient: log π_old (only needed when several updates share a batch) and log π_ref
+        all_rows = list(range(len(per_sequence)))
+        if updates_per_step > 1:
+            batch["old_logp"] = sampled_logp(model, batch, all_rows, cfg, autocast)
+        if reference is not None:
+            batch["ref_logp"] = sampled_logp(reference, batch, all_rows, cfg, autocast)
+
+        # 5. mini-batch updates: student + teacher forward, E7, backward, clip, AdamW
+        beta = beta_schedule(step, cfg.steps, cfg.beta, cfg.beta_warmup_steps, cfg.beta_decay_steps)  # E5
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums, grad_norms, total_tokens = {}, [], response_mask.sum().item()
+        sequences_per_update = cfg.mini_batch_size * cfg.group_size
+        for update in range(updates_per_step):
+            indices = all_rows[update * sequences_per_update:(update + 1) * sequences_per_update]
+            num_tokens = response_mask[indices].sum().clamp(min=1)  # E7: divisor of the whole mini-batch
+            for micro in micro_batches(batch, indices, cfg.micro_batch_size):
+                with autocast:
+                    logp, kl, entropy = response_stats(
+                        model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
+                        micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
+                        cfg.logits_chunk_size, with_entropy=True)
+                # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
+                old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
+                loss, metrics = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
+                                          beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, positive_only=not cfg.no_gate,
+                                          clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens)
+                loss.backward()
+                weight = micro["response_mask"].sum().item() / total_tokens  # token-weighted step means
+                metrics.update(entropy=(entropy.sum() / micro["response_mask"].sum()).item(),
+                               loss=loss.item() * num_tokens.item() / total_tokens)
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + (value if key == "loss" else weight * value)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if not (math.isfinite(sums["loss"]) and torch.isfinite(grad_norm)):
+                fail(f"non-finite loss or gradient at step {step}; weights not updated, the last checkpoint in "
+                     f"{cfg.output_dir} is kept; try a lower --lr")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            grad_norms.append(grad_norm.item())
+
+        # log one line per step, averaged over the whole step
+        record = dict(step=step, reward=rewards.mean().item(),
+                      format_rate=sum(map(has_answer_format, completions)) / len(completions),
+                      frac_zero_std=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item(),
+                      **{key: sums[key] for key in ("loss", "pg_loss", "opd_kl", "ref_kl", "entropy")},
+                      response_len=response_mask.sum(dim=1).float().mean().item(), beta=beta, lr=lr,
+                      grad_norm=sum(grad_norms) / len(grad_norms),
+                      **{key: sums[key] for key in ("clip_frac", "dual_clip_frac", "gate_frac")},
+                      step_time=time.time() - started)
+        history.append(record)
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        progress.set_postfix(reward=f"{record['reward']:.3f}", opd_kl=f"{record['opd_kl']:.4f}",
+                             ref_kl=f"{record['ref_kl']:.2e}", len=f"{record['response_len']:.0f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step + 1}"))
+    metrics_file.close()
+    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, "final"))
+    return history
+
+
+if __name__ == "__main__":
+    main(parse_config())
