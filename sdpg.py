@@ -300,6 +300,8 @@ def normalize_answer(text: str) -> str:
                      ("^{\\circ}", ""), ("°", "")):
         text = text.replace(old, new)
     text = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", text)
+    while re.fullmatch(r"\{[^{}]*\}", text):  # {5} → 5
+        text = text[1:-1]
     text = re.sub(r"^[a-zA-Z]\w*\s*=\s*", "", text.strip()).strip().rstrip(".").strip()
     unit = re.fullmatch(r"(-?[\d.,]+(?:/\d+)?)\s*(?:[a-zA-Z]{2,}\.?\s*)+", text)  # "18 dollars" → 18
     if unit:
@@ -358,10 +360,10 @@ def build_tiny_model(seed: int = 0):
         "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # initializer_range 0.1 (not 0.02): far enough from uniform that the views differ
     config = Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0])
+                         tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0])
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = [2, 0], 0
     return model, tokenizer

@@ -1,0 +1,673 @@
+"""Tests for sdpg.py: every equation against an independent computation, the loop end to end.
+
+Offline and on CPU: a tiny random Qwen2ForCausalLM with a locally built tokenizer stands in for
+Qwen2.5. Sections follow sdpg.py; each docstring names the spec tag (SDPG_SPEC.md) it checks.
+Run:  python -m pytest -q test_sdpg.py
+"""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import pytest
+import torch
+
+import sdpg
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier
+
+
+VERIFIER_CASES = [
+    # boxed answers
+    ("so the total is \\boxed{72}", "72", 1.0),
+    ("\\boxed{72}", "73", 0.0),
+    ("first \\boxed{3} then corrected: \\boxed{5}", "5", 1.0),
+    ("first \\boxed{5} then corrected: \\boxed{3}", "5", 0.0),
+    ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
+    ("\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{\\tfrac12}", "0.5", 1.0),
+    ("\\boxed{3/4}", "\\frac{3}{4}", 1.0),
+    ("\\boxed{7.0}", "7", 1.0),
+    ("\\boxed{7.5}", "7", 0.0),
+    ("\\boxed{-12}", "-12", 1.0),
+    ("\\boxed{12}", "-12", 0.0),
+    ("\\boxed{-\\frac{2}{3}}", "-2/3", 1.0),
+    ("\\boxed{1,000}", "1000", 1.0),
+    ("\\boxed{1,234,567}", "1234567", 1.0),
+    ("\\boxed{\\$18}", "18", 1.0),
+    ("$\\boxed{18}$ dollars", "18", 1.0),
+    ("\\boxed{18 \\text{ dollars}}", "18", 1.0),
+    ("\\boxed{25\\%}", "25", 1.0),
+    ("\\boxed{25%}", "25", 1.0),
+    ("\\boxed{\\text{B}}", "B", 1.0),
+    ("\\boxed{(3, 4)}", "(3,4)", 1.0),
+    ("\\boxed{\\left(3, 4\\right)}", "(3,4)", 1.0),
+    ("\\boxed{x = 4}", "4", 1.0),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}", 1.0),
+    ("\\boxed{{5}}", "5", 1.0),
+    ("\\boxed {42}", "42", 1.0),
+    ("\\fbox{9}", "9", 1.0),
+    ("\\boxed{}", "0", 0.0),
+    # GSM8K style and stated answers
+    ("48/2 = 24\n#### 24", "24", 1.0),
+    ("#### 1,080", "1080", 1.0),
+    ("The answer is 42.", "42", 1.0),
+    ("The answer is 42 apples.", "42", 1.0),
+    ("Answer: 17", "17", 1.0),
+    ("So the final answer is $3.50.", "3.5", 1.0),
+    ("The answer is 41.", "42", 0.0),
+    # last number fallback
+    ("She has 3 apples, then 5 more, so 8", "8", 1.0),
+    ("Costs went from 10 to 12 to -3", "-3", 1.0),
+    ("The total is 2,500 meters", "2500", 1.0),
+    ("I think it is 7 or maybe 9", "7", 0.0),
+    # nothing to find, garbage, hostile
+    ("", "5", 0.0),
+    ("I don't know.", "5", 0.0),
+    ("}}}{{{\\boxed{", "5", 0.0),
+    ("\\boxed{5", "5", 1.0),  # unclosed box: falls back to the last number
+    ("\x00\xff\u202e 5 \ud7ff", "5", 1.0),
+    ("\\boxed{nan}", "nan", 1.0),
+    ("\\boxed{1e400}", "1", 0.0),
+    ("1" * 5000, "1" * 5000, 1.0),
+    ("\\boxed{abc}", "ABC", 0.0),
+]
+
+
+@pytest.mark.parametrize("completion, answer, expected", VERIFIER_CASES)
+def test_verifier_scores_completion_against_ground_truth(completion, answer, expected):
+    """Verifier: last \\boxed{} / #### / 'answer is' / last number, normalized, numeric when possible."""
+    assert sdpg.verify(completion, answer) == expected
+
+
+@pytest.mark.parametrize("completion, extracted", [
+    ("a \\boxed{1} b \\boxed{\\frac{a}{b}}", "\\frac{a}{b}"),
+    ("#### 5\n", "5"),
+    ("Answer: x = 3", "x = 3"),
+    ("no digits here", None),
+    ("", None),
+])
+def test_extract_answer_returns_the_final_answer_text(completion, extracted):
+    assert sdpg.extract_answer(completion) == extracted
+
+
+@pytest.mark.parametrize("hostile", [
+    "9" * 200_000,
+    "\\boxed{" * 20_000,
+    "\\boxed{" * 20_000 + "1" + "}" * 19_999,
+    "{" * 100_000 + "answer is " * 10_000,
+    ("1," * 100_000) + "x",
+])
+def test_verifier_is_linear_time_and_never_raises_on_hostile_input(hostile):
+    """A quadratic scan or a backtracking regex would take minutes here; the bound only guards that."""
+    started = time.perf_counter()
+    assert sdpg.verify(hostile, "1") in (0.0, 1.0)
+    sdpg.extract_answer(hostile)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_verifier_never_evaluates_expressions():
+    """`eval` would turn `2+3` into 5; the verifier compares text, not code."""
+    assert sdpg.verify("\\boxed{2+3}", "5") == 0.0
+    assert sdpg.verify("\\boxed{__import__('os')}", "0") == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# E1 advantages
+
+
+def test_e1_advantages_by_hand_for_one_success_in_four():
+    """E1: R = [1,0,0,0] → mean 0.25, sample std 0.5 → A = [1.5, −0.5, −0.5, −0.5]."""
+    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4)
+    torch.testing.assert_close(advantages, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5, rtol=0)
+
+
+def test_e1_all_equal_groups_get_zero_advantage_not_nan():
+    """E1: std = 0 → A = 0/ε = 0, never NaN."""
+    advantages = sdpg.group_advantages(torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0]), group_size=4)
+    assert torch.equal(advantages, torch.zeros(8))
+
+
+def test_e1_groups_are_normalized_independently():
+    """E1: each contiguous group uses its own mean and std; other groups do not leak in."""
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
+    together = sdpg.group_advantages(rewards, group_size=4)
+    apart = torch.cat([sdpg.group_advantages(rewards[:4], 4), sdpg.group_advantages(rewards[4:], 4)])
+    torch.testing.assert_close(together, apart)
+    torch.testing.assert_close(together[4:], torch.tensor([1.0, 1, -1, -1]) * 0.5 / (0.5773503 + 1e-6), atol=1e-5, rtol=0)
+
+
+def test_e1_dr_grpo_switch_only_centers():
+    """E1 with the division turned off: A = R − mean."""
+    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, scale_std=False)
+    torch.testing.assert_close(advantages, torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+def test_e1_rejects_group_size_one():
+    with pytest.raises(ValueError, match="group_size"):
+        sdpg.group_advantages(torch.tensor([1.0, 0.0]), group_size=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# E3 exact reverse KL
+
+
+def brute_force_kl(student_logits, teacher_logits):
+    """Σ_v p(v)(log p(v) − log q(v)) by an explicit float64 loop over the vocabulary."""
+    student, teacher = student_logits.double(), teacher_logits.double()
+    out = torch.zeros(student.shape[:-1], dtype=torch.float64)
+    for index in itertools.product(*map(range, student.shape[:-1])):
+        log_zp, log_zq = torch.logsumexp(student[index], 0), torch.logsumexp(teacher[index], 0)
+        total = 0.0
+        for v in range(student.shape[-1]):
+            log_p, log_q = student[index][v] - log_zp, teacher[index][v] - log_zq
+            total += torch.exp(log_p) * (log_p - log_q)
+        out[index] = total
+    return out
+
+
+def test_e3_matches_a_float64_loop_over_the_vocabulary():
+    """E3: opd_kl equals the brute-force sum, including with a temperature."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 17) * 3, torch.randn(2, 3, 17) * 3
+    torch.testing.assert_close(sdpg.opd_kl(student, teacher).double(), brute_force_kl(student, teacher), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpg.opd_kl(student, teacher, temperature=0.7).double(),
+                               brute_force_kl(student / 0.7, teacher / 0.7), atol=1e-5, rtol=1e-5)
+
+
+def test_e3_is_nonnegative_and_zero_exactly_when_teacher_equals_student():
+    """E3: KL ≥ 0; KL = 0 iff p = q (shifting logits by a constant leaves p unchanged)."""
+    torch.manual_seed(1)
+    student = torch.randn(64, 50, dtype=torch.float64)
+    assert (sdpg.opd_kl(student, torch.randn(64, 50, dtype=torch.float64)) > 0).all()
+    torch.testing.assert_close(sdpg.opd_kl(student, student + 3.0), torch.zeros(64, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_e3_gradient_is_the_centered_log_ratio_policy_gradient():
+    """E3: ∂ℓ/∂z = (1/τ) p ⊙ (log p − log q − ℓ), analytic and against central finite differences."""
+    torch.manual_seed(2)
+    temperature = 0.8
+    student = torch.randn(4, 11, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(4, 11, dtype=torch.float64)
+    kl = sdpg.opd_kl(student, teacher, temperature)
+    (gradient,) = torch.autograd.grad(kl.sum(), student)
+    log_p, log_q = (student / temperature).log_softmax(-1), (teacher / temperature).log_softmax(-1)
+    analytic = log_p.exp() * (log_p - log_q - kl[:, None]) / temperature
+    torch.testing.assert_close(gradient, analytic.detach(), atol=1e-10, rtol=1e-8)
+    assert torch.autograd.gradcheck(lambda z: sdpg.opd_kl(z, teacher, temperature), (student,))
+
+
+def test_e3_sends_no_gradient_to_the_teacher_logits():
+    """E3's SG: the teacher logits never receive gradient, even if they require it."""
+    student = torch.randn(3, 9, requires_grad=True)
+    teacher = torch.randn(3, 9, requires_grad=True)
+    sdpg.opd_kl(student, teacher).sum().backward()
+    assert teacher.grad is None and student.grad is not None
+
+
+def test_e3_bfloat16_input_is_computed_in_float32():
+    """E3 with bf16 logits: float32 result, close to the float64 reference of the same bf16 values."""
+    torch.manual_seed(3)
+    student, teacher = (torch.randn(5, 1000) * 4).bfloat16(), (torch.randn(5, 1000) * 4).bfloat16()
+    kl = sdpg.opd_kl(student, teacher)
+    assert kl.dtype == torch.float32
+    reference = sdpg.opd_kl(student.double(), teacher.double())
+    torch.testing.assert_close(kl.double(), reference, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# E2 dual-clip policy gradient
+
+
+def pg(ratio, advantage, **kw):
+    logp = torch.log(torch.tensor([ratio], dtype=torch.float64))
+    return sdpg.clipped_pg_loss(logp, torch.zeros(1, dtype=torch.float64), torch.tensor([advantage], dtype=torch.float64), **kw).item()
+
+
+@pytest.mark.parametrize("ratio, advantage, expected", [
+    (1.1, 2.0, -2.2),    # A > 0, inside [0.8, 1.28]: −A·r
+    (1.5, 2.0, -2.56),   # A > 0, above 1 + ε_high: −A·1.28 (clipped, no gradient)
+    (0.5, 2.0, -1.0),    # A > 0, below 1 − ε_low: max(−1.0, −1.6) = −A·r
+    (1.1, -2.0, 2.2),    # A < 0, inside: −A·r
+    (0.5, -2.0, 1.6),    # A < 0, below 1 − ε_low: −A·0.8 (clipped)
+    (3.0, -2.0, 6.0),    # A < 0, large ratio: −A·r, still under the dual clip
+    (50.0, -2.0, 20.0),  # A < 0, r > c: dual clip at −A·c = 20
+    (50.0, 0.0, 0.0),    # A = 0: no signal whatever the ratio
+])
+def test_e2_dual_clip_surrogate_by_hand(ratio, advantage, expected):
+    """E2: l = max(−A r, −A clip(r, 0.8, 1.28)); A < 0 → min(l, −A c), c = 10."""
+    assert pg(ratio, advantage) == pytest.approx(expected, rel=1e-9)
+
+
+def test_e2_clip_range_and_dual_clip_bound_are_parameters():
+    assert pg(1.5, 1.0, clip_high=0.6) == pytest.approx(-1.5)
+    assert pg(4.0, -1.0, clip_c=3.0) == pytest.approx(3.0)
+
+
+def test_e2_at_ratio_one_the_gradient_is_reinforce():
+    """E2: at r = 1 (on-policy), ∂l/∂logp = −A, the REINFORCE gradient −A·∇log π."""
+    logp = torch.tensor([-1.2, -0.3, -2.0], requires_grad=True)
+    advantages = torch.tensor([1.5, -0.5, 0.0])
+    sdpg.clipped_pg_loss(logp, logp.detach(), advantages).sum().backward()
+    torch.testing.assert_close(logp.grad, -advantages)
+
+
+def test_e2_clipped_tokens_get_no_gradient():
+    """E2: outside the trust region in the direction of the advantage the surrogate is constant."""
+    logp = torch.log(torch.tensor([1.5, 0.5, 50.0])).requires_grad_()
+    advantages = torch.tensor([1.0, -1.0, -1.0])
+    sdpg.clipped_pg_loss(logp, torch.zeros(3), advantages).sum().backward()
+    assert torch.equal(logp.grad, torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------------------------
+# E5 schedule, E6 anchor
+
+
+def test_e5_beta_schedule_warmup_decay_both_neither():
+    """E5: β(k) = β · min(1, k/T_warm) · min(1, (T−k)/T_decay)."""
+    assert sdpg.beta_schedule(5, 100, 0.01) == 0.01
+    assert sdpg.beta_schedule(5, 100, 0.01, warmup_steps=10) == pytest.approx(0.005)
+    assert sdpg.beta_schedule(50, 100, 0.01, warmup_steps=10) == pytest.approx(0.01)
+    assert sdpg.beta_schedule(95, 100, 0.01, decay_steps=10) == pytest.approx(0.005)
+    assert sdpg.beta_schedule(50, 100, 0.01, decay_steps=10) == pytest.approx(0.01)
+    assert sdpg.beta_schedule(2, 10, 1.0, warmup_steps=4, decay_steps=16) == pytest.approx(0.5 * 0.5)
+    assert sdpg.beta_schedule(0, 10, 1.0, warmup_steps=4) == 0.0
+    assert sdpg.beta_schedule(10, 10, 1.0, decay_steps=4) == 0.0
+
+
+@pytest.mark.parametrize("mode, formula", [
+    ("urkl", lambda w: 0.5 * w**2),
+    ("ufkl", lambda w: torch.exp(-w) + w),
+    ("rkl", lambda w: 0.5 * (w + 1) ** 2),
+    ("fkl", lambda w: torch.exp(-w)),
+])
+def test_e6_integrand_of_each_mode(mode, formula):
+    """E6: f(log w) with log w = logp − ref_logp, one formula per mode."""
+    logp, ref_logp = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
+    torch.testing.assert_close(sdpg.ref_kl(logp, ref_logp, mode), formula(logp - ref_logp))
+
+
+@pytest.mark.parametrize("mode, minimizer", [("urkl", 0.0), ("ufkl", 0.0), ("rkl", -1.0)])
+def test_e6_minimum_of_the_anchor(mode, minimizer):
+    """E6: urkl and ufkl are minimal at log w = 0 (π_θ = π_ref); rkl's quadratic at log w = −1."""
+    log_w = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    values = sdpg.ref_kl(log_w, torch.zeros_like(log_w), mode)
+    assert log_w[values.argmin()].item() == pytest.approx(minimizer, abs=1e-9)
+
+
+def test_e6_fkl_decreases_in_log_w_and_unknown_mode_is_rejected():
+    values = sdpg.ref_kl(torch.linspace(-2, 2, 9), torch.zeros(9), "fkl")
+    assert (values[1:] < values[:-1]).all()
+    with pytest.raises(ValueError, match="urkl, ufkl, rkl, fkl"):
+        sdpg.ref_kl(torch.zeros(1), torch.zeros(1), "kl3")
+
+
+# ----------------------------------------------------------------------------------------------
+# E4 gate and E7 total loss
+
+
+def random_loss_inputs(seed=0, batch=4, length=6):
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    logp = (rand(batch, length) * 0.3 - 1).requires_grad_()
+    mask = torch.ones(batch, length)
+    mask[0, 4:] = 0
+    mask[2, 2:] = 0
+    return dict(logp=logp, old_logp=logp.detach() + rand(batch, length) * 0.2, ref_logp=logp.detach() + rand(batch, length) * 0.3,
+                kl=rand(batch, length).abs(), advantages=torch.tensor([1.0, -0.5, 0.5, -1.0], dtype=torch.float64), mask=mask)
+
+
+def test_e7_is_the_token_mean_of_its_three_parts():
+    """E7: L = Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask, computed here term by term."""
+    x = random_loss_inputs()
+    loss, metrics = sdpg.sdpg_loss(**x, beta=0.3, alpha=0.2, kl_mode="ufkl")
+    token_advantages = x["advantages"][:, None].expand_as(x["logp"])
+    parts = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages)
+             + 0.3 * (x["advantages"] > 0).double()[:, None] * x["kl"]
+             + 0.2 * sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl"))
+    torch.testing.assert_close(loss, (parts * x["mask"]).sum() / x["mask"].sum())
+    assert metrics["gate_frac"] == pytest.approx((4 + 2) / x["mask"].sum().item())  # tokens of rows 0 and 2
+
+
+def test_e4_gate_applies_distillation_only_to_positive_advantages():
+    """E4: with the gate, rollouts with A ≤ 0 contribute no E3 term; without it, every rollout does."""
+    x = random_loss_inputs()
+    zero_kl = dict(x, kl=torch.zeros_like(x["kl"]))
+    gated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0)
+    base, _ = sdpg.sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
+    positive = (x["advantages"] > 0).double()[:, None]
+    torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum())
+    ungated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0, positive_only=False)
+    torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum())
+
+
+def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_reference():
+    """E7 with β = α = 0 is E2 alone (GRPO/DAPO); kl and ref_logp may then be None."""
+    x = random_loss_inputs()
+    full, _ = sdpg.sdpg_loss(**x, beta=0.0, alpha=0.0)
+    bare, _ = sdpg.sdpg_loss(**dict(x, kl=None, ref_logp=None), beta=0.0, alpha=0.0)
+    token_advantages = x["advantages"][:, None].expand_as(x["logp"])
+    dapo = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages) * x["mask"]).sum() / x["mask"].sum()
+    torch.testing.assert_close(full, dapo)
+    torch.testing.assert_close(bare, dapo)
+
+
+def test_e7_clamps_the_distillation_kl_at_20_nats():
+    x = random_loss_inputs()
+    huge, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, positive_only=False)
+    twenty, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, positive_only=False)
+    torch.testing.assert_close(huge, twenty)
+
+
+def test_e7_padding_changes_nothing():
+    """E7: masked positions may hold any value without changing the loss or its gradient."""
+    x = random_loss_inputs()
+    loss, _ = sdpg.sdpg_loss(**x, beta=0.5, alpha=0.5)
+    (grad,) = torch.autograd.grad(loss, x["logp"])
+    junk = {k: torch.where(x["mask"].bool(), v.detach(), torch.full_like(v, 7.0)) if k in ("old_logp", "ref_logp", "kl") else v
+            for k, v in x.items()}
+    loss_junk, _ = sdpg.sdpg_loss(**junk, beta=0.5, alpha=0.5)
+    (grad_junk,) = torch.autograd.grad(loss_junk, x["logp"])
+    torch.testing.assert_close(loss, loss_junk)
+    torch.testing.assert_close(grad, grad_junk)
+
+
+def test_e7_micro_batches_with_num_tokens_reproduce_the_full_batch_gradient():
+    """E7: summing micro-batch losses divided by the mini-batch token count = the full-batch loss."""
+    x = random_loss_inputs()
+    full, _ = sdpg.sdpg_loss(**x, beta=0.5, alpha=0.5)
+    (full_grad,) = torch.autograd.grad(full, x["logp"])
+    total = 0
+    for rows in ([0], [1, 2], [3]):
+        part = {k: v[rows] for k, v in x.items()}
+        loss, _ = sdpg.sdpg_loss(**part, beta=0.5, alpha=0.5, num_tokens=x["mask"].sum())
+        total = total + loss
+    (micro_grad,) = torch.autograd.grad(total, x["logp"])
+    torch.testing.assert_close(total, full)
+    torch.testing.assert_close(micro_grad, full_grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data, prompts, rollouts
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = sdpg.build_tiny_model(seed=0)
+    return model.eval(), tokenizer
+
+
+def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
+    """Spec "Data and privileged context": same template, same user message, context appended."""
+    _, tokenizer = tiny
+    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
+    student = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"]))
+    teacher = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "answer")))
+    context = "The correct answer to this problem is: 5\nUse this to verify your reasoning, but show your full solution process."
+    assert teacher == student.replace("\\boxed{}.<|im_end|>", "\\boxed{}.\n\n" + context + "<|im_end|>")
+    assert student.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in student
+    assert "2 + 3 = 5" in tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "solution")))
+
+
+def test_gsm8k_answer_splits_into_ground_truth_and_worked_solution():
+    answer, solution = sdpg.split_gsm8k_answer("Half is <<48/2=24>>24.\n#### 1,024")
+    assert (answer, solution) == ("1024", "Half is <<48/2=24>>24.")
+
+
+def test_arithmetic_task_is_seeded_and_its_solutions_verify():
+    rows = sdpg.arithmetic_rows(50, seed=3)
+    assert rows == sdpg.arithmetic_rows(50, seed=3) and rows != sdpg.arithmetic_rows(50, seed=4)
+    assert all(sdpg.verify(f"{r['solution']}\n#### {r['answer']}", r["answer"]) == 1.0 for r in rows)
+
+
+def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
+    """Qwen's pad id is an EOS id: the mask comes from the first EOS, which stays in the mask."""
+    eos, pad = [2, 0], 0
+    response = torch.tensor([[5, 6, 2, 0, 0], [5, 0, 0, 0, 0], [5, 6, 7, 8, 9], [2, 2, 2, 0, 0]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    assert torch.equal(sdpg.response_mask_from_eos(response, eos), expected)
+    assert pad in eos
+
+
+def test_sampled_responses_stop_at_eos_and_are_right_padded(tiny):
+    model, tokenizer = tiny
+    prompts, mask = sdpg.left_pad([[1, 5, 6], [1, 7]], tokenizer.pad_token_id, "cpu")
+    torch.manual_seed(0)
+    response_ids, response_mask = sdpg.sample_responses(model, prompts.repeat_interleave(8, 0), mask.repeat_interleave(8, 0),
+                                                        [2, 0], 0, 40, 1.0, torch.autocast("cpu", enabled=False))
+    assert response_ids.shape[0] == 16 and response_mask.shape == response_ids.shape
+    lengths = response_mask.sum(1)
+    for row, length in zip(response_ids, lengths):
+        if length < response_ids.shape[1]:
+            assert row[length - 1].item() in (0, 2) and (row[length:] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# response_stats: student/teacher alignment, chunking
+
+
+def mixed_batch(seed=0):
+    """Three sequences whose prompt, teacher-prompt and response lengths all differ."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = lambda n: torch.randint(3, 99, (n,), generator=generator).tolist()  # noqa: E731
+    prompts, teachers, responses = [tokens(5), tokens(9), tokens(2)], [tokens(12), tokens(10), tokens(20)], [tokens(7), tokens(3), tokens(11)]
+    responses[1][-1] = 2  # one response ends with EOS, the others were cut at the length limit
+    prompt_ids, prompt_mask = sdpg.left_pad(prompts, 0, "cpu")
+    teacher_ids, teacher_mask = sdpg.left_pad(teachers, 0, "cpu")
+    width = max(map(len, responses))
+    response_ids = torch.tensor([r + [0] * (width - len(r)) for r in responses])
+    response_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses])
+    return (prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask), (prompts, teachers, responses)
+
+
+def unpadded_reference(model, prompts, teachers, responses, temperature):
+    """One sequence at a time, no padding: logp of each response token and E3 in float64."""
+    logps, kls = [], []
+    for prompt, teacher, response in zip(prompts, teachers, responses):
+        n = len(response)
+        student_logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1: len(prompt) - 1 + n] / temperature
+        with torch.no_grad():
+            teacher_logits = model(torch.tensor([teacher + response])).logits[0, len(teacher) - 1: len(teacher) - 1 + n] / temperature
+        logps.append(student_logits.double().log_softmax(-1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1))
+        kls.append(sdpg.opd_kl(student_logits.double(), teacher_logits.double()))
+    return logps, kls
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4, 1024])
+def test_response_stats_matches_unpadded_one_sequence_forwards(tiny, chunk_size):
+    """E3 inputs: batched, left-padded prompts + right-padded responses give the same logp and KL
+    as unpadded single-sequence forwards, aligned on response positions, for any chunk size."""
+    model, _ = tiny
+    tensors, (prompts, teachers, responses) = mixed_batch()
+    logp, kl = sdpg.response_stats(model, *tensors, temperature=0.7, chunk_size=chunk_size)
+    ref_logp, ref_kl = unpadded_reference(model, prompts, teachers, responses, 0.7)
+    for i, n in enumerate(map(len, responses)):
+        torch.testing.assert_close(logp[i, :n].double(), ref_logp[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(kl[i, :n].double(), ref_kl[i], atol=1e-5, rtol=1e-5)
+        assert (logp[i, n:] == 0).all() and (kl[i, n:] == 0).all()
+    assert kl[:, :3].min() > 0.1  # the teacher view really differs at every position, not just the first
+
+
+def test_response_stats_chunked_gradients_equal_naive_and_reach_the_student_only(tiny):
+    """Chunking + recompute changes no parameter gradient; E3's gradient flows only through the
+    student view (teacher logits detached), checked against an unpadded reference."""
+    model, _ = tiny
+    tensors, (prompts, teachers, responses) = mixed_batch(seed=1)
+    weights = torch.linspace(0.5, 1.5, tensors[4].shape[1])
+
+    def gradients(objective):
+        model.zero_grad()
+        objective().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    def batched(chunk_size):
+        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+        return ((logp + 1000 * kl) * weights).sum()
+
+    def reference():
+        logps, kls = unpadded_reference(model, prompts, teachers, responses, 1.0)
+        return sum(((lp + 1000 * k) * weights[:len(lp)]).sum() for lp, k in zip(logps, kls)).float()
+
+    naive, chunked, single = gradients(lambda: batched(0)), gradients(lambda: batched(3)), gradients(reference)
+    for name in naive:  # float32 sums in another order: tolerance relative to each tensor's largest entry
+        scale = single[name].abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(chunked[name], naive[name], atol=1e-6 * scale, rtol=1e-5, msg=name)
+        torch.testing.assert_close(chunked[name], single[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_response_stats_without_teacher_returns_no_kl(tiny):
+    model, _ = tiny
+    tensors, _ = mixed_batch()
+    logp, kl = sdpg.response_stats(model, tensors[0], tensors[1], None, None, tensors[4], tensors[5])
+    assert kl is None and logp.shape == tensors[4].shape
+
+
+# ----------------------------------------------------------------------------------------------
+# E8 end to end
+
+
+def train(tmp_path, *args):
+    cfg = sdpg.parse_config(["--model", "tiny", "--output-dir", str(tmp_path), "--steps", "2", "--batch-size", "4",
+                             "--group-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "24", *args])
+    return cfg, sdpg.main(cfg)
+
+
+def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp_path):
+    """E8 end to end on the tiny model: metrics.jsonl finite, config.json, final/ reloads and generates."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, history = train(tmp_path, "--mini-batch-size", "2", "--micro-batch-size", "3", "--save-every", "1")
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert lines == history and len(lines) == 2
+    required = {"step", "reward", "format_rate", "frac_zero_std", "loss", "pg_loss", "opd_kl", "ref_kl", "entropy",
+                "response_len", "beta", "lr", "grad_norm", "clip_frac", "step_time"}
+    for record in lines:
+        assert required <= set(record) and all(torch.isfinite(torch.tensor(float(v))) for v in record.values())
+        assert record["opd_kl"] > 0 and record["entropy"] > 0
+    assert json.load(open(tmp_path / "config.json"))["group_size"] == 4
+    assert (tmp_path / "step_1").is_dir()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "final")
+    ids = torch.tensor([sdpg.build_prompt(tokenizer, "What is 1 + 1?")])
+    output = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert output.shape[1] > ids.shape[1]
+
+
+def test_micro_batch_size_changes_memory_not_the_result(tmp_path):
+    """E7/E8: micro-batch 1 and 8 give the same grad norms and the same trained weights."""
+    flags = ["--no-gate", "--beta", "1.0", "--alpha", "0.1", "--lr", "1e-3", "--warmup-steps", "0"]
+    runs = []
+    for micro in ("1", "8"):
+        _, history = train(tmp_path / micro, *flags, "--micro-batch-size", micro)
+        runs.append(history)
+    from transformers import AutoModelForCausalLM
+
+    assert runs[0][0]["grad_norm"] > 1e-4
+    for a, b in zip(*runs):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    one, eight = (AutoModelForCausalLM.from_pretrained(tmp_path / m / "final") for m in ("1", "8"))
+    initial, _ = sdpg.build_tiny_model(seed=0)
+    for (name, p1), p8, p0 in zip(one.named_parameters(), eight.parameters(), initial.parameters()):
+        update = (p1 - p0).abs().max().item()
+        assert update > 1e-4, name  # the updates were real
+        # Adam divides by √v, which magnifies float32 noise on near-zero gradient entries: compare
+        # against the size of the update (a wrong divisor would already show in grad_norm above)
+        torch.testing.assert_close(p1, p8, atol=5e-3 * update, rtol=0, msg=name)
+
+
+def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypatch):
+    """E7 with β = 0: response_stats is never given the teacher prompt, opd_kl is 0."""
+    calls = []
+    original = sdpg.response_stats
+    monkeypatch.setattr(sdpg, "response_stats", lambda model, p, pm, t, *a, **k: calls.append(t) or original(model, p, pm, t, *a, **k))
+    _, history = train(tmp_path, "--beta", "0")
+    assert calls and all(t is None for t in calls)
+    assert all(r["opd_kl"] == 0 for r in history)
+
+
+def test_several_updates_per_batch_use_old_logp_and_solution_context(tmp_path):
+    """E2 with mini-batches: old_logp is computed once; the ratio moves away from 1 after the first update."""
+    _, history = train(tmp_path, "--mini-batch-size", "1", "--teacher-context", "solution", "--no-gate",
+                       "--lr", "1e-2", "--warmup-steps", "0", "--beta", "1")
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+
+
+def test_local_dataset_file_and_local_model_directory(tmp_path):
+    """Data and models load from local paths through datasets / from_pretrained."""
+    model, tokenizer = sdpg.build_tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = [{"problem": f"What is {i} + 1?", "label": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(8)]
+    with open(tmp_path / "rows.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    _, history = train(tmp_path / "run", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "rows.jsonl"),
+                       "--question-field", "problem", "--answer-field", "label", "--teacher-context", "solution", "--steps", "1")
+    assert len(history) == 1
+    loaded = sdpg.load_rows(str(tmp_path / "rows.jsonl"), "problem", "label")
+    assert loaded[3] == {"question": "What is 3 + 1?", "answer": "4", "solution": "3 + 1 = 4"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one line, non-zero exit, no traceback
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--group-size", "1"], "G must be ≥ 2"),
+    (["--batch-size", "6", "--mini-batch-size", "4"], "multiple of --mini-batch-size"),
+    (["--kl-mode", "kl3"], "choose one of urkl, ufkl, rkl, fkl"),
+    (["--model", "/no/such/model"], "could not be fetched"),
+    (["--dataset", "/no/such/file.jsonl"], "not found"),
+    (["--dataset", "data.txt"], "expected gsm8k, arithmetic"),
+    (["--max-prompt-length", "20"], "over --max-prompt-length 20"),
+    (["--teacher-context", "hint"], "choose `answer` or `solution`"),
+])
+def test_bad_input_gets_a_one_line_error(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        train(tmp_path, *args)
+
+
+def test_dataset_without_the_named_field_is_refused(tmp_path):
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n")
+    with pytest.raises(SystemExit, match="no field 'question' .*fields: q, a"):
+        train(tmp_path, "--dataset", str(tmp_path / "rows.jsonl"))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    original = sdpg.sdpg_loss
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = original(*args, **kwargs)
+        return loss * float("nan"), metrics
+    monkeypatch.setattr(sdpg, "sdpg_loss", poisoned)
+    with pytest.raises(SystemExit, match="non-finite loss or gradient at step 0"):
+        train(tmp_path)
+    assert not (tmp_path / "final").exists()
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--group-size", "1",
+                             "--output-dir", str(tmp_path)], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
+    assert "--group-size 1" in result.stderr
+
+
+def test_help_explains_every_flag():
+    result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--help"], capture_output=True, text=True)
+    for field in sdpg.dataclasses.fields(sdpg.Config):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in result.stdout, flag
+    assert result.stdout.count("(default:") >= len(sdpg.dataclasses.fields(sdpg.Config)) - 3
