@@ -118,7 +118,7 @@ def parse_config(argv=None) -> Config:
 
 def fail(message: str):
     """Bad input ends the program with one line naming the problem and the fix, no traceback."""
-    raise SystemExit(f"sdpg: error: {message}")
+    raise SystemExit(f"error: {message}")
 
 
 def check_config(cfg: Config):
@@ -410,17 +410,23 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> to
 
 @torch.no_grad()
 def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast):
-    """G samples per prompt with KV cache; pure temperature sampling, so the log-probs are on-policy."""
+    """Responses with KV cache: pure temperature sampling (on-policy log-probs); temperature 0 = greedy."""
     from transformers import GenerationConfig
 
     # [impl] a fresh GenerationConfig: the checkpoint's top_k/top_p/repetition_penalty would make the
     # sampling distribution differ from the π_θ that E2 and E3 assume.
-    generation = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                  eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    generation = GenerationConfig(**sampling, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True)
     with autocast:
         output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation)
     response_ids = output[:, prompt_ids.shape[1]:]  # (N, T), right-padded with pad after EOS
     return response_ids, response_mask_from_eos(response_ids, eos_ids)
+
+
+def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
+    """Text the verifier reads: the masked response, special tokens dropped."""
+    masked = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(masked, skip_special_tokens=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -679,7 +685,7 @@ def main(cfg: Config) -> list[dict]:
                                                        cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
 
         # 3. verifier rewards → advantages (E1)
-        completions = tokenizer.batch_decode(response_ids * response_mask + pad_id * (1 - response_mask), skip_special_tokens=True)
+        completions = decode_responses(tokenizer, response_ids, response_mask)
         rewards = torch.tensor([verify(c, row["answer"]) for c, row in zip(completions, per_sequence)], device=device)
         advantages = group_advantages(rewards, cfg.group_size, scale_std=not cfg.no_std_scale)  # (B*G,)
         batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,

@@ -671,3 +671,100 @@ def test_help_explains_every_flag():
         flag = "--" + field.name.replace("_", "-")
         assert flag in result.stdout, flag
     assert result.stdout.count("(default:") >= len(sdpg.dataclasses.fields(sdpg.Config)) - 3
+
+
+# ----------------------------------------------------------------------------------------------
+# eval.py
+
+
+import eval as evaluation  # noqa: E402  (the module is named eval.py by the project's layout)
+
+
+@pytest.mark.parametrize("n, c", [(1, 0), (1, 1), (4, 1), (5, 2), (8, 3), (8, 8), (6, 0)])
+def test_pass_at_k_equals_brute_force_enumeration_of_k_subsets(n, c):
+    """pass@k = P(a random k-subset of the n samples holds a correct one), by enumeration."""
+    samples = [1] * c + [0] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(range(n), k))
+        brute = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+        assert evaluation.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+
+
+def digit_rows(count=12):
+    """Answers are single digits, so even a random model's last number is sometimes right."""
+    return [{"question": f"Pick digit {i}", "answer": str(i % 10), "solution": None} for i in range(count)]
+
+
+def test_eval_summary_accuracy_and_pass_at_k_equal_the_per_sample_jsonl(tiny, tmp_path):
+    model, tokenizer = tiny
+    records, summary = evaluation.evaluate(model, tokenizer, digit_rows(), n=8, temperature=1.0, max_new_tokens=24,
+                                           batch_size=5, seed=0)
+    evaluation.write_results(str(tmp_path / "out.jsonl"), records, summary)
+    lines = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    correct = [c for line in lines for c in line["correct"]]
+    assert len(lines) == 12 and len(correct) == 96
+    assert 0 < sum(correct) < len(correct)  # not a degenerate all-0 / all-1 case
+    written = json.load(open(tmp_path / "out.jsonl.summary.json"))
+    assert written["accuracy"] == pytest.approx(sum(correct) / len(correct)) == summary["accuracy"]
+    assert written["pass@1"] == pytest.approx(written["accuracy"])
+    assert written["pass@8"] == pytest.approx(sum(any(line["correct"]) for line in lines) / len(lines))
+    assert set(written) >= {"accuracy", "pass@2", "pass@4", "format_rate", "mean_response_len", "n", "num_problems",
+                            "problems_per_second"}
+    for line in lines:
+        assert set(line) >= {"question", "answer", "completions", "extracted", "correct"} and len(line["completions"]) == 8
+
+
+def test_greedy_evaluation_is_deterministic(tiny):
+    model, tokenizer = tiny
+    first, _ = evaluation.evaluate(model, tokenizer, digit_rows(6), n=1, temperature=0.0, max_new_tokens=16, seed=0)
+    second, _ = evaluation.evaluate(model, tokenizer, digit_rows(6), n=1, temperature=0.0, max_new_tokens=16, seed=123)
+    assert [r["completions"] for r in first] == [r["completions"] for r in second]
+
+
+def test_eval_prompt_is_token_identical_to_the_training_student_prompt(tiny, monkeypatch):
+    """A train/eval template mismatch is silent; eval must feed exactly training's prompt_ids."""
+    model, tokenizer = tiny
+    rows = sdpg.tokenize_rows(tokenizer, sdpg.arithmetic_rows(3), "answer", 512)
+    seen = []
+    original = sdpg.sample_responses
+    monkeypatch.setattr(sdpg, "sample_responses", lambda m, ids, mask, *a: seen.append((ids, mask)) or original(m, ids, mask, *a))
+    evaluation.evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=4, batch_size=3)
+    ids, mask = seen[0]
+    assert [row[m.bool()].tolist() for row, m in zip(ids, mask)] == [row["prompt_ids"] for row in rows]
+
+
+def test_plot_writes_a_png_with_one_line_per_run(tmp_path):
+    for name, offset in (("grpo", 0.0), ("sdpg", 0.1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(
+            json.dumps(dict(step=s, reward=offset + s / 10, opd_kl=0.1, ref_kl=1e-3, entropy=2.0, response_len=50)) + "\n"
+            for s in range(5)))
+    output = tmp_path / "curves.png"
+    evaluation.main(evaluation.parse_args(["--plot", str(tmp_path / "grpo"), str(tmp_path / "sdpg"), "--plot-output", str(output)]))
+    data = output.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_compare_evaluates_both_models_on_the_same_problems(tmp_path, capsys):
+    model, tokenizer = sdpg.build_tiny_model(seed=1)
+    model.save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    summaries = evaluation.main(evaluation.parse_args(["--compare", "tiny", str(tmp_path / "other"), "--dataset", "arithmetic",
+                                                       "--limit", "4", "--max-new-tokens", "8", "--output", str(tmp_path / "cmp")]))
+    assert list(summaries) == ["tiny", str(tmp_path / "other")]
+    assert all(s["num_problems"] == 4 for s in summaries.values())
+    assert "difference" in capsys.readouterr().out
+    questions = [[json.loads(line)["question"] for line in open(tmp_path / f"cmp.{ab}.jsonl")] for ab in "AB"]
+    assert questions[0] == questions[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/model", "--dataset", "arithmetic"], "could not be fetched"),
+    (["--model", "tiny", "--dataset", "squad"], "expected gsm8k, arithmetic"),
+    (["--model", "tiny", "--n", "0"], "--n 0"),
+    (["--model", "tiny", "--n", "4"], "greedy"),
+    (["--plot", "/no/such/run"], "metrics.jsonl not found"),
+])
+def test_eval_bad_input_gets_a_one_line_error(args, message):
+    with pytest.raises(SystemExit, match=message):
+        evaluation.main(evaluation.parse_args(args))
