@@ -67,7 +67,8 @@ class Config:
     group_size: int = 8  # G, responses sampled per prompt
     mini_batch_size: int = 8  # prompts per optimizer update; B / this = updates per step (E2's clip acts when > 1)
     micro_batch_size: int = 8  # sequences per forward/backward; memory only, never the result
-    logits_chunk_size: int = 1024  # response positions per vocabulary projection; 0 = all at once (naive)
+    no_gradient_checkpointing: bool = False  # keep every decoder layer's activations instead of recomputing them
+    logits_chunk_size: int = 128  # response positions per vocabulary projection (and its recompute); 0 = all at once
     max_new_tokens: int = 512  # maximum response length in tokens
     temperature: float = 1.0  # τ, sampling temperature; the log-probs and E3 use the same τ
     # -- optimizer
@@ -386,6 +387,22 @@ def load_model(name: str, seed: int = 0):
     return model, tokenizer
 
 
+def set_layer_recompute(model, enabled: bool):
+    """[impl] Activation checkpointing of the decoder layers during the update (HF's gradient
+    checkpointing). HF only recomputes layers whose `.training` is set, so it is set on the layers
+    alone: their dropout children stay in eval mode, and generation keeps its KV cache when off."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if enabled and not any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = enabled
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends a response (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
     ids = model.generation_config.eos_token_id
@@ -681,6 +698,7 @@ def main(cfg: Config) -> list[dict]:
         teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
 
         # 2. G responses per prompt from the student view
+        set_layer_recompute(model, False)
         response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
                                                        cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
 
@@ -691,6 +709,7 @@ def main(cfg: Config) -> list[dict]:
         batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
                      response_ids=response_ids, response_mask=response_mask, advantages=advantages)
 
+        set_layer_recompute(model, not cfg.no_gradient_checkpointing)
         # 4. without gradient: log π_old (only needed when several updates share a batch) and log π_ref
         all_rows = list(range(len(per_sequence)))
         if updates_per_step > 1:

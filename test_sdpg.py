@@ -527,6 +527,35 @@ def test_response_stats_chunked_gradients_equal_naive_and_reach_the_student_only
         torch.testing.assert_close(chunked[name], single[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
+def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_backward(tiny):
+    """(B, T, V) logits never exist: every lm_head call, the backward recompute included, gets at
+    most chunk_size positions; gradients equal the naive path with layer recompute on or off."""
+    model, _ = tiny
+    tensors, _ = mixed_batch(seed=2)
+    rows_per_call = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: rows_per_call.append(args[0].shape[0]))
+    try:
+        results = {}
+        for chunk_size, recompute in ((0, False), (4, False), (4, True)):
+            sdpg.set_layer_recompute(model, recompute)
+            rows_per_call.clear()
+            model.zero_grad()
+            logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+            (logp.sum() + kl.sum()).backward()
+            results[chunk_size, recompute] = (list(rows_per_call), [p.grad.clone() for p in model.parameters()])
+    finally:
+        hook.remove()
+        sdpg.set_layer_recompute(model, False)
+    total = int(tensors[5].sum())
+    assert results[0, False][0] == [total, total]  # naive: student + teacher, all positions at once
+    chunked_calls = results[4, True][0]
+    assert max(chunked_calls) <= 4 and sum(chunked_calls) == 2 * 2 * total  # both views, forward + recompute
+    for naive, chunked, recomputed in zip(results[0, False][1], results[4, False][1], results[4, True][1]):
+        scale = naive.abs().max().item()
+        torch.testing.assert_close(chunked, naive, atol=1e-6 * scale, rtol=1e-5)
+        torch.testing.assert_close(recomputed, naive, atol=1e-6 * scale, rtol=1e-5)
+
+
 def test_response_stats_without_teacher_returns_no_kl(tiny):
     model, _ = tiny
     tensors, _ = mixed_batch()
