@@ -343,6 +343,7 @@ def test_e7_is_the_token_mean_of_its_three_parts():
 def test_e4_gate_applies_distillation_only_to_positive_advantages():
     """E4: with the gate, rollouts with A ≤ 0 contribute no E3 term; without it, every rollout does."""
     x = random_loss_inputs()
+    x["advantages"][3] = 0.0  # A = 0 is not preferred: no distillation
     zero_kl = dict(x, kl=torch.zeros_like(x["kl"]))
     gated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0)
     base, _ = sdpg.sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
@@ -368,6 +369,8 @@ def test_e7_clamps_the_distillation_kl_at_20_nats():
     huge, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, positive_only=False)
     twenty, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, positive_only=False)
     torch.testing.assert_close(huge, twenty)
+    nineteen, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, positive_only=False)
+    assert (twenty - nineteen).item() == pytest.approx(1.0)  # below the clamp the KL passes through unchanged
 
 
 def test_e7_padding_changes_nothing():
@@ -406,6 +409,14 @@ def test_e7_micro_batches_with_num_tokens_reproduce_the_full_batch_gradient():
 def tiny():
     model, tokenizer = sdpg.build_tiny_model(seed=0)
     return model.eval(), tokenizer
+
+
+def test_student_prompt_is_the_chat_template_of_question_and_boxed_instruction(tiny):
+    """Spec: student prompt x = chat template(question + "put your final answer within \\boxed{}")."""
+    _, tokenizer = tiny
+    assert tokenizer.decode(sdpg.build_prompt(tokenizer, "What is 2 + 3?")) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?\n"
+        "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
