@@ -1,0 +1,130 @@
+"""Seconds per training step: sdpg.py vs TRL's SDPOTrainer and GRPOTrainer, and SDPG's overhead.
+
+Same tiny model (sdpg.build_tiny_model), same prompts (the arithmetic task with sdpg's student
+prompt; TRL's teacher gets the same privileged context), same group size, completion length and
+one optimizer update per step. TRL is only needed here: pip install trl (tested with 1.16.0).
+
+  python benchmarks/speed.py                  # CPU: B=4 prompts, G=8, 128 new tokens, 6 steps
+  python benchmarks/speed.py --skip-trl       # only our SDPG vs our β = α = 0 step
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+warnings.filterwarnings("ignore")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import sdpg  # noqa: E402
+
+
+def ours(args, beta, alpha, output_dir):
+    """Median step time (s), mean response length and the run's records for sdpg.main."""
+    cfg = sdpg.parse_config(["--model", "tiny", "--steps", str(args.steps), "--batch-size", str(args.prompts),
+                             "--group-size", str(args.group_size), "--mini-batch-size", str(args.prompts),
+                             "--micro-batch-size", str(args.prompts * args.group_size), "--max-new-tokens", str(args.tokens),
+                             "--beta", str(beta), "--alpha", str(alpha), "--device", "cpu", "--output-dir", output_dir])
+    history = sdpg.main(cfg)
+    return (statistics.median(r["step_time"] for r in history[1:]), statistics.mean(r["response_len"] for r in history),
+            history)
+
+
+def trl_run(args, kind, output_dir):
+    """Median step time (s) and mean completion length of TRL's trainer on the same model and prompts."""
+    import datasets
+    from transformers import TrainerCallback
+
+    rows = sdpg.arithmetic_rows(64)
+    dataset = datasets.Dataset.from_list([
+        {"prompt": [{"role": "user", "content": f"{r['question']}\n{sdpg.INSTRUCTION}"}],
+         "answer": r["answer"], "privileged_context": sdpg.ANSWER_CONTEXT.format(answer=r["answer"])} for r in rows])
+
+    def reward(completions, answer, **_):
+        return [sdpg.verify(c[0]["content"] if isinstance(c, list) else c, a) for c, a in zip(completions, answer)]
+
+    common = dict(output_dir=output_dir, per_device_train_batch_size=args.prompts * args.group_size,
+                  num_generations=args.group_size, max_completion_length=args.tokens, gradient_accumulation_steps=1,
+                  learning_rate=1e-6, max_steps=args.steps, temperature=1.0, top_k=0, top_p=1.0, beta=0.001,
+                  logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0)
+    if kind == "sdpo":
+        from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
+
+        config = SDPOConfig(**common, distillation_mode="full_logits", teacher_model_kind="live", distillation_weight=0.5,
+                            include_environment_feedback=True)
+        trainer_class = SDPOTrainer
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        config, trainer_class = GRPOConfig(**common), GRPOTrainer
+
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            stamps.append(time.time()) if not stamps else None
+
+        def on_step_end(self, *_, **__):
+            stamps.append(time.time())
+
+    model, tokenizer = sdpg.build_tiny_model(seed=0)
+    model_dir = os.path.join(output_dir, "model")  # TRL builds its reference model from a path
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    trainer = trainer_class(model=model_dir, reward_funcs=reward, args=config, train_dataset=dataset,
+                            processing_class=tokenizer, callbacks=[Clock()])
+    trainer.train()
+    lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return statistics.median(steps[1:]), statistics.mean(lengths) if lengths else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step (B)")
+    parser.add_argument("--group-size", type=int, default=8, help="G")
+    parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
+    parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is not timed")
+    parser.add_argument("--skip-trl", action="store_true", help="only our SDPG vs GRPO-mode step")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())
+    work = tempfile.mkdtemp()
+    results = {}
+    sdpg_time, sdpg_len, history = ours(args, 0.001, 0.001, os.path.join(work, "sdpg"))
+    results["sdpg.py SDPG (β = α = 0.001)"] = (sdpg_time, sdpg_len)
+    grpo_time, grpo_len, _ = ours(args, 0.0, 0.0, os.path.join(work, "grpo"))
+    results["sdpg.py β = α = 0 (GRPO/DAPO)"] = (grpo_time, grpo_len)
+    if not args.skip_trl:
+        results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
+        results["TRL GRPOTrainer"] = trl_run(args, "grpo", os.path.join(work, "trl-grpo"))
+
+    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H=64, 2 layers, V=99); B={args.prompts} prompts × "
+          f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; median of steps 2..{args.steps}")
+    print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ sdpg.py SDPG':>15}")
+    for name, (seconds, length) in results.items():
+        print(f"{name:<46} {seconds:>8.3f} {length:>9.1f} {seconds / sdpg_time:>15.2f}")
+    if not args.skip_trl:
+        key = "TRL SDPOTrainer (full_logits, live teacher)"
+        print(f"sdpg.py SDPG step / TRL SDPO step = {sdpg_time / results[key][0]:.2f}  (target ≤ 0.5)")
+
+    # overhead of the teacher and reference forwards, against the FLOP count of the update
+    prompt = statistics.mean(len(r["prompt_ids"]) for r in sdpg.tokenize_rows(sdpg.build_tiny_model()[1], sdpg.arithmetic_rows(64), "answer", 10**6))
+    teacher = statistics.mean(len(r["teacher_ids"]) for r in sdpg.tokenize_rows(sdpg.build_tiny_model()[1], sdpg.arithmetic_rows(64), "answer", 10**6))
+    response = sdpg_len
+    # per token a forward costs ~2N FLOPs and forward+backward ~6N (8N with decoder-layer recompute);
+    # SDPG adds a teacher forward over teacher prompt + response and a reference forward over prompt + response
+    update = 4 * (prompt + response)
+    expected_update = (update + (teacher + response) + (prompt + response)) / update
+    print(f"\nSDPG step / β = α = 0 step = {sdpg_time / grpo_time:.2f} measured (generation included); "
+          f"FLOP expectation for the update alone: {expected_update:.2f} "
+          f"(prompt {prompt:.0f}, teacher prompt {teacher:.0f}, response {response:.0f} tokens)")
+
+
+if __name__ == "__main__":
+    main()
