@@ -5,6 +5,7 @@ prompt; TRL's teacher gets the same privileged context), same group size, comple
 one optimizer update per step. TRL is only needed here: pip install trl (tested with 1.16.0).
 
   python benchmarks/speed.py                  # CPU: B=4 prompts, G=8, 128 new tokens, 6 steps
+  python benchmarks/speed.py --vocab 151936   # the same with Qwen's vocabulary size
   python benchmarks/speed.py --skip-trl       # only our SDPG vs our β = α = 0 step
 """
 
@@ -23,9 +24,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import sdpg  # noqa: E402
 
 
+def save_model(vocab_size: int, path: str) -> str:
+    """The tiny model, its embedding optionally grown to `vocab_size` (ids past the tokenizer's 99
+    decode to nothing): the vocabulary projection then costs what Qwen's 151 936 entries cost."""
+    model, tokenizer = sdpg.build_tiny_model(seed=0)
+    if vocab_size > model.config.vocab_size:
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def ours(args, beta, alpha, output_dir):
     """Median step time (s), mean response length and the run's records for sdpg.main."""
-    cfg = sdpg.parse_config(["--model", "tiny", "--steps", str(args.steps), "--batch-size", str(args.prompts),
+    cfg = sdpg.parse_config(["--model", args.model_dir, "--dataset", "arithmetic", "--steps", str(args.steps), "--batch-size", str(args.prompts),
                              "--group-size", str(args.group_size), "--mini-batch-size", str(args.prompts),
                              "--micro-batch-size", str(args.prompts * args.group_size), "--max-new-tokens", str(args.tokens),
                              "--beta", str(beta), "--alpha", str(alpha), "--device", "cpu", "--output-dir", output_dir])
@@ -71,11 +83,8 @@ def trl_run(args, kind, output_dir):
         def on_step_end(self, *_, **__):
             stamps.append(time.time())
 
-    model, tokenizer = sdpg.build_tiny_model(seed=0)
-    model_dir = os.path.join(output_dir, "model")  # TRL builds its reference model from a path
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    trainer = trainer_class(model=model_dir, reward_funcs=reward, args=config, train_dataset=dataset,
+    tokenizer = sdpg.load_model(args.model_dir)[1]
+    trainer = trainer_class(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset,
                             processing_class=tokenizer, callbacks=[Clock()])
     trainer.train()
     lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
@@ -89,12 +98,14 @@ def main():
     parser.add_argument("--group-size", type=int, default=8, help="G")
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
     parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is not timed")
+    parser.add_argument("--vocab", type=int, default=99, help="vocabulary size; 151936 = Qwen's")
     parser.add_argument("--skip-trl", action="store_true", help="only our SDPG vs GRPO-mode step")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(torch.get_num_threads())
     work = tempfile.mkdtemp()
+    args.model_dir = save_model(args.vocab, os.path.join(work, "model"))  # TRL builds its reference model from a path
     results = {}
     sdpg_time, sdpg_len, history = ours(args, 0.001, 0.001, os.path.join(work, "sdpg"))
     results["sdpg.py SDPG (β = α = 0.001)"] = (sdpg_time, sdpg_len)
@@ -104,7 +115,7 @@ def main():
         results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
         results["TRL GRPOTrainer"] = trl_run(args, "grpo", os.path.join(work, "trl-grpo"))
 
-    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H=64, 2 layers, V=99); B={args.prompts} prompts × "
+    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H=64, 2 layers, V={args.vocab}); B={args.prompts} prompts × "
           f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; median of steps 2..{args.steps}")
     print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ sdpg.py SDPG':>15}")
     for name, (seconds, length) in results.items():

@@ -1,0 +1,72 @@
+"""One SDPG step of a Qwen2.5-0.5B-shaped model (real config, random weights, no download).
+
+G = 8 responses of 512 new tokens to one GSM8K-length prompt, the default micro-batch, chunked
+vocabulary projection and decoder-layer recompute: the peak memory says what device the default
+run needs. On CUDA the peak is torch.cuda.max_memory_allocated; elsewhere the process's peak
+resident set (ru_maxrss), which also counts Python, torch and the allocator's slack.
+
+  python benchmarks/qwen_step.py                 # fp32 weights + AdamW, as sdpg.py trains
+  python benchmarks/qwen_step.py --device cuda   # bf16 autocast on a GPU
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch  # noqa: E402
+
+import sdpg  # noqa: E402
+
+QWEN25_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, max_position_embeddings=32_768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                  tie_word_embeddings=True)  # ../shared/QWEN_FACTS.md
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--micro-batch-size", type=int, default=sdpg.Config.micro_batch_size)
+    args = parser.parse_args()
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    work = tempfile.mkdtemp()
+    _, tokenizer = sdpg.build_tiny_model()  # the character tokenizer: prompt ids are < 99, the model has V = 151 936
+    torch.manual_seed(0)
+    config = Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0])
+    model = Qwen2ForCausalLM(config)
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M")
+    model.save_pretrained(os.path.join(work, "model"))
+    tokenizer.save_pretrained(os.path.join(work, "model"))
+    del model
+    rows = os.path.join(work, "rows.jsonl")
+    question = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips to her "
+                "friends in May. How many clips did Natalia sell altogether in April and May?")
+    with open(rows, "w") as f:
+        f.write(json.dumps({"question": question, "answer": "72"}) + "\n")
+    device = sdpg.resolve_device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.time()
+    cfg = sdpg.parse_config(["--model", os.path.join(work, "model"), "--dataset", rows, "--steps", "1", "--batch-size", "1",
+                             "--mini-batch-size", "1", "--group-size", str(args.group_size), "--micro-batch-size",
+                             str(args.micro_batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", str(device),
+                             "--output-dir", os.path.join(work, "run"), "--max-prompt-length", "1024"])
+    record = sdpg.main(cfg)[0]
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    kind = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
+    print(f"device={device}: one SDPG step, G={args.group_size}, {record['response_len']:.0f} new tokens, micro-batch "
+          f"{args.micro_batch_size}: {kind} {peak:.2f} GiB; step {record['step_time']:.0f} s "
+          f"(run {time.time() - started:.0f} s incl. loading and saving)")
+
+
+if __name__ == "__main__":
+    main()
