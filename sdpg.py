@@ -346,15 +346,17 @@ def verify(completion: str, answer: str) -> float:
 
 
 def build_tiny_model(seed: int = 0):
-    """A small random Qwen2ForCausalLM with a character-level ChatML tokenizer, built offline."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A small random Qwen2ForCausalLM with a byte-level ChatML tokenizer (259 tokens), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+    # Byte-level BPE with no merges: Qwen2's own pre-tokenizer and decoder, so the tokenizer survives a
+    # save/reload through AutoTokenizer (which picks Qwen2Tokenizer from the checkpoint's model_type)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # the ids' roles match Qwen's (pad, chat, eos)
-    vocab = {token: i for i, token in enumerate(specials + [chr(c) for c in range(32, 127)] + ["\n"])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
+    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(specials)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.chat_template = (  # Qwen2.5's template shape, default system message included
@@ -425,14 +427,17 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> to
     return (~eos_seen_before).long()
 
 
-def gumbel_max_processor(temperature: float):
-    """Logits processor for greedy decoding that makes it sample: argmax(z/τ + Gumbel noise) is an
-    exact draw from softmax(z/τ) (the Gumbel-max trick), and with Qwen's 151 936-entry vocabulary far
-    cheaper than the torch.multinomial that `do_sample=True` calls at every token."""
-    def add_gumbel_noise(input_ids, scores):
-        gumbel = -torch.empty_like(scores, dtype=torch.float32).exponential_().log()  # −log E, E ~ Exp(1)
-        return scores.float() / temperature + gumbel
-    return add_gumbel_noise
+def inverse_cdf_sampler(temperature: float):
+    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row
+    and returns a score that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw.
+    [impl] Same distribution as `do_sample=True`, whose torch.multinomial over Qwen's 151 936
+    entries costs ~15× more on a CPU (benchmarks/speed.py)."""
+    def sample(input_ids, scores):
+        cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
+        uniform = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+    return sample
 
 
 @torch.no_grad()
@@ -441,10 +446,10 @@ def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_to
     from transformers import GenerationConfig, LogitsProcessorList
 
     # [impl] a fresh GenerationConfig: the checkpoint's top_k/top_p/repetition_penalty would make the
-    # sampling distribution differ from the π_θ that E2 and E3 assume; [impl] Gumbel-max sampling.
+    # sampling distribution differ from the π_θ that E2 and E3 assume.
     generation = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
                                   use_cache=True)
-    processors = LogitsProcessorList([gumbel_max_processor(temperature)] if temperature > 0 else [])
+    processors = LogitsProcessorList([inverse_cdf_sampler(temperature)] if temperature > 0 else [])
     with autocast:
         output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation,
                                 logits_processor=processors)
@@ -472,21 +477,25 @@ def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask
     return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
 
 
-def _chunk_stats(lm_head, temperature, student_hidden, teacher_hidden, tokens):
+def _tempered_log_softmax(logits, temperature):
+    logits = logits.float()
+    return (logits if temperature == 1.0 else logits / temperature).log_softmax(dim=-1)  # skip a pass over V at τ = 1
+
+
+def _chunk_stats(lm_head, temperature, with_entropy, student_hidden, teacher_hidden, tokens):
     """Vocabulary projection + log-softmax + E3 for one chunk of positions: (N,) logp, KL, entropy."""
-    student_logits = lm_head(student_hidden).float() / temperature  # (N, V), the only place V appears
-    log_probs = student_logits.log_softmax(dim=-1)
+    log_probs = _tempered_log_softmax(lm_head(student_hidden), temperature)  # (N, V): the only place V appears
     logp = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
-    if teacher_hidden is None:
-        return logp, torch.zeros_like(logp), entropy
-    with torch.no_grad():  # SG: the teacher view gets no gradient, not even through the shared lm_head
-        teacher_logits = lm_head(teacher_hidden).float() / temperature
-    return logp, opd_kl(student_logits, teacher_logits), entropy
+    with torch.no_grad():
+        entropy = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else torch.zeros_like(logp)
+        # SG: the teacher view gets no gradient, not even through the shared lm_head
+        teacher_log_probs = None if teacher_hidden is None else _tempered_log_softmax(lm_head(teacher_hidden), temperature)
+    kl = torch.zeros_like(logp) if teacher_hidden is None else reverse_kl(log_probs, teacher_log_probs)
+    return logp, kl, entropy
 
 
 def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
-                   temperature=1.0, chunk_size=1024, with_entropy=False):
+                   temperature=1.0, chunk_size=128, with_entropy=False):
     """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
 
     Prompts left-padded, responses right-padded; both outputs are zero where response_mask is 0.
@@ -505,7 +514,7 @@ def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, re
     pieces = [(student_hidden.new_zeros(0, dtype=torch.float32),) * 3]  # keeps torch.cat valid when no position is valid
     for start in range(0, len(tokens), size):
         chunk = slice(start, start + size)
-        args = (lm_head, temperature, student_hidden[chunk],
+        args = (lm_head, temperature, with_entropy, student_hidden[chunk],
                 None if teacher_hidden is None else teacher_hidden[chunk], tokens[chunk])
         if chunk_size and torch.is_grad_enabled():  # [impl] recompute in backward: memory ∝ H, not V
             pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
@@ -556,7 +565,13 @@ def opd_kl(student_logits, teacher_logits, temperature=1.0):
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     log_p = (student_logits.to(dtype) / temperature).log_softmax(dim=-1)
     log_q = (teacher_logits.detach().to(dtype) / temperature).log_softmax(dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    return reverse_kl(log_p, log_q)
+
+
+def reverse_kl(log_p, log_q):
+    """E3 from normalized log-probabilities: Σ_v e^(log p) (log p − log SG q). The chunked training
+    path calls this directly so the student's log-softmax is computed once, not twice."""
+    return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
 
 
 def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
@@ -713,6 +728,7 @@ def main(cfg: Config) -> list[dict]:
         set_layer_recompute(model, False)
         response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
                                                        cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
+        rollout_time = time.time() - started
 
         # 3. verifier rewards → advantages (E1)
         completions = decode_responses(tokenizer, response_ids, response_mask)
@@ -772,7 +788,7 @@ def main(cfg: Config) -> list[dict]:
                       response_len=response_mask.sum(dim=1).float().mean().item(), beta=beta, lr=lr,
                       grad_norm=sum(grad_norms) / len(grad_norms),
                       **{key: sums[key] for key in ("clip_frac", "dual_clip_frac", "gate_frac")},
-                      step_time=time.time() - started)
+                      rollout_time=rollout_time, step_time=time.time() - started)
         history.append(record)
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()

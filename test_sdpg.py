@@ -452,13 +452,15 @@ def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_gumbel_max_sampling_draws_from_the_tempered_softmax(temperature):
+def test_rollout_sampler_draws_from_the_tempered_softmax(temperature):
     """Rollouts must be exact draws from softmax(z/τ) for E2/E3 to be on-policy: 200 000 draws'
     frequencies match the probabilities within 4 standard errors."""
     torch.manual_seed(0)
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0]]).expand(200_000, -1)
-    draws = sdpg.gumbel_max_processor(temperature)(None, logits).argmax(dim=-1)
-    frequencies = torch.bincount(draws, minlength=6).double() / len(draws)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0, float("-inf")]]).expand(200_000, -1)
+    scores = sdpg.inverse_cdf_sampler(temperature)(None, logits)
+    assert ((scores == 0).sum(dim=-1) == 1).all()  # exactly one token survives per row
+    draws = scores.argmax(dim=-1)
+    frequencies = torch.bincount(draws, minlength=7).double() / len(draws)
     probabilities = torch.softmax(logits[0].double() / temperature, dim=-1)
     standard_error = (probabilities * (1 - probabilities) / len(draws)).sqrt()
     assert ((frequencies - probabilities).abs() < 4 * standard_error + 1e-6).all(), (frequencies, probabilities)
@@ -613,6 +615,8 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
     assert (tmp_path / "step_1").is_dir()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "final")
+    original_tokenizer = sdpg.build_tiny_model()[1]  # AutoTokenizer picks Qwen2Tokenizer: same ids, same text
+    assert sdpg.build_prompt(tokenizer, "What is 1 + 1?\nOk") == sdpg.build_prompt(original_tokenizer, "What is 1 + 1?\nOk")
     ids = torch.tensor([sdpg.build_prompt(tokenizer, "What is 1 + 1?")])
     output = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert output.shape[1] > ids.shape[1]
@@ -636,9 +640,10 @@ def test_micro_batch_size_changes_memory_not_the_result(tmp_path):
     for (name, p1), p8, p0 in zip(one.named_parameters(), eight.parameters(), initial.parameters()):
         update = (p1 - p0).abs().max().item()
         assert update > 1e-4, name  # the updates were real
-        # Adam divides by √v, which magnifies float32 noise on near-zero gradient entries: compare
-        # against the size of the update (a wrong divisor would already show in grad_norm above)
-        torch.testing.assert_close(p1, p8, atol=5e-3 * update, rtol=0, msg=name)
+        # Adam divides by √v, which turns float32 noise on near-zero gradient entries into whole steps:
+        # compare the two updates as tensors (a wrong divisor would already show in grad_norm above)
+        difference = ((p1 - p8).norm() / (p1 - p0).norm()).item()
+        assert difference < 1e-2, (name, difference)
 
 
 def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypatch):

@@ -36,14 +36,16 @@ def save_model(vocab_size: int, path: str) -> str:
 
 
 def ours(args, beta, alpha, output_dir):
-    """Median step time (s), mean response length and the run's records for sdpg.main."""
-    cfg = sdpg.parse_config(["--model", args.model_dir, "--dataset", "arithmetic", "--steps", str(args.steps), "--batch-size", str(args.prompts),
-                             "--group-size", str(args.group_size), "--mini-batch-size", str(args.prompts),
-                             "--micro-batch-size", str(args.prompts * args.group_size), "--max-new-tokens", str(args.tokens),
-                             "--beta", str(beta), "--alpha", str(alpha), "--device", "cpu", "--output-dir", output_dir])
-    history = sdpg.main(cfg)
-    return (statistics.median(r["step_time"] for r in history[1:]), statistics.mean(r["response_len"] for r in history),
-            history)
+    """Median step time and update time (s, step minus generation), mean response length."""
+    cfg = sdpg.parse_config(["--model", args.model_dir, "--dataset", "arithmetic", "--steps", str(args.steps),
+                             "--batch-size", str(args.prompts), "--group-size", str(args.group_size),
+                             "--mini-batch-size", str(args.prompts), "--micro-batch-size", str(args.prompts * args.group_size),
+                             "--max-new-tokens", str(args.tokens), "--beta", str(beta), "--alpha", str(alpha),
+                             "--device", "cpu", "--output-dir", output_dir])
+    history = sdpg.main(cfg)[1:]
+    return (statistics.median(r["step_time"] for r in history),
+            statistics.median(r["step_time"] - r["rollout_time"] for r in history),
+            statistics.mean(r["response_len"] for r in history))
 
 
 def trl_run(args, kind, output_dir):
@@ -107,9 +109,9 @@ def main():
     work = tempfile.mkdtemp()
     args.model_dir = save_model(args.vocab, os.path.join(work, "model"))  # TRL builds its reference model from a path
     results = {}
-    sdpg_time, sdpg_len, history = ours(args, 0.001, 0.001, os.path.join(work, "sdpg"))
+    sdpg_time, sdpg_update, sdpg_len = ours(args, 0.001, 0.001, os.path.join(work, "sdpg"))
     results["sdpg.py SDPG (β = α = 0.001)"] = (sdpg_time, sdpg_len)
-    grpo_time, grpo_len, _ = ours(args, 0.0, 0.0, os.path.join(work, "grpo"))
+    grpo_time, grpo_update, grpo_len = ours(args, 0.0, 0.0, os.path.join(work, "grpo"))
     results["sdpg.py β = α = 0 (GRPO/DAPO)"] = (grpo_time, grpo_len)
     if not args.skip_trl:
         results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
@@ -124,17 +126,21 @@ def main():
         key = "TRL SDPOTrainer (full_logits, live teacher)"
         print(f"sdpg.py SDPG step / TRL SDPO step = {sdpg_time / results[key][0]:.2f}  (target ≤ 0.5)")
 
-    # overhead of the teacher and reference forwards, against the FLOP count of the update
-    prompt = statistics.mean(len(r["prompt_ids"]) for r in sdpg.tokenize_rows(sdpg.build_tiny_model()[1], sdpg.arithmetic_rows(64), "answer", 10**6))
-    teacher = statistics.mean(len(r["teacher_ids"]) for r in sdpg.tokenize_rows(sdpg.build_tiny_model()[1], sdpg.arithmetic_rows(64), "answer", 10**6))
+    # Overhead of SDPG's extra forwards, against FLOPs of the update (generation excluded). Per token a
+    # forward costs 2·N FLOPs: N = the decoder's parameters for every position, H·V for the vocabulary
+    # projection, which only response positions get. The update is forward + recompute + backward (×4);
+    # SDPG adds the teacher (forward + chunk recompute) and the reference (forward) passes.
+    model, tokenizer = sdpg.load_model(args.model_dir)
+    rows = sdpg.tokenize_rows(tokenizer, sdpg.arithmetic_rows(64), "answer", 10**6)
+    prompt, teacher = (statistics.mean(len(r[key]) for r in rows) for key in ("prompt_ids", "teacher_ids"))
+    head = model.config.hidden_size * model.config.vocab_size
+    body = sum(p.numel() for p in model.parameters()) - head  # tied embedding: the head is counted once
     response = sdpg_len
-    # per token a forward costs ~2N FLOPs and forward+backward ~6N (8N with decoder-layer recompute);
-    # SDPG adds a teacher forward over teacher prompt + response and a reference forward over prompt + response
-    update = 4 * (prompt + response)
-    expected_update = (update + (teacher + response) + (prompt + response)) / update
-    print(f"\nSDPG step / β = α = 0 step = {sdpg_time / grpo_time:.2f} measured (generation included); "
-          f"FLOP expectation for the update alone: {expected_update:.2f} "
-          f"(prompt {prompt:.0f}, teacher prompt {teacher:.0f}, response {response:.0f} tokens)")
+    base = 4 * (body * (prompt + response) + head * response)
+    extra = body * (teacher + response) + 2 * head * response + body * (prompt + response) + head * response
+    print(f"\nupdate time (step − generation): SDPG {sdpg_update:.2f} s, β = α = 0 {grpo_update:.2f} s, ratio "
+          f"{sdpg_update / grpo_update:.2f}; FLOP expectation {(base + extra) / base:.2f} (prompt {prompt:.0f}, teacher "
+          f"prompt {teacher:.0f}, response {response:.0f} tokens); whole step ratio {sdpg_time / grpo_time:.2f}")
 
 
 if __name__ == "__main__":
