@@ -648,14 +648,11 @@ def make_autocast(device: torch.device, dtype_name: str):
 
 
 def seed_everything(seed: int):
-    random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    try:
-        import numpy
+    import numpy  # installed with datasets
 
-        numpy.random.seed(seed)
-    except ImportError:
-        pass
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def micro_batches(batch: dict, indices: list[int], size: int):

@@ -82,9 +82,10 @@ def main():
         chunked, naive = child(length, args.chunk_size), child(length, 0)
         peaks[length] = chunked
         print(f"{length:>6} {chunked:>11.1f} {naive:>10.1f} {chunked / naive:>14.3f}")
-    first, last = min(peaks), max(peaks)
-    if last > first:
-        print(f"chunked growth: {(peaks[last] - peaks[first]) / (last - first) * 1000:.1f} MB per 1000 response tokens")
+    lengths = sorted(peaks)
+    for shorter, longer in zip(lengths, lengths[1:]):  # the first chunk past one adds a V×H weight-gradient buffer
+        growth = (peaks[longer] - peaks[shorter]) / (longer - shorter) * 1000
+        print(f"chunked growth T={shorter}→{longer}: {growth:.1f} MB per 1000 response tokens")
 
 
 if __name__ == "__main__":

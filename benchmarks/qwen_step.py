@@ -38,7 +38,7 @@ def main():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     work = tempfile.mkdtemp()
-    _, tokenizer = sdpg.build_tiny_model()  # the character tokenizer: prompt ids are < 99, the model has V = 151 936
+    _, tokenizer = sdpg.build_tiny_model()  # the byte-level tokenizer: prompt ids are < 259, the model has V = 151 936
     torch.manual_seed(0)
     config = Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0])
     model = Qwen2ForCausalLM(config)

@@ -25,7 +25,7 @@ import sdpg  # noqa: E402
 
 
 def save_model(vocab_size: int, path: str) -> str:
-    """The tiny model, its embedding optionally grown to `vocab_size` (ids past the tokenizer's 99
+    """The tiny model, its embedding optionally grown to `vocab_size` (ids past the tokenizer's 259
     decode to nothing): the vocabulary projection then costs what Qwen's 151 936 entries cost."""
     model, tokenizer = sdpg.build_tiny_model(seed=0)
     if vocab_size > model.config.vocab_size:
@@ -100,7 +100,7 @@ def main():
     parser.add_argument("--group-size", type=int, default=8, help="G")
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
     parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is not timed")
-    parser.add_argument("--vocab", type=int, default=99, help="vocabulary size; 151936 = Qwen's")
+    parser.add_argument("--vocab", type=int, default=0, help="grow the tiny model's 259-entry vocabulary to this; 151936 = Qwen's")
     parser.add_argument("--skip-trl", action="store_true", help="only our SDPG vs GRPO-mode step")
     args = parser.parse_args()
     import torch
@@ -108,6 +108,8 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     work = tempfile.mkdtemp()
     args.model_dir = save_model(args.vocab, os.path.join(work, "model"))  # TRL builds its reference model from a path
+    model, tokenizer = sdpg.load_model(args.model_dir)
+    vocab = model.config.vocab_size
     results = {}
     sdpg_time, sdpg_update, sdpg_len = ours(args, 0.001, 0.001, os.path.join(work, "sdpg"))
     results["sdpg.py SDPG (β = α = 0.001)"] = (sdpg_time, sdpg_len)
@@ -117,7 +119,7 @@ def main():
         results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
         results["TRL GRPOTrainer"] = trl_run(args, "grpo", os.path.join(work, "trl-grpo"))
 
-    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H=64, 2 layers, V={args.vocab}); B={args.prompts} prompts × "
+    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H=64, 2 layers, V={vocab}); B={args.prompts} prompts × "
           f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; median of steps 2..{args.steps}")
     print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ sdpg.py SDPG':>15}")
     for name, (seconds, length) in results.items():
@@ -130,7 +132,6 @@ def main():
     # forward costs 2·N FLOPs: N = the decoder's parameters for every position, H·V for the vocabulary
     # projection, which only response positions get. The update is forward + recompute + backward (×4);
     # SDPG adds the teacher (forward + chunk recompute) and the reference (forward) passes.
-    model, tokenizer = sdpg.load_model(args.model_dir)
     rows = sdpg.tokenize_rows(tokenizer, sdpg.arithmetic_rows(64), "answer", 10**6)
     prompt, teacher = (statistics.mean(len(r[key]) for r in rows) for key in ("prompt_ids", "teacher_ids"))
     head = model.config.hidden_size * model.config.vocab_size
