@@ -20,13 +20,15 @@ Symbols → names:  π_θ → `logp`,  π_old → `old_logp`,  π_ref → `ref_l
 B → `batch_size`,  A → `advantages`,  τ → `temperature`,  β → `beta`,  α → `alpha`,
 z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`.
 
-Where this file departs from the paper (each is tagged `# [impl]` and numbered in README.md):
-no dynamic sampling and no overlong penalty; the vocabulary projection is chunked over
-response positions and recomputed in backward, so (B, T, V) logits never exist at once;
-with a single update per rollout batch old_logp is the current logp detached (ratio ≡ 1).
+Where this file departs from the paper (numbered in README.md, `# [impl]` where they happen):
+no dynamic sampling and no overlong penalty; the vocabulary projection is chunked over response
+positions and recomputed in backward, so (B, T, V) logits never exist; decoder layers are
+recomputed too; with one update per rollout batch old_logp is logp detached (ratio ≡ 1);
+rollouts are drawn by inverting the CDF rather than by torch.multinomial (same distribution).
 
 Run:
-  python sdpg.py --model tiny --steps 20                # offline, any laptop, minutes
+  python sdpg.py --model tiny --steps 40 --batch-size 8 --mini-batch-size 4 --max-new-tokens 64 \
+      --lr 1e-3 --warmup-steps 0 --no-gate --beta 1     # offline, any laptop, about a minute
   python sdpg.py --model Qwen/Qwen2.5-0.5B-Instruct     # GSM8K, one GPU
 """
 
