@@ -40,7 +40,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -480,7 +479,8 @@ def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask
 
 
 def _tempered_log_softmax(logits, temperature):
-    logits = logits.float()
+    """log softmax(z/τ) in float32 or wider, whatever the input dtype."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return (logits if temperature == 1.0 else logits / temperature).log_softmax(dim=-1)  # skip a pass over V at τ = 1
 
 
@@ -564,10 +564,8 @@ def opd_kl(student_logits, teacher_logits, temperature=1.0):
 
     Exact over the last (vocabulary) dim, in float32 or wider; the teacher is detached here.
     """
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    log_p = (student_logits.to(dtype) / temperature).log_softmax(dim=-1)
-    log_q = (teacher_logits.detach().to(dtype) / temperature).log_softmax(dim=-1)
-    return reverse_kl(log_p, log_q)
+    return reverse_kl(_tempered_log_softmax(student_logits, temperature),
+                      _tempered_log_softmax(teacher_logits.detach(), temperature))
 
 
 def reverse_kl(log_p, log_q):

@@ -105,7 +105,6 @@ def main():
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(torch.get_num_threads())
     work = tempfile.mkdtemp()
     args.model_dir = save_model(args.vocab, os.path.join(work, "model"))  # TRL builds its reference model from a path
     model, tokenizer = sdpg.load_model(args.model_dir)
