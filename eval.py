@@ -92,12 +92,20 @@ def format_table(summaries: dict[str, dict]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
 
 
-CURVES = [("reward", "reward (mean accuracy)"), ("opd_kl", "OPD KL to teacher (E3)"), ("ref_kl", "reference KL (E6)"),
-          ("entropy", "entropy (nats)"), ("response_len", "response length (tokens)")]
+CURVES = [("reward", "reward (mean accuracy)", "linear"), ("opd_kl", "OPD KL to teacher, gated tokens (E3)", "log"),
+          ("ref_kl", "reference KL (E6)", "log"), ("entropy", "entropy (nats)", "linear"),
+          ("response_len", "response length (tokens)", "linear")]
+
+
+def run_labels(run_dirs: list[str]) -> list[str]:
+    """Folder names, or the whole paths where two folder names clash (two `…/sdpg` runs stay two lines)."""
+    names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    return [name if names.count(name) == 1 else os.path.normpath(d) for name, d in zip(names, run_dirs)]
 
 
 def plot_runs(run_dirs: list[str], output: str):
-    """One panel per metric of metrics.jsonl, one line per run (e.g. GRPO vs SDPG)."""
+    """One panel per metric of metrics.jsonl, one line per run (e.g. GRPO vs SDPG). A metric a run never computed
+    (null: GRPO's opd_kl and ref_kl) is left out of its panel rather than drawn as a measured zero."""
     try:
         import matplotlib
 
@@ -106,19 +114,25 @@ def plot_runs(run_dirs: list[str], output: str):
     except ImportError:
         fail("--plot needs matplotlib, an optional dependency: pip install matplotlib")
     runs = {}
-    for run_dir in run_dirs:
+    for label, run_dir in zip(run_labels(run_dirs), run_dirs):
         path = os.path.join(run_dir, "metrics.jsonl")
         if not os.path.isfile(path):
             fail(f"{path} not found; pass the --output-dir of a sdpg.py run")
-        runs[os.path.basename(os.path.normpath(run_dir))] = [json.loads(line) for line in open(path)]
+        runs[label] = sdpg.read_metrics(path)  # a half-written last line (run still going, or killed) is skipped
+        if not runs[label]:
+            fail(f"{path} holds no complete step yet; plot it once the run has logged a step")
     figure, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for axis, (key, title) in zip(axes, CURVES):
-        for name, records in runs.items():
-            axis.plot([r["step"] for r in records], [r[key] for r in records], label=name)
+    for axis, (key, title, scale) in zip(axes, CURVES):
+        for index, (name, records) in enumerate(runs.items()):
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None and (scale == "linear" or r[key] > 0)]
+            if points:  # same colour for a run in every panel, even where it is absent from some
+                axis.plot(*zip(*points), label=name, color=f"C{index}")
+        axis.set_yscale(scale)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step")
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     figure.savefig(output, dpi=100)
     plt.close(figure)
     return output
@@ -127,10 +141,12 @@ def plot_runs(run_dirs: list[str], output: str):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate models with SDPG's prompt and verifier.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", action="append", help="hub id, local directory or `tiny`; give twice to compare")
+    parser.add_argument("--model", action="append", help="hub id, local directory, .gguf file or `tiny`; twice to compare")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate A and B on the same problems and seed")
-    parser.add_argument("--dataset", default="gsm8k", help="gsm8k | math500 | arithmetic | a .jsonl/.json/.csv/.parquet file")
-    parser.add_argument("--question-field", default="question", help="problem column of a local file")
+    parser.add_argument("--dataset", default="gsm8k", help="gsm8k | math500 | arithmetic | arithmetic-easy | a .jsonl/.json/"
+                        ".csv/.parquet file (e.g. ../shared/gsm8k/test.jsonl, ../shared/math500/test.jsonl)")
+    parser.add_argument("--question-field", default="question", help="problem column of a local file (`problem` is "
+                        "picked up by itself when there is no `question`, as in MATH-500)")
     parser.add_argument("--answer-field", default="answer", help="ground-truth column of a local file")
     parser.add_argument("--split", default="test", help="dataset split (math500 has only test)")
     parser.add_argument("--limit", type=int, default=0, help="first N problems only; 0 = all")
@@ -139,6 +155,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=512, help="maximum response length in tokens")
     parser.add_argument("--batch-size", type=int, default=16, help="problems per generate call (each with n samples)")
     parser.add_argument("--seed", type=int, default=0, help="seeds sampling; the same for every model compared")
+    parser.add_argument("--strict-format", action="store_true", help="only an explicit final answer counts (as sdpg.py "
+                        "--strict-format); a response cut at --max-new-tokens is always graded so")
     parser.add_argument("--output", default="", help="per-problem JSONL; the summary goes to <output>.summary.json")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA) | bfloat16 | float32")
@@ -163,14 +181,15 @@ def main(args) -> dict:
     if args.plot:
         print(plot_runs(args.plot, args.plot_output))
         return {}
+    device = sdpg.resolve_device(args.device)
     rows = sdpg.load_rows(args.dataset, args.question_field, args.answer_field, split=args.split)
     rows = rows[:args.limit] if args.limit else rows
-    device = sdpg.resolve_device(args.device)
     summaries = {}
     for index, name in enumerate(args.models):
         model, tokenizer = sdpg.load_model(name, seed=args.seed)
         records, summary = evaluate(model, tokenizer, rows, args.n, args.temperature, args.max_new_tokens, args.batch_size,
-                                    args.seed, device, sdpg.make_autocast(device, args.dtype), desc=name)
+                                    args.seed, device, sdpg.make_autocast(device, args.dtype), desc=name,
+                                    strict=args.strict_format)
         label = name if name not in summaries else f"{name} ({index + 1})"
         summaries[label] = summary
         if args.output:

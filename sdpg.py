@@ -33,7 +33,9 @@ Run:
 """
 
 import argparse
+import contextlib
 import copy
+import csv
 import dataclasses
 import importlib.util
 import json
@@ -41,6 +43,11 @@ import math
 import os
 import random
 import re
+import shlex
+import shutil
+import signal
+import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -68,7 +75,7 @@ class Config:
     steps: int = 200  # T, training steps (rollout batches)
     batch_size: int = 32  # B, prompts per step
     group_size: int = 8  # G, responses sampled per prompt
-    mini_batch_size: int = 8  # prompts per optimizer update; B / this = updates per step (E2's clip acts when > 1)
+    mini_batch_size: int = 0  # prompts per optimizer update; B / this = updates per step (E2's clip acts when > 1; authors: 16 of 128); 0 = B, one update
     micro_batch_size: int = 8  # sequences per forward/backward; memory only, never the result
     no_gradient_checkpointing: bool = False  # keep every decoder layer's activations instead of recomputing them
     logits_chunk_size: int = 128  # response positions per vocabulary projection (and its recompute); 0 = all at once
@@ -96,7 +103,10 @@ class Config:
     # -- run
     seed: int = 0  # seeds python, numpy and torch (GPU sampling is still not bit-exact)
     output_dir: str = "runs/sdpg"  # config.json, metrics.jsonl, checkpoints
-    save_every: int = 0  # save a checkpoint every N steps; 0 = only the final one
+    save_every: int = 0  # write a resumable checkpoint step_N/ every N steps; 0 = only final/ (and one on interrupt)
+    keep_checkpoints: int = 2  # how many step_N/ checkpoints to keep, oldest deleted first; 0 = all; final/ is always kept
+    resume: bool = False  # continue the run in --output-dir from its latest step_N/ (pass the run's other flags unchanged)
+    overwrite: bool = False  # delete the run already in --output-dir and start a new one
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32
 
@@ -127,6 +137,8 @@ def fail(message: str):
 
 
 def check_config(cfg: Config):
+    """Every flag checked before anything is loaded: one line naming the flag and the fix."""
+    cfg.mini_batch_size = cfg.mini_batch_size or cfg.batch_size
     if cfg.group_size < 2:
         fail(f"--group-size {cfg.group_size}: E1 compares responses within a group, so G must be ≥ 2")
     if cfg.batch_size < 1 or cfg.mini_batch_size < 1 or cfg.batch_size % cfg.mini_batch_size:
@@ -139,6 +151,19 @@ def check_config(cfg: Config):
         fail(f"--teacher-context {cfg.teacher_context!r} is unknown; choose one of {', '.join(TEACHER_CONTEXTS)}")
     if cfg.temperature <= 0:
         fail("--temperature must be > 0 for on-policy sampling")
+    for flag in ("lr", "max_grad_norm", "max_prompt_length"):
+        if not getattr(cfg, flag) > 0:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be > 0")
+    for flag in ("beta", "alpha", "weight_decay", "clip_low", "clip_high", "warmup_steps", "save_every", "keep_checkpoints"):
+        if not getattr(cfg, flag) >= 0:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be ≥ 0 (0 turns it off)")
+    if cfg.clip_c <= 1 or cfg.clip_low >= 1:
+        fail(f"--clip-c {cfg.clip_c} must be > 1 and --clip-low {cfg.clip_low} < 1 (E2)")
+    if cfg.beta_warmup_steps < -1 or cfg.beta_decay_steps < -1:
+        fail("--beta-warmup-steps/--beta-decay-steps: -1 (the paper's proportions), 0 (off) or a number of steps")
+    if cfg.resume and cfg.overwrite:
+        fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
+    resolve_device(cfg.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,16 +192,18 @@ def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
     return answer.strip().replace(",", ""), re.sub(r"<<[^<>\n]{0,200}>>", "", solution).strip()
 
 
-def arithmetic_rows(n: int = 2000, split: str = "train", one_step: bool = False) -> list[dict]:
-    """Built-in offline task: seeded one- and two-step word problems with worked solutions (`one_step`: additions
-    and products only, `arithmetic-easy`). One seeded stream of distinct questions is split by a hash of the text
-    (1 in 5 to `test`), so train and test never share a question."""
+def arithmetic_rows(n: int = 2000, split: str = "train", easy: bool = False) -> list[dict]:
+    """Built-in offline task: seeded one- and two-step word problems with worked solutions; `easy`
+    (`arithmetic-easy`): one addition of two numbers from 2 to 9. One seeded stream of distinct questions is
+    split by a hash of the text (1 in 5 to `test`), so train and test never share a question."""
     rng = random.Random(0)
     names, items = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fay"], ["apples", "books", "coins", "shells"]
     rows, seen = [], set()
-    while len(rows) < n:
-        name, item, a, b, c = rng.choice(names), rng.choice(items), *(rng.randint(2, 20) for _ in range(3))
-        kind = rng.randrange(2 if one_step else 3)
+    for _ in range(50 * n):  # the easy task has only 1 536 distinct questions: stop when they run out
+        if len(rows) == n:
+            break
+        name, item, a, b, c = rng.choice(names), rng.choice(items), *(rng.randint(2, 9 if easy else 20) for _ in range(3))
+        kind = 0 if easy else rng.randrange(3)
         if kind == 0:
             q, sol, ans = f"{name} has {a} {item} and finds {b} more. How many {item} does {name} have now?", f"{a} + {b} = {a + b}", a + b
         elif kind == 1:
@@ -194,7 +221,7 @@ def arithmetic_rows(n: int = 2000, split: str = "train", one_step: bool = False)
 def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
     """Rows of {question, answer, solution}: gsm8k, arithmetic, math500 or a local file, via `datasets`."""
     if name in ("arithmetic", "arithmetic-easy"):
-        return arithmetic_rows(split="test" if split == "test" else "train", one_step=name == "arithmetic-easy")
+        return arithmetic_rows(split="test" if split == "test" else "train", easy=name == "arithmetic-easy")
     import datasets
 
     if name in ("gsm8k", "math500"):
@@ -211,21 +238,42 @@ def load_rows(name: str, question_field="question", answer_field="answer", split
             fail(f"--dataset {name!r}: expected gsm8k, arithmetic, math500 or a .jsonl/.json/.csv/.parquet file")
         if not os.path.isfile(name):
             fail(f"dataset file {name!r} not found; check the path")
+        if os.path.getsize(name) == 0:
+            fail(f"dataset file {name!r} is empty")
+        if builder == "json":  # `datasets` reports a bad line as "An error occurred while generating the dataset"
+            with open(name, encoding="utf-8", errors="replace") as f:
+                first = next((line for line in f if line.strip()), "")
+            try:
+                json.loads(first if name.endswith(".jsonl") else open(name, encoding="utf-8").read())
+            except ValueError as error:
+                fail(f"{name!r} is not valid {'JSON lines' if name.endswith('.jsonl') else 'JSON'} ({error}); "
+                     f"expected one object per line with the fields {question_field!r} and {answer_field!r}")
+        columns = {}
+        if builder == "csv":  # every column as text: pandas reads "2" as 2.0 once a cell of its column is empty
+            with open(name, newline="", encoding="utf-8", errors="replace") as f:
+                columns["features"] = datasets.Features({c: datasets.Value("string") for c in next(csv.reader(f), [])})
         try:
-            table = datasets.load_dataset(builder, data_files=name, split="train")
+            table = datasets.load_dataset(builder, data_files=name, split="train", **columns)
         except Exception as error:
             fail(f"could not read {name!r} as {builder}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        if question_field == "question" and "question" not in table.column_names and "problem" in table.column_names:
+            question_field = "problem"  # MATH / MATH-500 rows: `problem`, `answer`, `solution`
     for field in (question_field, answer_field):
         if field not in table.column_names:
             fail(f"dataset {name!r} has no field {field!r} (fields: {', '.join(table.column_names)}); "
                  f"pass --question-field/--answer-field")
-    rows = []
+    rows, dropped = [], 0
     for row in table:
-        answer, solution = split_gsm8k_answer(str(row[answer_field]))
-        solution = row.get("solution") or solution
-        rows.append({"question": str(row[question_field]), "answer": answer, "solution": solution})
+        question, answer = (str(row[key]).strip() if row[key] is not None else "" for key in (question_field, answer_field))
+        answer, solution = split_gsm8k_answer(answer)
+        if not question or not answer:  # an empty answer would teach "\boxed{None}"; never train on it
+            dropped += 1
+            continue
+        rows.append({"question": question, "answer": answer, "solution": row.get("solution") or solution})
+    if dropped:
+        print(f"warning: dropped {dropped} of {dropped + len(rows)} rows of {name!r} with an empty question or answer")
     if not rows:
-        fail(f"dataset {name!r} is empty")
+        fail(f"dataset {name!r} has no row with both a question and an answer")
     return rows
 
 
@@ -545,7 +593,8 @@ def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask
     ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T): [pad…, prompt, response, pad…]
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift RoPE positions
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                              use_cache=False).last_hidden_state  # a scoring pass needs no KV cache
     prompt_length, response_length = prompt_ids.shape[1], response_ids.shape[1]
     return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
 
@@ -730,8 +779,15 @@ def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N | mps → a device this machine has (one-line error otherwise)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        fail(f"--device {name!r} is unknown; choose auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not (torch.cuda.is_available() and int(name[5:] or 0) < torch.cuda.device_count()):
+        fail(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        fail("--device mps: MPS is not available on this machine; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -787,132 +843,278 @@ def sampled_logp(policy, batch: dict, indices: list[int], cfg: Config, autocast)
     return torch.cat(pieces)
 
 
-def save_checkpoint(model, tokenizer, path: str):
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+# ----------------------------------------------------------------------------------------------
+# Runs that survive: checkpoints, resume, interrupts (engineering, not the paper; a first reading may skip)
+
+RUN_ARTEFACT = re.compile(r"config\.json|metrics\.jsonl|final|step_\d+(?:\.tmp|\.old)?")
+RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "device", "dtype", "micro_batch_size",
+                     "logits_chunk_size", "no_gradient_checkpointing"}  # memory and bookkeeping, never the result
+
+
+def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None):
+    """A folder `from_pretrained` loads (+ trainer_state.pt for resume). [impl] Written to `path.tmp` and renamed,
+    so a crash or a full disk never leaves a half-written checkpoint under `path`."""
+    temporary, previous = path + ".tmp", path + ".old"
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    if trainer_state is not None:
+        torch.save(trainer_state, os.path.join(temporary, "trainer_state.pt"))
+    shutil.rmtree(previous, ignore_errors=True)
+    if os.path.exists(path):
+        os.rename(path, previous)
+    os.rename(temporary, path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def resumable_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of every complete step_N/ checkpoint, oldest first."""
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    found = [(int(name[5:]), os.path.join(output_dir, name)) for name in names if re.fullmatch(r"step_\d+", name)]
+    return sorted((step, path) for step, path in found if os.path.isfile(os.path.join(path, "trainer_state.pt")))
+
+
+def prepare_output_dir(cfg: Config) -> str | None:
+    """Before any model is loaded: refuse to overwrite a run by accident; the checkpoint to resume from, or None."""
+    out = cfg.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--output-dir {out!r} is a file, not a folder; pass another --output-dir")
+    holds_run = os.path.isdir(out) and any(RUN_ARTEFACT.fullmatch(name) for name in os.listdir(out))
+    if cfg.resume:
+        found = resumable_checkpoints(out)
+        if not found or not os.path.isfile(os.path.join(out, "config.json")):
+            fail(f"--resume: no step_N/ checkpoint in {out!r}; start without --resume (or use --save-every)")
+        saved = json.load(open(os.path.join(out, "config.json")))
+        changed = [f"--{k.replace('_', '-')} {saved.get(k)} → {v}" for k, v in dataclasses.asdict(cfg).items()
+                   if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+        if changed:
+            fail(f"--resume with other settings than the run in {out!r} ({'; '.join(changed)}); pass the run's flags")
+        return found[-1][1]
+    if holds_run and not cfg.overwrite:
+        fail(f"{out!r} already holds a run; pass --resume to continue it, --overwrite to replace it, or another --output-dir")
+    try:
+        for name in os.listdir(out) if holds_run else []:
+            if RUN_ARTEFACT.fullmatch(name):  # only what sdpg.py wrote: never anything else in the folder
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        fail(f"--output-dir {out!r} cannot be written ({error.strerror}); pass another --output-dir")
+    return None
+
+
+def rng_states() -> dict:
+    import numpy
+
+    return {"python": random.getstate(), "numpy": numpy.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict):
+    import numpy
+
+    random.setstate(states["python"])
+    numpy.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def read_metrics(path: str) -> list[dict]:
+    """metrics.jsonl records; a half-written last line (the process was killed mid-write) is skipped."""
+    records = []
+    for line in open(path) if os.path.isfile(path) else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    return records
+
+
+def resume_command(cfg: Config) -> str:
+    """The command line that continues this run: every flag that differs from its default, plus --resume."""
+    words = ["python", "sdpg.py"]
+    for field in dataclasses.fields(Config):
+        value = getattr(cfg, field.name)
+        if field.name not in ("resume", "overwrite") and value != field.default:
+            flag = "--" + field.name.replace("_", "-")
+            words += [flag] if field.type is bool else [flag, shlex.quote(str(value))]
+    return " ".join(words + ["--resume"])
+
+
+@contextlib.contextmanager
+def stop_at_step_end():
+    """SIGINT (Ctrl-C) and SIGTERM (what schedulers send) only set a flag: the loop finishes its step, writes a
+    resumable checkpoint and exits. A second signal aborts at once."""
+    received = []
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to abort without saving)",
+              file=sys.stderr, flush=True)
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main(cfg: Config) -> list[dict]:
     from tqdm.auto import tqdm
 
+    resume_from = prepare_output_dir(cfg)  # before anything is loaded: a refused run costs nothing
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     autocast = make_autocast(device, cfg.dtype)
-    model, tokenizer = load_model(cfg.model, cfg.seed)
+    model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
     rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
                          cfg.teacher_context, cfg.max_prompt_length)
     model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
     reference = None
-    if cfg.alpha > 0:  # π_ref: the frozen initial weights (E6)
-        reference = copy.deepcopy(model).requires_grad_(False)
+    if cfg.alpha > 0:  # π_ref: the frozen initial weights (E6); on resume reloaded from --model, not the checkpoint
+        reference = load_model(cfg.model, cfg.seed)[0].to(device).eval() if resume_from else copy.deepcopy(model)
+        reference.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
-    metrics_file = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "w")
-    order, history = [], []
+    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    start_step, order, shuffler, history = 0, [], random.Random(cfg.seed), []
+    if resume_from:
+        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)  # our own file
+        if state["step"] >= cfg.steps:
+            fail(f"the run in {cfg.output_dir!r} already reached step {state['step']} of --steps {cfg.steps}; nothing to resume")
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, order = state["step"], state["order"]
+        shuffler.setstate(state["shuffler"])
+        set_rng_states(state["rng"])
+        history = [r for r in read_metrics(metrics_path) if r["step"] < start_step]  # later steps are redone
+        print(f"resuming {cfg.output_dir} at step {start_step} from {resume_from}")
+    else:
+        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+    with open(metrics_path, "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in history)
+    metrics_file = open(metrics_path, "a")
     updates_per_step = cfg.batch_size // cfg.mini_batch_size
-    shuffler = random.Random(cfg.seed)
 
-    progress = tqdm(range(cfg.steps), desc="sdpg", dynamic_ncols=True)
-    for step in progress:
-        started = time.time()
-        # 1. sample B prompts with their privileged contexts (epochs reshuffled)
-        if len(order) < cfg.batch_size:
-            order += shuffler.sample(range(len(rows)), len(rows))
-        batch_rows, order = [rows[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
-        per_sequence = [row for row in batch_rows for _ in range(cfg.group_size)]  # groups contiguous
-        prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in per_sequence], pad_id, device)  # (B*G, P)
-        teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
+    with stop_at_step_end() as stop_signal:
+        for step in (progress := tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="sdpg",
+                                      dynamic_ncols=True)):
+            started = time.time()
+            # 1. sample B prompts with their privileged contexts (epochs reshuffled)
+            while len(order) < cfg.batch_size:  # a dataset smaller than B still gives B prompts a step
+                order += shuffler.sample(range(len(rows)), len(rows))
+            batch_rows, order = [rows[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
+            per_sequence = [row for row in batch_rows for _ in range(cfg.group_size)]  # groups contiguous
+            prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in per_sequence], pad_id, device)  # (B*G, P)
+            teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
 
-        # 2. G responses per prompt from the student view
-        set_layer_recompute(model, False)
-        response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
-                                                       cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
-        rollout_time = time.time() - started
+            # 2. G responses per prompt from the student view
+            set_layer_recompute(model, False)
+            response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
+                                                           cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
+            rollout_time = time.time() - started
 
-        # 3. verifier rewards → advantages (E1)
-        completions = decode_responses(tokenizer, response_ids, response_mask)
-        truncated = truncated_responses(response_ids, eos_ids)  # (B*G,)
-        rewards = torch.tensor(score_responses(completions, [row["answer"] for row in per_sequence], truncated.tolist(),
-                                               cfg.strict_format), device=device)  # (B*G,)
-        advantages = group_advantages(rewards, cfg.group_size, scale_std=not cfg.no_std_scale)  # (B*G,)
-        batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
-                     response_ids=response_ids, response_mask=response_mask, advantages=advantages)
+            # 3. verifier rewards → advantages (E1)
+            completions = decode_responses(tokenizer, response_ids, response_mask)
+            truncated = truncated_responses(response_ids, eos_ids)  # (B*G,)
+            rewards = torch.tensor(score_responses(completions, [row["answer"] for row in per_sequence], truncated.tolist(),
+                                                   cfg.strict_format), device=device)  # (B*G,)
+            advantages = group_advantages(rewards, cfg.group_size, scale_std=not cfg.no_std_scale)  # (B*G,)
+            batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
+                         response_ids=response_ids, response_mask=response_mask, advantages=advantages)
 
-        set_layer_recompute(model, not cfg.no_gradient_checkpointing)
-        # 4. without gradient: log π_old (only needed when several updates share a batch) and log π_ref
-        all_rows = list(range(len(per_sequence)))
-        if updates_per_step > 1:
-            batch["old_logp"] = sampled_logp(model, batch, all_rows, cfg, autocast)
-        if reference is not None:
-            batch["ref_logp"] = sampled_logp(reference, batch, all_rows, cfg, autocast)
+            set_layer_recompute(model, not cfg.no_gradient_checkpointing)
+            # 4. without gradient: log π_old (only needed when several updates share a batch) and log π_ref
+            all_rows = list(range(len(per_sequence)))
+            if updates_per_step > 1:
+                batch["old_logp"] = sampled_logp(model, batch, all_rows, cfg, autocast)
+            if reference is not None:
+                batch["ref_logp"] = sampled_logp(reference, batch, all_rows, cfg, autocast)
 
-        # 5. mini-batch updates: student + teacher forward, E7, backward, clip, AdamW
-        beta = beta_schedule(step, cfg.steps, cfg.beta, *paper_beta_windows(cfg.steps, cfg.beta_warmup_steps,
-                                                                           cfg.beta_decay_steps))  # E5
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sums, grad_norms, total_tokens = {}, [], response_mask.sum().item()
-        sequences_per_update = cfg.mini_batch_size * cfg.group_size
-        gate = advantages > 0 if not cfg.no_gate else torch.ones_like(advantages, dtype=torch.bool)  # (B*G,)   E4
-        for update in range(updates_per_step):
-            indices = all_rows[update * sequences_per_update:(update + 1) * sequences_per_update]
-            num_tokens = response_mask[indices].sum().clamp(min=1)  # E7: divisor of the whole mini-batch
-            # [impl] rows with an open gate first, so the teacher forwards fill whole micro-batches (same sum)
-            indices = sorted(indices, key=lambda i: not gate[i])
-            for micro in micro_batches(batch, indices, cfg.micro_batch_size):
-                with autocast:
-                    logp, kl, entropy = response_stats(
-                        model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
-                        micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
-                        cfg.logits_chunk_size, with_entropy=True, teacher_rows=micro["advantages"] > 0 if not cfg.no_gate else None)
-                # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
-                old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
-                loss, metrics = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
-                                          beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, positive_only=not cfg.no_gate,
-                                          clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens)
-                loss.backward()
-                weight = micro["response_mask"].sum().item() / total_tokens  # token-weighted step means
-                metrics.update(entropy=(entropy.sum() / micro["response_mask"].sum()).item(),
-                               loss=loss.item() * num_tokens.item() / total_tokens,
-                               opd_kl=metrics["opd_kl"] * metrics["gate_frac"])  # → mean over gated tokens below
-                for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + (value if key == "loss" else weight * value)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if not (math.isfinite(sums["loss"]) and torch.isfinite(grad_norm)):
-                fail(f"non-finite loss or gradient at step {step}; weights not updated, the last checkpoint in "
-                     f"{cfg.output_dir} is kept; try a lower --lr")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            grad_norms.append(grad_norm.item())
+            # 5. mini-batch updates: student + teacher forward, E7, backward, clip, AdamW
+            beta = beta_schedule(step, cfg.steps, cfg.beta, *paper_beta_windows(cfg.steps, cfg.beta_warmup_steps,
+                                                                               cfg.beta_decay_steps))  # E5
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums, grad_norms, total_tokens = {}, [], response_mask.sum().item()
+            sequences_per_update = cfg.mini_batch_size * cfg.group_size
+            gate = advantages > 0 if not cfg.no_gate else torch.ones_like(advantages, dtype=torch.bool)  # (B*G,)   E4
+            for update in range(updates_per_step):
+                indices = all_rows[update * sequences_per_update:(update + 1) * sequences_per_update]
+                num_tokens = response_mask[indices].sum().clamp(min=1)  # E7: divisor of the whole mini-batch
+                # [impl] rows with an open gate first, so the teacher forwards fill whole micro-batches (same sum)
+                indices = sorted(indices, key=lambda i: not gate[i])
+                for micro in micro_batches(batch, indices, cfg.micro_batch_size):
+                    with autocast:
+                        logp, kl, entropy = response_stats(
+                            model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
+                            micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
+                            cfg.logits_chunk_size, with_entropy=True, teacher_rows=micro["advantages"] > 0 if not cfg.no_gate else None)
+                    # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
+                    old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
+                    loss, metrics = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
+                                              beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, positive_only=not cfg.no_gate,
+                                              clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens)
+                    loss.backward()
+                    weight = micro["response_mask"].sum().item() / total_tokens  # token-weighted step means
+                    metrics.update(entropy=(entropy.sum() / micro["response_mask"].sum()).item(),
+                                   loss=loss.item() * num_tokens.item() / total_tokens,
+                                   opd_kl=metrics["opd_kl"] * metrics["gate_frac"])  # → mean over gated tokens below
+                    for key, value in metrics.items():
+                        sums[key] = sums.get(key, 0.0) + (value if key == "loss" else weight * value)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if not (math.isfinite(sums["loss"]) and torch.isfinite(grad_norm)):
+                    fail(f"non-finite loss or gradient at step {step}; weights not updated, the last checkpoint in "
+                         f"{cfg.output_dir} is kept; try a lower --lr")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                grad_norms.append(grad_norm.item())
 
-        # log one line per step, averaged over the whole step
-        # a term the run never computes is logged as null (absent from plots), not as a measured 0
-        sums["opd_kl"] = sums["opd_kl"] / sums["gate_frac"] if beta > 0 and sums["gate_frac"] > 0 else None
-        sums["ref_kl"] = sums["ref_kl"] if reference is not None else None
-        record = dict(step=step, reward=rewards.mean().item(),
-                      format_rate=sum(map(has_answer_format, completions)) / len(completions),
-                      frac_zero_std=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item(),
-                      **{key: sums[key] for key in ("loss", "pg_loss", "opd_kl", "ref_kl", "entropy")},
-                      response_len=response_mask.sum(dim=1).float().mean().item(),
-                      truncated_frac=truncated.float().mean().item(), beta=beta, lr=lr,
-                      grad_norm=sum(grad_norms) / len(grad_norms),
-                      **{key: sums[key] for key in ("clip_frac", "dual_clip_frac", "gate_frac")},
-                      rollout_time=rollout_time, step_time=time.time() - started)
-        history.append(record)
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        progress.set_postfix(reward=f"{record['reward']:.3f}", opd_kl=f"{record['opd_kl'] or 0:.4f}",
-                             ref_kl=f"{record['ref_kl'] or 0:.2e}", len=f"{record['response_len']:.0f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step + 1}"))
+            # log one line per step, averaged over the whole step
+            # a term the run never computes is logged as null (absent from plots), not as a measured 0
+            sums["opd_kl"] = sums["opd_kl"] / sums["gate_frac"] if beta > 0 and sums["gate_frac"] > 0 else None
+            sums["ref_kl"] = sums["ref_kl"] if reference is not None else None
+            record = dict(step=step, reward=rewards.mean().item(),
+                          format_rate=sum(map(has_answer_format, completions)) / len(completions),
+                          frac_zero_std=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item(),
+                          **{key: sums[key] for key in ("loss", "pg_loss", "opd_kl", "ref_kl", "entropy")},
+                          response_len=response_mask.sum(dim=1).float().mean().item(),
+                          truncated_frac=truncated.float().mean().item(), beta=beta, lr=lr,
+                          grad_norm=sum(grad_norms) / len(grad_norms),
+                          **{key: sums[key] for key in ("clip_frac", "dual_clip_frac", "gate_frac")},
+                          rollout_time=rollout_time, step_time=time.time() - started)
+            history.append(record)
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            progress.set_postfix(reward=f"{record['reward']:.3f}", opd_kl=f"{record['opd_kl'] or 0:.4f}",
+                                 ref_kl=f"{record['ref_kl'] or 0:.2e}", len=f"{record['response_len']:.0f}")
+            # a safe point: a resumable checkpoint every --save-every steps, and whenever a stop was asked for
+            if stop_signal or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                state = dict(step=step + 1, optimizer=optimizer.state_dict(), order=order, shuffler=shuffler.getstate(),
+                             rng=rng_states())
+                save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step + 1}"), state)
+                for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
+                    shutil.rmtree(path)
+            if stop_signal:
+                metrics_file.close()
+                progress.close()  # so the bar is not redrawn under the last line
+                print(f"interrupted at step {step + 1}; resume with: {resume_command(cfg)}", file=sys.stderr)
+                raise SystemExit(128 + stop_signal[0])
     metrics_file.close()
     save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, "final"))
     return history
 
 
 if __name__ == "__main__":
-    main(parse_config())
+    try:
+        main(parse_config())
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        raise SystemExit("aborted without saving; the last step_N/ checkpoint in --output-dir (if any) can be resumed")

@@ -8,6 +8,9 @@ Run:  python -m pytest -q test_sdpg.py
 import itertools
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -443,14 +446,13 @@ def test_arithmetic_task_is_seeded_and_its_solutions_verify():
     assert all(sdpg.verify(f"{r['solution']}\n#### {r['answer']}", r["answer"]) == 1.0 for r in rows)
 
 
-@pytest.mark.parametrize("one_step", [False, True])
-def test_arithmetic_train_and_test_splits_share_no_question(one_step):
+@pytest.mark.parametrize("easy, sizes", [(False, (2000, 500)), (True, (1000, 250))])
+def test_arithmetic_train_and_test_splits_share_no_question(easy, sizes):
     """Held-out numbers mean something only if no test question was trained on."""
-    train_rows = sdpg.arithmetic_rows(2000, "train", one_step)
-    test_rows = sdpg.arithmetic_rows(500, "test", one_step)
+    train_rows, test_rows = sdpg.arithmetic_rows(sizes[0], "train", easy), sdpg.arithmetic_rows(sizes[1], "test", easy)
     train_questions, test_questions = {r["question"] for r in train_rows}, {r["question"] for r in test_rows}
-    assert len(train_questions) == 2000 and len(test_questions) == 500 and not train_questions & test_questions
-    assert all("gives away" not in q for q in test_questions) == one_step
+    assert (len(train_questions), len(test_questions)) == sizes and not train_questions & test_questions
+    assert all("finds" in r["question"] and int(r["answer"]) <= 18 for r in test_rows) == easy
 
 
 def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
@@ -488,6 +490,154 @@ def test_sampled_responses_stop_at_eos_and_are_right_padded(tiny):
     for row, length in zip(response_ids, lengths):
         if length < response_ids.shape[1]:
             assert row[length - 1].item() in (0, 2) and (row[length:] == 0).all()
+
+
+# Checkpoints ship sampling defaults (Qwen2.5: do_sample, T 0.7, top-k 20, top-p 0.8, repetition penalty 1.1) that
+# generate() merges into every call; rollouts must ignore them all. These tests also run against the lowest
+# transformers that requirements.txt allows (.ci/run: `-m rollouts` in a second environment).
+QWEN_SAMPLING = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.1)
+EXTREME_SAMPLING = dict(do_sample=True, temperature=0.05, top_k=2, top_p=0.3, repetition_penalty=5.0,
+                        no_repeat_ngram_size=2, min_new_tokens=3, num_beams=1)
+
+
+def tiny_with_sampling_defaults(defaults):
+    model, tokenizer = sdpg.build_tiny_model(seed=0)
+    for key, value in defaults.items():
+        setattr(model.generation_config, key, value)
+    return model.eval(), tokenizer
+
+
+def argmax_loop(model, prompt, eos_ids, steps):
+    """Greedy decoding by hand: the reference for --temperature 0."""
+    sequence, response = list(prompt), []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(torch.tensor([sequence])).logits[0, -1].argmax())
+            response.append(token)
+            sequence.append(token)
+            if token in eos_ids:
+                break
+    return response
+
+
+@pytest.mark.rollouts
+@pytest.mark.parametrize("defaults", [QWEN_SAMPLING, EXTREME_SAMPLING], ids=["qwen", "extreme"])
+def test_greedy_rollout_is_the_argmax_loop_whatever_the_generation_config(defaults, tmp_path):
+    """--temperature 0 is argmax decoding, also after a save/reload through sdpg.py's checkpoint."""
+    model, tokenizer = tiny_with_sampling_defaults(defaults)
+    sdpg.save_checkpoint(model, tokenizer, str(tmp_path / "checkpoint"))
+    for candidate in (model, sdpg.load_model(str(tmp_path / "checkpoint"))[0].eval()):
+        assert candidate.generation_config.top_k == defaults["top_k"]  # the defaults are still there, and ignored
+        eos = sdpg.eos_token_ids(candidate, tokenizer)
+        prompts = [sdpg.build_prompt(tokenizer, q) for q in ("What is 2 + 3?", "Name a prime.")]
+        ids, mask = sdpg.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+        response, _ = sdpg.sample_responses(candidate, ids, mask, eos, tokenizer.pad_token_id, 12, 0.0,
+                                            torch.autocast("cpu", enabled=False))
+        for row, prompt in zip(response.tolist(), prompts):
+            expected = argmax_loop(candidate, prompt, eos, 12)
+            assert row[:len(expected)] == expected
+
+
+@pytest.mark.rollouts
+@pytest.mark.parametrize("defaults", [QWEN_SAMPLING, EXTREME_SAMPLING], ids=["qwen", "extreme"])
+def test_sampled_first_tokens_follow_the_tempered_softmax_whatever_the_generation_config(defaults):
+    """E2/E3 assume y ~ softmax(z/τ) over the whole vocabulary: 20 000 first tokens, frequencies within 4 standard
+    errors (+0.002) of the probabilities. top-k 2 or a temperature of 0.05 would put all mass on a few tokens."""
+    model, tokenizer = tiny_with_sampling_defaults(defaults)
+    prompt = [1, 83, 72]  # a short prompt keeps 20 000 rows small
+    temperature, draws = 1.3, 20_000
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double() / temperature, dim=-1)
+    torch.manual_seed(0)
+    ids, mask = sdpg.left_pad([prompt] * draws, tokenizer.pad_token_id, "cpu")
+    response, _ = sdpg.sample_responses(model, ids, mask, [2, 0], 0, 1, temperature, torch.autocast("cpu", enabled=False))
+    frequencies = torch.bincount(response[:, 0], minlength=len(probabilities)).double() / draws
+    standard_error = (probabilities * (1 - probabilities) / draws).sqrt()
+    assert (frequencies > 0).sum() > 50  # many distinct tokens, not top-k's two
+    assert ((frequencies - probabilities).abs() < 4 * standard_error + 2e-3).all()
+
+
+QWEN = os.path.join(HERE, "..", "shared", "qwen2.5-0.5b-instruct")
+needs_qwen = pytest.mark.skipif(not os.path.isfile(os.path.join(QWEN, "tokenizer.json")),
+                                reason="../shared/qwen2.5-0.5b-instruct (real Qwen tokenizer and configs) is not beside "
+                                       "this checkout; CI always has it")
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory):
+    """Qwen2.5-0.5B-Instruct's real config shrunk to 2 layers, random weights, with its real tokenizer and generation
+    config, saved as a local checkpoint."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(QWEN)
+    config.num_hidden_layers = 2
+    if getattr(config, "layer_types", None):  # transformers ≥ 5 keeps one attention type per layer
+        config.layer_types = config.layer_types[:2]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig.from_pretrained(QWEN)
+    path = str(tmp_path_factory.mktemp("qwen") / "qwen-2-layers")
+    sdpg.save_checkpoint(model, AutoTokenizer.from_pretrained(QWEN), path)
+    return path
+
+
+@needs_qwen
+def test_qwen_prompts_have_chatml_layout_with_the_default_system_prompt(qwen_checkpoint):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_checkpoint)
+    row = {"question": "What is 6 * 7?", "answer": "42", "solution": "6 * 7 = 42"}
+    student = sdpg.build_prompt(tokenizer, row["question"])
+    teacher = sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "paper"))
+    system = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    for ids, extra in ((student, ""), (teacher, "\n\n" + sdpg.privileged_context(row, "paper"))):
+        assert tokenizer.decode(ids) == (f"{system}<|im_start|>user\nWhat is 6 * 7?\n{sdpg.INSTRUCTION}{extra}<|im_end|>\n"
+                                         "<|im_start|>assistant\n")
+        assert ids[0] == 151644 and ids[-3:] == tokenizer("<|im_start|>assistant\n").input_ids
+        assert tokenizer.bos_token_id is None or ids[0] != tokenizer.bos_token_id  # nothing prepended
+
+
+@needs_qwen
+@pytest.mark.parametrize("eos", [151645, 151643], ids=["im_end", "endoftext"])
+def test_both_qwen_eos_ids_stop_a_rollout_and_the_mask_keeps_the_first_only(qwen_checkpoint, eos):
+    """<|im_end|> and <|endoftext|> both end a response; pad (<|endoftext|>) is itself an EOS, so the mask comes
+    from the first EOS: it holds the EOS and nothing after."""
+    from transformers import AutoTokenizer
+
+    model, tokenizer = sdpg.load_model(qwen_checkpoint)
+    eos_ids = sdpg.eos_token_ids(model, tokenizer)
+    assert eos_ids == [151643, 151645] and tokenizer.pad_token_id == 151643
+    forced, calls = [9707, 11, eos], []  # "Hello", ",", then the end
+
+    def force_next_token(module, args, logits):
+        calls.append(1)
+        boost = torch.zeros(logits.shape[-1])
+        boost[forced[min(len(calls), len(forced)) - 1]] = 1e4
+        return logits + boost
+    hook = model.lm_head.register_forward_hook(force_next_token)
+    try:
+        ids, mask = sdpg.left_pad([sdpg.build_prompt(tokenizer, "Hi")], tokenizer.pad_token_id, "cpu")
+        response, response_mask = sdpg.sample_responses(model.eval(), ids.repeat(2, 1), mask.repeat(2, 1), eos_ids,
+                                                        tokenizer.pad_token_id, 8, 1.0, torch.autocast("cpu", enabled=False))
+    finally:
+        hook.remove()
+    assert response.shape[1] == 3 and response[0].tolist() == [9707, 11, eos]
+    assert response_mask.tolist() == [[1, 1, 1]] * 2
+    assert not sdpg.truncated_responses(response, eos_ids).any()
+    padded = torch.tensor([[9707, eos, 151643, 151643]])
+    assert sdpg.response_mask_from_eos(padded, eos_ids).tolist() == [[1, 1, 0, 0]]
+
+
+@needs_qwen
+def test_one_training_step_and_one_eval_run_on_the_qwen_shaped_checkpoint(qwen_checkpoint, tmp_path):
+    cfg = sdpg.parse_config(["--model", qwen_checkpoint, "--dataset", "arithmetic", "--output-dir", str(tmp_path / "run"),
+                             "--steps", "1", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "6",
+                             "--no-gate", "--beta", "1"])
+    history = sdpg.main(cfg)
+    assert len(history) == 1 and history[0]["opd_kl"] > 0 and history[0]["response_len"] > 0
+    summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run" / "final"), "--dataset",
+                                                       "arithmetic", "--limit", "2", "--max-new-tokens", "6"]))
+    assert list(summaries.values())[0]["num_problems"] == 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,6 +741,58 @@ def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_back
         scale = naive.abs().max().item()
         torch.testing.assert_close(chunked, naive, atol=1e-6 * scale, rtol=1e-5)
         torch.testing.assert_close(recomputed, naive, atol=1e-6 * scale, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher(tiny, chunk_size):
+    """E4 × E3: running the teacher only for rows with A > 0 changes neither the E7 loss nor any parameter gradient
+    (kl of the gated rows is identical; the other rows' kl was multiplied by 0 anyway)."""
+    model, _ = tiny
+    tensors, _ = mixed_batch(seed=3)
+    advantages = torch.tensor([0.8, -0.5, 1.2])  # mixed gate: rows 0 and 2 open
+
+    def loss_and_gradients(teacher_rows):
+        model.zero_grad()
+        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size, teacher_rows=teacher_rows)
+        loss, _ = sdpg.sdpg_loss(logp, logp.detach(), None, kl, advantages, tensors[5], beta=0.7, alpha=0.0)
+        loss.backward()
+        return loss.detach(), kl.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    full_loss, full_kl, full_grads = loss_and_gradients(None)
+    gated_loss, gated_kl, gated_grads = loss_and_gradients(advantages > 0)
+    torch.testing.assert_close(gated_loss, full_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(gated_kl[[0, 2]], full_kl[[0, 2]], atol=1e-6, rtol=1e-6)
+    assert (gated_kl[1] == 0).all() and (full_kl[1] > 0).any()
+    for name in full_grads:
+        scale = full_grads[name].abs().max().item()
+        torch.testing.assert_close(gated_grads[name], full_grads[name], atol=1e-6 * scale, rtol=1e-5, msg=name)
+
+
+def test_no_teacher_forward_when_every_gate_is_closed(tiny, monkeypatch):
+    """E4: with every advantage ≤ 0 the teacher prompt is never run through the model."""
+    model, _ = tiny
+    tensors, _ = mixed_batch()
+    seen_widths = []
+    original = sdpg._response_hidden
+    monkeypatch.setattr(sdpg, "_response_hidden", lambda m, ids, *a: seen_widths.append(ids.shape[1]) or original(m, ids, *a))
+    logp, kl = sdpg.response_stats(model, *tensors, teacher_rows=torch.zeros(3, dtype=torch.bool))
+    assert seen_widths == [tensors[0].shape[1]] and (kl == 0).all()  # one forward: the student's
+    seen_widths.clear()
+    sdpg.response_stats(model, *tensors, teacher_rows=torch.tensor([False, True, False]))
+    assert seen_widths == [tensors[0].shape[1], 10]  # row 1's teacher prompt alone, its padding trimmed
+
+
+def test_training_with_all_rewards_equal_runs_no_teacher_forward(tmp_path, monkeypatch):
+    """E8 with the gate on: the random tiny model earns no reward, so A = 0 everywhere and no teacher forward
+    runs; opd_kl is logged as null (no gated rollout), not as a measured 0."""
+    teacher_calls = []
+    original = sdpg.response_stats
+    monkeypatch.setattr(sdpg, "response_stats", lambda *a, **k: teacher_calls.append(
+        a[3] is not None and (k.get("teacher_rows") is None or bool(k["teacher_rows"].any()))) or original(*a, **k))
+    monkeypatch.setattr(sdpg, "verify", lambda *a, **k: 0.0)
+    _, history = train(tmp_path, "--beta", "1")
+    assert teacher_calls and not any(teacher_calls)
+    assert all(r["opd_kl"] is None and r["gate_frac"] == 0 for r in history)
 
 
 def test_response_stats_without_teacher_returns_no_kl(tiny):
@@ -702,10 +904,54 @@ def test_local_dataset_file_and_local_model_directory(tmp_path):
     (["--dataset", "data.txt"], "expected gsm8k, arithmetic"),
     (["--max-prompt-length", "20"], "over --max-prompt-length 20"),
     (["--teacher-context", "hint"], "choose one of paper, answer, solution"),
+    (["--lr", "-1"], "--lr -1.0 must be > 0"),
+    (["--device", "gpu"], "--device 'gpu' is unknown"),
+    (["--save-every", "-1"], "--save-every -1 must be ≥ 0"),
+    (["--beta", "-1"], "--beta -1.0 must be ≥ 0"),
+    (["--resume", "--overwrite"], "pass one of them"),
 ])
 def test_bad_input_gets_a_one_line_error(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         train(tmp_path, *args)
+
+
+@pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available()), ("cuda:7", torch.cuda.device_count() > 7),
+                                               ("mps", torch.backends.mps.is_available())])
+def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path, device, available, monkeypatch):
+    if available:
+        pytest.skip(f"this machine has {device}")
+    monkeypatch.setattr(sdpg, "load_model", lambda *a: pytest.fail("the model was loaded before the device was checked"))
+    with pytest.raises(SystemExit, match=f"--device {device}: .*use --device cpu"):
+        train(tmp_path, "--device", device)
+
+
+@pytest.mark.parametrize("content, message", [("", "is empty"), ("not json\n", "is not valid JSON lines")])
+def test_empty_or_malformed_jsonl_is_one_line(tmp_path, content, message):
+    (tmp_path / "rows.jsonl").write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        sdpg.load_rows(str(tmp_path / "rows.jsonl"))
+
+
+def test_rows_with_an_empty_question_or_answer_are_dropped_and_counted(tmp_path, capsys):
+    """A CSV cell left empty must not become the answer "None" (which `\\boxed{None}` would then match)."""
+    (tmp_path / "rows.csv").write_text("question,answer\nWhat is 1+1?,2\nWhat is 2+2?,\n,5\nWhat is 3+3?,6\n")
+    rows = sdpg.load_rows(str(tmp_path / "rows.csv"))
+    assert [r["answer"] for r in rows] == ["2", "6"]
+    assert "dropped 2 of 4 rows" in capsys.readouterr().out
+
+
+def test_a_dataset_smaller_than_the_batch_still_gives_b_times_g_rollouts(tmp_path, monkeypatch):
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"
+                                                 for i in range(3)))
+    widths, original = [], sdpg.sample_responses
+    monkeypatch.setattr(sdpg, "sample_responses", lambda m, ids, *a: widths.append(len(ids)) or original(m, ids, *a))
+    train(tmp_path / "run", "--dataset", str(tmp_path / "rows.jsonl"), "--batch-size", "8", "--teacher-context", "answer")
+    assert widths == [8 * 4, 8 * 4]
+
+
+def test_batch_size_alone_never_conflicts_with_a_default():
+    cfg = sdpg.parse_config(["--model", "tiny", "--batch-size", "2"])
+    assert cfg.mini_batch_size == 2
 
 
 def test_dataset_without_the_named_field_is_refused(tmp_path):
@@ -724,6 +970,86 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, 
     with pytest.raises(SystemExit, match="non-finite loss or gradient at step 0"):
         train(tmp_path)
     assert not (tmp_path / "final").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs that survive: resume, interrupts, no silent overwrite
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Resume restores weights, AdamW state, step, RNG states, data order and π_ref (the initial weights, not the
+    checkpoint): the same rewards, losses and final weights as a run never stopped; metrics have no duplicates."""
+    from transformers import AutoModelForCausalLM
+
+    # reward depends on the sampled text, so equal rewards need equal RNG states and weights
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    args = ("--steps", "4", "--batch-size", "2", "--mini-batch-size", "2", "--alpha", "0.5", "--beta", "1", "--no-gate", "--lr", "3e-3",
+            "--warmup-steps", "3", "--save-every", "1", "--keep-checkpoints", "1")
+    _, straight = train(tmp_path / "straight", *args)
+    original, calls = sdpg.decode_responses, []
+
+    def interrupt_during_step_two(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; the step finishes, then a checkpoint is written
+        return original(*a)
+    monkeypatch.setattr(sdpg, "decode_responses", interrupt_during_step_two)
+    with pytest.raises(SystemExit) as stopped:
+        train(tmp_path / "resumed", *args)
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert [step for step, _ in sdpg.resumable_checkpoints(str(tmp_path / "resumed"))] == [2]  # keep 1: step_1 pruned
+    monkeypatch.setattr(sdpg, "decode_responses", original)
+    _, resumed = train(tmp_path / "resumed", *args, "--resume")
+    lines = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == [0, 1, 2, 3] and lines == resumed
+    for key in ("reward", "loss", "opd_kl", "ref_kl", "entropy"):
+        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-6, abs=1e-9), key
+    assert len({r["reward"] for r in straight}) > 1 and straight[-1]["ref_kl"] > 0
+    final = [AutoModelForCausalLM.from_pretrained(tmp_path / run / "final").state_dict() for run in ("straight", "resumed")]
+    for name in final[0]:
+        torch.testing.assert_close(final[1][name], final[0][name], atol=1e-7, rtol=1e-6, msg=name)
+
+
+def test_sigterm_writes_a_checkpoint_and_prints_one_resume_line(tmp_path):
+    """What a cluster scheduler sends: stop at the step's end, checkpoint, one line, exit 128 + 15, no traceback."""
+    command = [sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--output-dir", str(tmp_path), "--steps",
+               "500", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
+        assert time.time() < deadline and process.poll() is None, "training did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"interrupted at step (\d+); resume with: python sdpg.py .*--resume", last), last
+    step = int(re.search(r"step (\d+)", last).group(1))
+    assert (tmp_path / f"step_{step}" / "trainer_state.pt").is_file()
+    resumed = sdpg.parse_config(shlex.split(last.split("resume with: python sdpg.py ")[1]))
+    assert resumed.resume and (resumed.output_dir, resumed.steps, resumed.group_size) == (str(tmp_path), 500, 2)
+
+
+def test_an_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
+    train(tmp_path, "--steps", "1")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="already holds a run; pass --resume to continue it, --overwrite to replace it"):
+        train(tmp_path, "--steps", "1")
+    with pytest.raises(SystemExit, match="no step_N/ checkpoint"):
+        train(tmp_path, "--steps", "1", "--resume")
+    _, history = train(tmp_path, "--steps", "1", "--overwrite")
+    assert len(history) == 1 and (tmp_path / "notes.txt").read_text() == "mine"  # only sdpg.py's own files go
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        train(tmp_path / "file")
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    train(tmp_path, "--steps", "2", "--save-every", "1")
+    with pytest.raises(SystemExit, match=r"--lr 1e-06 → 0.1"):
+        train(tmp_path, "--steps", "2", "--resume", "--lr", "0.1")
+    with pytest.raises(SystemExit, match="already reached step 2"):
+        train(tmp_path, "--steps", "2", "--resume")
 
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path):
@@ -813,6 +1139,42 @@ def test_plot_writes_a_png_with_one_line_per_run(tmp_path):
     evaluation.main(evaluation.parse_args(["--plot", str(tmp_path / "grpo"), str(tmp_path / "sdpg"), "--plot-output", str(output)]))
     data = output.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def write_run(folder, records):
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_plot_leaves_out_what_a_run_never_computed_and_draws_kl_on_a_log_axis(tmp_path, monkeypatch):
+    """GRPO logs opd_kl/ref_kl as null: absent from those panels, not a flat zero; two `…/sdpg` folders stay two
+    lines, labelled by path; a half-written last line is skipped; the output folder is created."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    row = lambda s, kl: dict(step=s, reward=s / 10, opd_kl=kl, ref_kl=kl, entropy=1.0, response_len=9)  # noqa: E731
+    write_run(tmp_path / "grpo", [row(s, None) for s in range(4)])
+    write_run(tmp_path / "a" / "sdpg", [row(s, 10.0 ** -(s + 2)) for s in range(4)])
+    write_run(tmp_path / "b" / "sdpg", [row(s, 0.01) for s in range(4)])
+    with open(tmp_path / "b" / "sdpg" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "rew')
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    output = tmp_path / "new" / "folder" / "curves.png"
+    evaluation.plot_runs([str(tmp_path / "grpo"), str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")], str(output))
+    assert output.read_bytes()[:4] == b"\x89PNG"
+    panels = {axis.get_title(): axis for axis in figures[0].axes}
+    reward, opd = panels["reward (mean accuracy)"], panels["OPD KL to teacher, gated tokens (E3)"]
+    assert [line.get_label() for line in reward.get_lines()] == ["grpo", str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")]
+    assert [line.get_label() for line in opd.get_lines()] == [str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")]
+    assert opd.get_yscale() == "log" and list(opd.get_lines()[0].get_ydata()) == [1e-2, 1e-3, 1e-4, 1e-5]
+    assert len(reward.get_lines()[2].get_xdata()) == 4  # the half-written line is not a point
+
+
+def test_plot_refuses_an_empty_metrics_file(tmp_path):
+    write_run(tmp_path / "empty", [])
+    with pytest.raises(SystemExit, match="holds no complete step yet"):
+        evaluation.plot_runs([str(tmp_path / "empty")], str(tmp_path / "out.png"))
 
 
 def test_compare_evaluates_both_models_on_the_same_problems(tmp_path, capsys):
