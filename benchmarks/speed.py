@@ -1,4 +1,5 @@
-"""Seconds per training step: sdpg.py vs TRL's SDPOTrainer and GRPOTrainer, and SDPG's overhead.
+"""Seconds per training step: sdpg.py vs TRL's SDPOTrainer and GRPOTrainer, and SDPG's overhead over GRPO at
+gate fractions 100 % (--no-gate), about 50 % and 0 %, each beside its FLOP expectation.
 
 Same tiny model (sdpg.build_tiny_model), same prompts (the arithmetic task with sdpg's student
 prompt; TRL's teacher gets the same privileged context), same group size, completion length and
@@ -7,7 +8,11 @@ one optimizer update per step. TRL is only needed here: pip install trl (tested 
   python benchmarks/speed.py                  # CPU: B=4 prompts, G=8, 128 new tokens, 6 steps
   python benchmarks/speed.py --vocab 151936   # the same with Qwen's vocabulary size
   python benchmarks/speed.py --skip-trl       # only our SDPG vs our β = α = 0 step
+
+The random tiny model earns no reward, so the gate is set by a stand-in verifier: every response rewarded 0
+(gate 0 %), a hash of the response text (mixed groups, gate ≈ 50 %), or --no-gate (100 %).
 """
+import zlib
 
 import argparse
 import os
@@ -35,17 +40,23 @@ def save_model(vocab_size: int, path: str) -> str:
     return path
 
 
-def ours(args, beta, alpha, output_dir):
-    """Median step time and update time (s, step minus generation), mean response length."""
+GATES = {"0 %": lambda completion, answer, strict=False: 0.0,
+         "~50 %": lambda completion, answer, strict=False: float(zlib.crc32(completion.encode()) % 2)}
+
+
+def ours(args, beta, alpha, output_dir, gate="0 %"):
+    """Median step time and update time (s, step minus generation), mean response length, mean gate fraction."""
+    sdpg.verify = GATES.get(gate, GATES["0 %"])  # stand-in verifier: decides which rollouts have A > 0
     cfg = sdpg.parse_config(["--model", args.model_dir, "--dataset", "arithmetic", "--steps", str(args.steps),
                              "--batch-size", str(args.prompts), "--group-size", str(args.group_size),
-                             "--mini-batch-size", str(args.prompts), "--micro-batch-size", str(args.prompts * args.group_size),
-                             "--max-new-tokens", str(args.tokens), "--beta", str(beta), "--alpha", str(alpha),
-                             "--device", "cpu", "--output-dir", output_dir])
+                             "--micro-batch-size", str(args.prompts * args.group_size), "--max-new-tokens", str(args.tokens),
+                             "--beta", str(beta), "--alpha", str(alpha), "--beta-warmup-steps", "0",
+                             "--beta-decay-steps", "0", "--device", "cpu", "--output-dir", output_dir]
+                            + (["--no-gate"] if gate == "100 %" else []))
     history = sdpg.main(cfg)[1:]
     return (statistics.median(r["step_time"] for r in history),
             statistics.median(r["step_time"] - r["rollout_time"] for r in history),
-            statistics.mean(r["response_len"] for r in history))
+            statistics.mean(r["response_len"] for r in history), statistics.mean(r["gate_frac"] for r in history))
 
 
 def trl_run(args, kind, output_dir):
@@ -109,38 +120,53 @@ def main():
     args.model_dir = save_model(args.vocab, os.path.join(work, "model"))  # TRL builds its reference model from a path
     model, tokenizer = sdpg.load_model(args.model_dir)
     vocab = model.config.vocab_size
-    results = {}
-    sdpg_time, sdpg_update, sdpg_len = ours(args, 0.001, 0.001, os.path.join(work, "sdpg"))
-    results["sdpg.py SDPG (β = α = 0.001)"] = (sdpg_time, sdpg_len)
-    grpo_time, grpo_update, grpo_len = ours(args, 0.0, 0.0, os.path.join(work, "grpo"))
+    results, updates = {}, {}
+    grpo_time, updates["GRPO"], grpo_len, _ = ours(args, 0.0, 0.0, os.path.join(work, "grpo"))
     results["sdpg.py β = α = 0 (GRPO/DAPO)"] = (grpo_time, grpo_len)
+    for gate in ("100 %", "~50 %", "0 %"):
+        seconds, updates[gate], length, fraction = ours(args, 0.001, 0.001, os.path.join(work, f"sdpg{len(updates)}"), gate)
+        results[f"sdpg.py SDPG, gate {gate}"] = (seconds, length)
+        updates[gate] = (updates[gate], length, fraction)
+    sdpg_time = results["sdpg.py SDPG, gate 100 %"][0]
     if not args.skip_trl:
         results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
         results["TRL GRPOTrainer"] = trl_run(args, "grpo", os.path.join(work, "trl-grpo"))
 
     print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H=64, 2 layers, V={vocab}); B={args.prompts} prompts × "
           f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; median of steps 2..{args.steps}")
-    print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ sdpg.py SDPG':>15}")
+    print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ SDPG 100 %':>13}")
     for name, (seconds, length) in results.items():
-        print(f"{name:<46} {seconds:>8.3f} {length:>9.1f} {seconds / sdpg_time:>15.2f}")
+        print(f"{name:<46} {seconds:>8.3f} {length:>9.1f} {seconds / sdpg_time:>13.2f}")
     if not args.skip_trl:
         key = "TRL SDPOTrainer (full_logits, live teacher)"
         print(f"sdpg.py SDPG step / TRL SDPO step = {sdpg_time / results[key][0]:.2f}  (target ≤ 0.5)")
 
-    # Overhead of SDPG's extra forwards, against FLOPs of the update (generation excluded). Per token a
-    # forward costs 2·N FLOPs: N = the decoder's parameters for every position, H·V for the vocabulary
-    # projection, which only response positions get. The update is forward + recompute + backward (×4);
-    # SDPG adds the teacher (forward + chunk recompute) and the reference (forward) passes.
-    rows = sdpg.tokenize_rows(tokenizer, sdpg.arithmetic_rows(64), "answer", 10**6)
+    # Overhead of SDPG's extra passes against the FLOPs of the update (generation excluded). Per token a forward
+    # costs 2·N FLOPs: N = the decoder's parameters at every position, H·V for the vocabulary projection, which only
+    # response positions get. The update is forward + recompute + backward (×4, GRPO and SDPG alike); SDPG adds
+    # the reference forward (every row) and, for the rows whose gate is open, the teacher forward plus the teacher
+    # projection again in the chunk's backward recompute. Response lengths differ a little between runs (sampling),
+    # so each expectation uses its own run's length.
+    rows = sdpg.tokenize_rows(tokenizer, sdpg.arithmetic_rows(64), "paper", 10**6)
     prompt, teacher = (statistics.mean(len(r[key]) for r in rows) for key in ("prompt_ids", "teacher_ids"))
     head = model.config.hidden_size * model.config.vocab_size
     body = sum(p.numel() for p in model.parameters()) - head  # tied embedding: the head is counted once
-    response = sdpg_len
-    base = 4 * (body * (prompt + response) + head * response)
-    extra = body * (teacher + response) + 2 * head * response + body * (prompt + response) + head * response
-    print(f"\nupdate time (step − generation): SDPG {sdpg_update:.2f} s, β = α = 0 {grpo_update:.2f} s, ratio "
-          f"{sdpg_update / grpo_update:.2f}; FLOP expectation {(base + extra) / base:.2f} (prompt {prompt:.0f}, teacher "
-          f"prompt {teacher:.0f}, response {response:.0f} tokens); whole step ratio {sdpg_time / grpo_time:.2f}")
+
+    def flops(response, gate_fraction):
+        base = 4 * (body * (prompt + response) + head * response)
+        reference = body * (prompt + response) + head * response
+        teacher_pass = body * (teacher + response) + 2 * head * response
+        return base, base + reference + gate_fraction * teacher_pass
+
+    grpo_base = flops(grpo_len, 0)[0]
+    print(f"\nupdate time (step − generation), SDPG (β = α = 0.001) ÷ GRPO (β = α = 0, {updates['GRPO']:.2f} s); prompt "
+          f"{prompt:.0f}, teacher prompt {teacher:.0f} tokens")
+    print(f"{'gate':<8} {'open':>6} {'SDPG s':>8} {'ratio':>7} {'FLOP expectation':>17} {'ratio ÷ expectation':>20}")
+    for gate in ("100 %", "~50 %", "0 %"):
+        seconds, length, fraction = updates[gate]
+        base, total = flops(length, fraction)
+        measured, expected = seconds / updates["GRPO"], total / base * base / grpo_base
+        print(f"{gate:<8} {fraction:>6.2f} {seconds:>8.2f} {measured:>7.2f} {expected:>17.2f} {measured / expected:>20.2f}")
 
 
 if __name__ == "__main__":
