@@ -4,7 +4,7 @@ Liu, Zhang, Zhang, Gu. "Self-Distilled Policy Gradient", arXiv 2606.04036 (2026)
 Equation tags E1–E8 refer to docs/algorithm.md (the paper restated, with what the authors' code does).
 
 One model π_θ, two views. The student sees the problem x; the teacher is the same current
-weights shown x plus privileged context c (the reference answer). Per training step (E8):
+weights shown x plus privileged context c (answer and worked solution). Per training step (E8):
 
   1. sample B prompts with their privileged contexts;
   2. sample G responses per prompt from the student view (temperature τ);
@@ -21,14 +21,17 @@ B → `batch_size`,  A → `advantages`,  τ → `temperature`,  β → `beta`, 
 z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`.
 
 Where this file departs from the paper (numbered in README.md, `# [impl]` where they happen):
-no dynamic sampling and no overlong penalty; the vocabulary projection is chunked over response
-positions and recomputed in backward, so (B, T, V) logits never exist; decoder layers are
-recomputed too; with one update per rollout batch old_logp is logp detached (ratio ≡ 1);
-rollouts are drawn by inverting the CDF rather than by torch.multinomial (same distribution).
+no dynamic sampling and no overlong penalty (as the authors' shipped code); the teacher runs only for
+rollouts the gate keeps; the vocabulary projection is chunked over response positions and recomputed in
+backward, so (B, T, V) logits never exist; decoder layers are recomputed too; with one update per rollout
+batch old_logp is logp detached (ratio ≡ 1); rollouts ignore the checkpoint's generation_config and are
+drawn by inverting the CDF (same distribution as torch.multinomial); a response cut at the length limit is
+graded strictly. A first reading may skip "Runs that survive" (checkpoints, resume, signals).
 
 Run:
   python sdpg.py --model tiny --steps 40 --batch-size 8 --mini-batch-size 4 --max-new-tokens 64 \
-      --lr 1e-3 --warmup-steps 0 --no-gate --beta 1     # offline, any laptop, about a minute
+      --lr 1e-3 --warmup-steps 0 --no-gate --beta 1 --beta-warmup-steps 0 --beta-decay-steps 0  # any laptop
+  python sdpg.py --model SmolLM2-135M-Instruct.Q4_1.gguf --dataset arithmetic-easy ...  # real model, CPU (README)
   python sdpg.py --model Qwen/Qwen2.5-0.5B-Instruct     # GSM8K, one GPU
 """
 

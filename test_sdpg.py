@@ -104,19 +104,113 @@ def test_extract_answer_returns_the_final_answer_text(completion, extracted):
     assert sdpg.extract_answer(completion) == extracted
 
 
-@pytest.mark.parametrize("hostile", [
+# Misgrades seen on SmolLM2-135M's real rollouts and common final-line formats: each was scored wrongly once.
+MISGRADES = [
+    ("So, the answer is 256. The final answer is within \\boxed{}.", "256", 1.0),  # an echoed empty box is no answer
+    ("To reach your final answer: 3 * 5 = 15. Then she buys 20 more.\nTherefore there are 35 books", "35", 1.0),
+    ("The final answer is 10 bags of 5 books each = 50 books.", "50", 1.0),  # the stated value, not the sentence
+    ("The answer is 18 dollars because Janet sells remaining duck eggs every morning at the market daily.", "18", 1.0),
+    ("**Final Answer:** 42", "42", 1.0),
+    ("\\boxed{1{,}234}", "1234", 1.0),
+    ("The answer is 12.\nWait, let me recheck: the answer is 14.", "14", 1.0),  # the last statement wins
+    ("\\boxed{14} is what I first thought, but the answer is 12.", "12", 1.0),  # …also over an earlier box
+    ("The answer is 12, so \\boxed{14}", "14", 1.0),
+    ("Final answer:\n15", "15", 1.0),
+    ("answer − 7 = \\boxed{−7}", "-7", 1.0),  # a Unicode minus
+]
+
+
+@pytest.mark.parametrize("completion, answer, expected", MISGRADES)
+def test_verifier_misgrades_seen_on_real_rollouts_are_fixed(completion, answer, expected):
+    assert sdpg.verify(completion, answer) == expected
+
+
+@pytest.mark.parametrize("completion, answer, lenient, strict", [
+    ("She has 3 + 5 = 8", "8", 1.0, 0.0),  # a stray last number: lenient only
+    ("The answer is 8.", "8", 1.0, 1.0),
+    ("Answer: 8", "8", 1.0, 1.0),
+    ("\\boxed{8}", "8", 1.0, 1.0),
+    ("#### 8", "8", 1.0, 1.0),
+    ("I get 8 eventually", "8", 1.0, 0.0),
+])
+def test_strict_format_rewards_only_an_explicit_final_answer(completion, answer, lenient, strict):
+    """--strict-format (the authors' scorer's rule): \\boxed{}, ####, "answer is"/"Answer:", never a stray number."""
+    assert (sdpg.verify(completion, answer), sdpg.verify(completion, answer, strict=True)) == (lenient, strict)
+
+
+def test_a_truncated_response_earns_nothing_from_its_last_number():
+    """Cut at --max-new-tokens mid-computation ("…1200 * 6 =", gold 6): graded strictly, so 0; with an explicit
+    answer before the cut it still counts."""
+    completions = ["so she walked 1200 * 6 =", "The answer is 6. Let me double check: 1200 * 6 =", "so 6"]
+    assert sdpg.score_responses(completions, ["6"] * 3, [True, True, False]) == [0.0, 1.0, 1.0]
+    eos = [2, 0]
+    assert sdpg.truncated_responses(torch.tensor([[5, 6, 7], [5, 2, 0], [0, 0, 0]]), eos).tolist() == [True, False, False]
+
+
+HOSTILE = [
     "9" * 200_000,
     "\\boxed{" * 20_000,
     "\\boxed{" * 20_000 + "1" + "}" * 19_999,
     "{" * 100_000 + "answer is " * 10_000,
     ("1," * 100_000) + "x",
-])
+    "The answer is 18 dollars because Janet sells remaining duck eggs every morning at the farmers market daily, "
+    "earning money.",  # took 29–48 s with the old unit-stripping regex
+    "\\boxed{1 " + "a" * 60 + "!}",  # did not return in 60 s with it
+    "\\boxed{1 " + "ab " * 100_000 + "!}",
+    "answer:" + " " * 100_000 + "x" * 1000,
+    "answer is " * 100_000,
+    "#### " + " " * 100_000,
+    "\\boxed{" + "\\frac{" * 5000 + "1" + "}" * 5000 + "}",
+    "(" * 50_000 + "1" + ")" * 50_000,
+    "\\left(" * 20_000 + "answer: 3",
+    "1" * 5000 + "." + "1" * 5000,
+    "x" * 1_000_000,
+    ("The answer is " + "1" * 80 + " ") * 2000,
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=[f"hostile{i}" for i in range(len(HOSTILE))])
 def test_verifier_is_linear_time_and_never_raises_on_hostile_input(hostile):
     """A quadratic scan or a backtracking regex would take minutes here; the bound only guards that."""
     started = time.perf_counter()
-    assert sdpg.verify(hostile, "1") in (0.0, 1.0)
+    for answer in ("1", "18", hostile[:100]):
+        assert sdpg.verify(hostile, answer) in (0.0, 1.0)
+        assert sdpg.verify(hostile, answer, strict=True) in (0.0, 1.0)
     sdpg.extract_answer(hostile)
-    assert time.perf_counter() - started < 2.0
+    sdpg.has_answer_format(hostile)
+    assert time.perf_counter() - started < 5.0
+
+
+def test_verifier_on_random_text_never_raises_and_stays_fast():
+    """Property test: 3 000 random strings over an alphabet of digits, letters, LaTeX and the verifier's key words."""
+    import random
+
+    rng = random.Random(0)
+    atoms = list("0123456789abcxyz .,:=-+*/$%{}()[]\n\\") + ["\\boxed{", "\\frac", "answer is ", "Answer:", "####",
+                                                              "\\text{", "\\sqrt", "−", "**", "\\left(", "\\!"]
+    started = time.perf_counter()
+    for _ in range(3000):
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 400)))
+        answer = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 6)))
+        assert sdpg.verify(text, answer) in (0.0, 1.0) and sdpg.verify(text, answer, strict=True) in (0.0, 1.0)
+        assert isinstance(sdpg.extract_answer(text), (str, type(None)))
+    assert time.perf_counter() - started < 60.0
+
+
+def test_verifier_agrees_with_openai_labels_on_every_gsm8k_completion():
+    """5 276 real completions (4 models × 1 319 GSM8K test problems) with OpenAI's is_correct: all agree."""
+    path = os.path.join(HERE, "..", "shared", "gsm8k", "example_model_solutions.jsonl")
+    if not os.path.isfile(path):
+        pytest.skip("../shared/gsm8k/example_model_solutions.jsonl is not beside this checkout; CI always has it")
+    disagreements, total = [], 0
+    for line in open(path):
+        row = json.loads(line)
+        gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
+        for key in ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"):
+            total += 1
+            if sdpg.verify(row[key]["solution"], gold) != float(row[key]["is_correct"]):
+                disagreements.append((row[key]["solution"][-80:], gold))
+    assert total == 5276 and disagreements == []
 
 
 def test_verifier_never_evaluates_expressions():
