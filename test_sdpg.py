@@ -367,6 +367,15 @@ def test_e2_clipped_tokens_get_no_gradient():
     assert torch.equal(logp.grad, torch.zeros(3))
 
 
+@pytest.mark.parametrize("log_ratio", [100.0, -100.0, 1000.0])
+def test_e2_is_finite_with_a_finite_gradient_at_any_log_ratio(log_ratio):
+    """E2 with log r clamped to ±20 nats (as the authors): exp(100) would overflow float32 and the gradient be NaN."""
+    logp = torch.tensor([log_ratio, log_ratio], requires_grad=True)
+    loss = sdpg.clipped_pg_loss(logp, torch.zeros(2), torch.tensor([1.0, -1.0])).sum()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+
+
 # ----------------------------------------------------------------------------------------------
 # E5 schedule, E6 anchor
 
@@ -381,6 +390,18 @@ def test_e5_beta_schedule_warmup_decay_both_neither():
     assert sdpg.beta_schedule(2, 10, 1.0, warmup_steps=4, decay_steps=16) == pytest.approx(0.5 * 0.5)
     assert sdpg.beta_schedule(0, 10, 1.0, warmup_steps=4) == 0.0
     assert sdpg.beta_schedule(10, 10, 1.0, decay_steps=4) == 0.0
+
+
+def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps(tmp_path):
+    """E5 default (-1): T_warm = T/8, T_decay = T − T_warm (the paper's 50 and 350 of 400); 0 still turns a factor
+    off; the training loop logs exactly this β(k)."""
+    assert sdpg.paper_beta_windows(400) == (50, 350) and sdpg.paper_beta_windows(40) == (5, 35)
+    assert sdpg.paper_beta_windows(400, 0, 0) == (0, 0) and sdpg.paper_beta_windows(400, 20, -1) == (20, 380)
+    betas = [sdpg.beta_schedule(k, 400, 0.001, *sdpg.paper_beta_windows(400)) for k in (0, 25, 50, 225, 399)]
+    assert betas == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.001 / 350])
+    _, history = train(tmp_path, "--steps", "8", "--batch-size", "1", "--mini-batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
+                       "--beta", "0.8")
+    assert [r["beta"] for r in history] == pytest.approx([0.8 * min(1, k / 1) * min(1, (8 - k) / 7) for k in range(8)])
 
 
 @pytest.mark.parametrize("mode, formula", [
@@ -526,6 +547,44 @@ def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
     assert teacher == student.replace("\\boxed{}.<|im_end|>", "\\boxed{}.\n\n" + context + "<|im_end|>")
     assert student.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in student
     assert "2 + 3 = 5" in tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "solution")))
+
+
+def test_paper_teacher_context_is_figure_4_with_answer_and_solution():
+    """--teacher-context paper: the hint, the worked solution, the instruction to derive it another way."""
+    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
+    context = sdpg.privileged_context(row, "paper")
+    assert context.startswith("[Hint] The correct answer is 5. A common way to solve this is:\n2 + 3 = 5\n[Instruction] "
+                              "If possible, derive the answer 5 using an alternative, equally rigorous mathematical approach")
+    assert context.endswith("Do NOT state that you were given the answer or reference.")
+    with pytest.raises(SystemExit, match="--teacher-context paper needs a worked solution .*choose --teacher-context answer"):
+        sdpg.privileged_context({"question": "q", "answer": "1", "solution": None}, "paper")
+
+
+def test_local_math500_file_reads_problem_and_answer_without_field_flags(tmp_path):
+    """MATH-500 rows have `problem`, not `question`: picked up by itself; the answer and solution are kept."""
+    path = os.path.join(HERE, "..", "shared", "math500", "test.jsonl")
+    if not os.path.isfile(path):
+        (tmp_path / "math.jsonl").write_text(json.dumps({"problem": "Compute $1+1$.", "answer": "2", "solution": "$1+1=2$",
+                                                         "subject": "Algebra", "level": 1, "unique_id": "x"}) + "\n")
+        path = str(tmp_path / "math.jsonl")
+    rows = sdpg.load_rows(path)
+    assert rows[0]["question"] and rows[0]["answer"] and rows[0]["solution"]
+    assert len(rows) in (1, 500)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(HERE, "..", "shared", "gsm8k", "train.jsonl")),
+                    reason="../shared/gsm8k/train.jsonl is not beside this checkout; CI always has it")
+def test_the_default_teacher_context_fits_every_gsm8k_training_row():
+    """The defaults start on all of GSM8K train: every paper-template teacher prompt fits --max-prompt-length."""
+    if not os.path.isfile(os.path.join(QWEN, "tokenizer.json")):
+        pytest.skip("../shared/qwen2.5-0.5b-instruct is not beside this checkout")
+    from transformers import AutoTokenizer
+
+    rows = sdpg.load_rows(os.path.join(HERE, "..", "shared", "gsm8k", "train.jsonl"))
+    assert len(rows) == 7473 and all("<<" not in r["solution"] for r in rows)
+    tokenized = sdpg.tokenize_rows(AutoTokenizer.from_pretrained(QWEN), rows, sdpg.Config.teacher_context,
+                                   sdpg.Config.max_prompt_length)
+    assert max(len(r["teacher_ids"]) for r in tokenized) == 559  # README: 559 tokens at most
 
 
 def test_gsm8k_answer_splits_into_ground_truth_and_worked_solution():
