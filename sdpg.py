@@ -992,7 +992,7 @@ def main(cfg: Config) -> list[dict]:
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     start_step, order, shuffler, history = 0, [], random.Random(cfg.seed), []
     if resume_from:
-        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)  # our own file
+        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)  # ours
         if state["step"] >= cfg.steps:
             fail(f"the run in {cfg.output_dir!r} already reached step {state['step']} of --steps {cfg.steps}; nothing to resume")
         optimizer.load_state_dict(state["optimizer"])
