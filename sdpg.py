@@ -315,8 +315,10 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####[ \t]*([^\n]{1,200})")
-_STATED = re.compile(r"answer(?:\s{1,3}is|\s{0,3}[:=])", re.I)
+# "answer is x" anywhere; "Answer: x" only as a line of its own ("check our answer: 17·44 = …" is no answer)
+_STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{0,3}[:=]", re.I | re.M)
 _STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
+_VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "valid", "consistent", "reasonable"}
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
@@ -342,6 +344,8 @@ def _stated_value(text: str) -> str | None:
     """The value in "the answer is …": the whole text if it reads as one value ("$\\frac{\\pi}{2}$", "yes"),
     else after the last `=` ("10 bags × 5 = 50 books" → 50), else its first number ("18 dollars because …")."""
     text = text.strip().strip("*$ ").strip()
+    if text.lower().rstrip(".!") in _VERDICTS:  # "so our answer is correct": a check of the answer, not a value
+        return None
     if "=" in text:
         text = text.rsplit("=", 1)[1].strip().strip("*$ ")
     if not text or len(text.split()) <= 1 or parse_number(normalize_answer(text)) is not None:

@@ -117,6 +117,9 @@ MISGRADES = [
     ("The answer is 12, so \\boxed{14}", "14", 1.0),
     ("Final answer:\n15", "15", 1.0),
     ("answer − 7 = \\boxed{−7}", "-7", 1.0),  # a Unicode minus
+    ("So $x \\equiv \\boxed{44}$. Check: 17 * 44 = 748, so our answer is correct.", "44", 1.0),  # MATH-500's own
+    ("The answer is 7. I verified it, and the answer is right.", "7", 1.0),
+    ("Therefore \\boxed{44}.\nWe may check our answer: 17 * 44 = 748 = 9 * 83 + 1.", "44", 1.0),  # a MATH-500 solution
 ]
 
 
