@@ -69,7 +69,7 @@ from torch.utils.checkpoint import checkpoint
 class Config:
     # -- model and data
     model: str = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local directory, or `tiny` (built-in, offline)
-    dataset: str = ""  # gsm8k | arithmetic | a .jsonl/.json/.csv/.parquet file; empty: gsm8k (arithmetic for --model tiny)
+    dataset: str = ""  # gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet file; empty: gsm8k (arithmetic for --model tiny)
     question_field: str = "question"  # column holding the problem x
     answer_field: str = "answer"  # column holding the ground truth (text after `####` if present)
     teacher_context: str = "paper"  # privileged context c: paper (Figure 4: answer + worked solution) | answer (authors' one-line hint) | solution (worked solution, ours)
@@ -94,7 +94,7 @@ class Config:
     clip_high: float = 0.28  # ε_high ("clip-higher", DAPO)
     clip_c: float = 10.0  # c, dual-clip bound for negative advantages
     no_std_scale: bool = False  # E1 without the division by std (Dr. GRPO)
-    strict_format: bool = False  # reward only an explicit final answer (\\boxed{}, ####, "answer is"), as the authors' scorer; default: also the last number
+    strict_format: bool = False  # reward only an explicit final answer (\boxed{}, ####, "answer is"), as the authors' scorer; default: also the last number
     # -- E3–E5 self-distillation
     beta: float = 0.001  # β_base, weight of the reverse KL to the teacher view; 0 = GRPO/DAPO
     beta_warmup_steps: int = -1  # T_warm of E5; -1 = the paper's proportion, steps/8 (50 of 400); 0 disables the warmup factor
@@ -238,7 +238,7 @@ def load_rows(name: str, question_field="question", answer_field="answer", split
     else:
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(os.path.splitext(name)[1])
         if builder is None:
-            fail(f"--dataset {name!r}: expected gsm8k, arithmetic, math500 or a .jsonl/.json/.csv/.parquet file")
+            fail(f"--dataset {name!r}: expected gsm8k, arithmetic, arithmetic-easy, math500 or a .jsonl/.json/.csv/.parquet file")
         if not os.path.isfile(name):
             fail(f"dataset file {name!r} not found; check the path")
         if os.path.getsize(name) == 0:
