@@ -758,8 +758,6 @@ def test_qwen_prompts_have_chatml_layout_with_the_default_system_prompt(qwen_che
 def test_both_qwen_eos_ids_stop_a_rollout_and_the_mask_keeps_the_first_only(qwen_checkpoint, eos):
     """<|im_end|> and <|endoftext|> both end a response; pad (<|endoftext|>) is itself an EOS, so the mask comes
     from the first EOS: it holds the EOS and nothing after."""
-    from transformers import AutoTokenizer
-
     model, tokenizer = sdpg.load_model(qwen_checkpoint)
     eos_ids = sdpg.eos_token_ids(model, tokenizer)
     assert eos_ids == [151643, 151645] and tokenizer.pad_token_id == 151643
