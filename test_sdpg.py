@@ -1026,6 +1026,23 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
     assert output.shape[1] > ids.shape[1]
 
 
+def test_training_with_layer_recompute_prints_no_cache_warning(tmp_path, capfd):
+    """Scoring passes need no KV cache: transformers' "Caching is incompatible with gradient checkpointing"
+    warning must not print on every run."""
+    import logging
+    import warnings
+
+    import transformers.utils.logging  # noqa: F401  (adds Logger.warning_once)
+
+    logging.Logger.warning_once.cache_clear()  # "once" per process: an earlier test must not hide it here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tmp_path, "--steps", "1")
+    printed = capfd.readouterr()
+    assert "Caching is incompatible" not in printed.out + printed.err
+    assert not any("Caching is incompatible" in str(w.message) for w in caught)
+
+
 def test_micro_batch_size_changes_memory_not_the_result(tmp_path):
     """E7/E8: micro-batch 1 and 8 give the same grad norms and the same trained weights."""
     flags = ["--no-gate", "--beta", "1.0", "--alpha", "0.1", "--lr", "1e-3", "--warmup-steps", "0"]
