@@ -36,6 +36,7 @@ Run:
 """
 
 import argparse
+import cmath
 import contextlib
 import copy
 import csv
@@ -314,6 +315,8 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
 # for minutes on one ordinary sentence. Candidates are ranked by position: the last explicit final answer wins.
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_JOINER = re.compile(r"[\s$\\()\[\].]{0,8}(?:,|;|and|or|,\s?and|,\s?or)[\s$\\()\[\]]{0,8}(?:[a-zA-Z]\s?=\s?)?[\s$\\()\[\]]{0,4}")
+_SPACES = re.compile(r"\s*")
 _HASHES = re.compile(r"####[ \t]*([^\n]{1,200})")
 # "answer is x" anywhere; "Answer: x" only as a line of its own ("check our answer: 17·44 = …" is no answer)
 _STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{0,3}[:=]", re.I | re.M)
@@ -324,20 +327,28 @@ _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 def _last_boxed(text: str) -> tuple[int, str] | None:
     """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}; one pass with a brace stack, O(len).
-    An empty box is usually the instruction echoed back ("put it within \\boxed{}"), not an answer."""
-    starts = [m.end() for m in _BOX.finditer(text)]
-    if not starts:
-        return None
+    An empty box is usually the instruction echoed back ("put it within \\boxed{}"), not an answer. Boxes just
+    before it joined by "," / "and" / "or" are one answer in several boxes ("x = \\boxed{-2} or x = \\boxed{1}")."""
+    boxes = [(m.start(), m.end()) for m in _BOX.finditer(text)]
     closing, stack = {}, []
     for i, char in enumerate(text):
         if char == "{":
             stack.append(i)
         elif char == "}" and stack:
             closing[stack.pop()] = i
-    for start in reversed(starts):
-        if start - 1 in closing and text[start:closing[start - 1]].strip():
-            return start, text[start:closing[start - 1]]
-    return None
+    # (start, content start, end) of the closed, non-empty boxes, last first; emptiness is checked without slicing
+    # (nested boxes would make slicing each one quadratic)
+    found = ((start, end, closing[end - 1]) for start, end in reversed(boxes)
+             if end - 1 in closing and _SPACES.match(text, end).end() < closing[end - 1])
+    run = [next(found, None)]
+    if run[0] is None:
+        return None
+    for box in found:
+        if not _BOX_JOINER.fullmatch(text, box[2] + 1, run[-1][0]):
+            break
+        run.append(box)
+    contents = list(dict.fromkeys(text[end:close] for _, end, close in reversed(run)))  # the same answer boxed twice is one
+    return run[-1][0], ", ".join(contents)
 
 
 def _stated_value(text: str) -> str | None:
@@ -403,7 +414,7 @@ def normalize_answer(text: str) -> str:
     while re.fullmatch(r"\{[^{}]*\}", text):  # {5} → 5
         text = text[1:-1]
     text = re.sub(r"^[a-zA-Z]\w*\s*=\s*", "", text.strip()).strip().rstrip(".").strip()
-    unit = re.fullmatch(r"(-?[\d.,]+(?:/\d+)?)\s*[a-zA-Z][a-zA-Z.\s]*", text)  # "18 dollars" → 18; one class: linear
+    unit = re.fullmatch(r"(-?[\d.,]+(?:/\d+)?)(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z.\s]*", text)  # "18 dollars" → 18, not 6i → 6
     if unit:
         text = unit.group(1)
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
@@ -426,19 +437,306 @@ def parse_number(text: str) -> Fraction | None:
 
 
 def verify(completion: str, answer: str, strict: bool = False) -> float:
-    """Rule-based reward R ∈ {0, 1}: numeric equality when both parse as numbers, else normalized strings.
-    strict: only an explicit final answer counts (the authors' scorer; also used for truncated responses)."""
+    """Rule-based reward R ∈ {0, 1}: 1 iff the final answer (extract_answer) means the same as the ground truth
+    (answers_match). strict: only an explicit final answer counts (the authors' scorer; also used for truncated
+    responses)."""
     try:
         predicted = extract_answer(completion, strict)
-        if predicted is None:
-            return 0.0
-        predicted, answer = normalize_answer(predicted), normalize_answer(str(answer))
-        predicted_value, answer_value = parse_number(predicted), parse_number(answer)
-        if predicted_value is not None and answer_value is not None:
-            return float(predicted_value == answer_value)
-        return float(predicted != "" and predicted == answer)
+        return float(predicted is not None and answers_match(predicted, str(answer)))
     except Exception:
         return 0.0
+
+
+def answers_match(predicted: str, truth: str) -> bool:
+    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal."""
+    predicted_number, truth_number = (parse_number(normalize_answer(text)) for text in (predicted, truth))
+    if predicted_number is not None and truth_number is not None and "%" not in predicted + truth:
+        return predicted_number == truth_number
+    return math_equal(predicted, truth)
+
+
+# ----------------------------------------------------------------------------------------------
+# MATH-style equivalence (a first reading may skip: GSM8K answers are plain numbers and never get here)
+#
+# What a careful human grader accepts: the same value written differently (closed forms are evaluated numerically,
+# polynomials at fixed points, never with eval), sets and solution lists in any order, tuples and intervals element
+# by element, matrices, units, \text{}, a choice letter with or without "(…)", capitalisation of words. Inputs are
+# cut to _MAX_ANSWER characters first, so every step below is bounded.
+
+_MAX_ANSWER = 400
+_UNBRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_UNIT = re.compile(r"(?:(?<=[\d}])|(?<=\\pi))\s+(?:square|cubic)?\s*[a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})?(?:\^\{?[23]\}?)?$")
+_PREFIX = re.compile(r"^(?:[a-zA-Z](?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})\s*(?:=|\\in)(?!=)\s*")
+_MIXED = re.compile(r"^(-?)(\d+)\s*\\frac\s*\{?(\d)\}?\s*\{?(\d+)\}?$|^(-?)(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}$")
+_CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
+_BASE = re.compile(r"^(\w+?)_\{?(\d+)\}?$")
+_MATRIX = re.compile(r"^\\begin\{[pbvV]?matrix\}(.*)\\end\{[pbvV]?matrix\}$", re.S)
+_TOKEN = re.compile(r"\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\\[a-zA-Z]+|[a-zA-Z]|\S")
+_FUNCTIONS = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "cot": lambda z: 1 / cmath.tan(z),
+              "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z), "ln": cmath.log, "log": cmath.log,
+              "exp": cmath.exp, "arcsin": cmath.asin, "arccos": cmath.acos, "arctan": cmath.atan}
+_SPELLINGS = (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""),
+              ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("~", " "),
+              ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("\\cdot", "*"),
+              ("\\times", "*"), ("\\div", "/"), ("\\le", "<="), ("\\ge", ">="), ("\\%", "%"), ("\\lbrace", "\\{"),
+              ("\\rbrace", "\\}"), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""))
+
+
+def math_equal(predicted: str, truth: str) -> bool:
+    """predicted and truth mean the same answer (both cleaned, split into items, compared item by item)."""
+    a, b = _clean(predicted[:_MAX_ANSWER]), _clean(truth[:_MAX_ANSWER])
+    return a == b or _same_structure(_structure(a), _structure(b))
+
+
+def _clean(text: str) -> str:
+    """One spelling per thing: LaTeX spacing/sizing dropped, \\text{} unwrapped, units and `x =` prefixes cut."""
+    for old, new in _SPELLINGS:
+        text = text.replace(old, new)
+    text = re.sub(r"(?<!\\)\\ ", " ", text)  # "\ " is a space; "\\ " (a matrix row break) is not
+    for _ in range(3):  # nested \text{\textbf{…}}
+        text = _UNBRACE.sub(r"\1", text)
+    text = text.strip().rstrip(".").strip()
+    while len(text) > 1 and text[0] == "{" and text[-1] == "}" and _balanced(text[1:-1]):
+        text = text[1:-1].strip()
+    if re.fullmatch(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?", text):  # 10,080 / 11, 111, 100 → one number
+        text = text.replace(",", "").replace(" ", "")
+    text = _PREFIX.sub("", _UNIT.sub("", text)).strip()
+    return re.sub(r"\s+", " ", text)
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _top_level_split(text: str, separators: tuple[str, ...]) -> list[str]:
+    """Split at separators outside every bracket: "(1,2), 3" → ["(1,2)", "3"]."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        if text[i] in "([{":
+            depth += 1
+        elif text[i] in ")]}":
+            depth -= 1
+        elif depth == 0 and (sep := next((s for s in separators if text.startswith(s, i)), None)):
+            parts.append(text[start:i])
+            start = i = i + len(sep)
+            continue
+        i += 1
+    return [part.strip() for part in parts + [text[start:]]]
+
+
+def _structure(text: str):
+    """("set", items) | ("seq", open, items, close) (tuples and intervals) | ("union", sets) | ("matrix", rows) |
+    ("value", text). Items are structures themselves."""
+    matrix = _MATRIX.match(text)
+    if matrix:
+        rows = [row for row in matrix.group(1).split("\\\\") if row.strip()]
+        return ("matrix", [[_structure(_clean(cell)) for cell in row.split("&")] for row in rows])
+    if len(pieces := _top_level_split(text, ("\\cup",))) > 1:
+        return ("union", [_structure(piece) for piece in pieces])
+    if text.startswith("\\{") and text.endswith("\\}"):
+        text = text[2:-2]
+    elif text[:1] in "([" and text[-1:] in ")]" and _matching(text) and len(items := _top_level_split(text[1:-1], (",",))) > 1:
+        return ("seq", text[0], [_structure(_clean(item)) for item in items], text[-1])
+    items = _top_level_split(text, (",", ";", " or ", " and "))
+    items = [expanded for item in items if item for expanded in _expand_pm(_clean(item))]
+    return ("set", [("value", item) for item in items]) if len(items) != 1 else ("value", items[0])
+
+
+def _matching(text: str) -> bool:
+    """The first bracket closes at the last character: "(1,2)" yes, "(a+1)(b+2)" no."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += 1 if char in "([{" else -1 if char in ")]}" else 0
+        if depth == 0:
+            return i == len(text) - 1
+    return False
+
+
+def _expand_pm(text: str) -> list[str]:
+    """"1 \\pm \\sqrt{19}" → ["1 + \\sqrt{19}", "1 - \\sqrt{19}"]: the two solutions it stands for."""
+    if text.count("\\pm") != 1:
+        return [text]
+    return [text.replace("\\pm", "+"), text.replace("\\pm", "-")]
+
+
+def _same_structure(a, b) -> bool:
+    if a[0] == "set" and len(a[1]) == 1:
+        a = a[1][0]
+    if b[0] == "set" and len(b[1]) == 1:
+        b = b[1][0]
+    if a[0] != b[0]:
+        return False
+    if a[0] == "value":
+        return _same_value(a[1], b[1])
+    if a[0] == "seq":
+        return a[1] == b[1] and a[3] == b[3] and len(a[2]) == len(b[2]) and all(map(_same_structure, a[2], b[2]))
+    if a[0] == "matrix":
+        return [len(row) for row in a[1]] == [len(row) for row in b[1]] and all(
+            _same_structure(x, y) for row_a, row_b in zip(a[1], b[1]) for x, y in zip(row_a, row_b))
+    unmatched = list(b[1])  # set, union: every item of one pairs with its own item of the other
+    for item in a[1]:
+        match = next((j for j, other in enumerate(unmatched) if _same_structure(item, other)), None)
+        if match is None:
+            return False
+        unmatched.pop(match)
+    return not unmatched
+
+
+def _same_value(a: str, b: str) -> bool:
+    """Equal as numbers/expressions, as base-n numerals, as choice letters, or as words (any capitalisation)."""
+    if a.lower() == b.lower() and not re.search(r"\d|\\", a) or a == b:
+        return True
+    choices = _CHOICE.match(a), _CHOICE.match(b)
+    if all(choices):
+        return choices[0].group(1).upper() == choices[1].group(1).upper()
+    bases = _BASE.match(a), _BASE.match(b)
+    if any(bases):  # 52_8: a subscript on one side only is the base the question asked for
+        (digits_a, base_a), (digits_b, base_b) = ((m.groups() if m else (s, None)) for m, s in zip(bases, (a, b)))
+        return digits_a == digits_b and (base_a == base_b or None in (base_a, base_b))
+    if "=" in a and "=" in b:  # equations: lhs − rhs equal as expressions
+        a, b = ("(" + ")-(".join(side.split("=", 1)) + ")" for side in (a, b))
+    percent_a, percent_b = a.endswith("%"), b.endswith("%")
+    values_a, values_b = _values(a.rstrip("%")), _values(b.rstrip("%"))
+    if values_a is None or values_b is None:
+        return False
+    if percent_a != percent_b:  # "50%" = 1/2; "25%" also answers "what percent …" when the truth is 25
+        scale = [v / 100 for v in (values_a if percent_a else values_b)]
+        other = values_b if percent_a else values_a
+        return all(map(_close, scale, other)) or (all(map(_close, values_a, values_b)) and abs(other[0]) >= 1)
+    return all(map(_close, values_a, values_b))
+
+
+def _close(x: complex, y: complex) -> bool:
+    if not (cmath.isfinite(x) and cmath.isfinite(y)):
+        return x == y
+    return abs(x - y) <= 1e-12 * max(1.0, abs(x), abs(y))  # float64 keeps ~16 digits; 11 111 111 100 ≠ …110
+
+
+def _values(text: str) -> list[complex] | None:
+    """The expression's value at two fixed assignments of its letters (i is √−1), or None if it does not parse.
+    Two expressions that agree at both points are taken as equal: exact for numbers, and a polynomial or rational
+    identity that fails would have to vanish at both points."""
+    mixed = _MIXED.match(text)  # 1\frac{4}{5} is one and four fifths, not 4/5
+    if mixed:
+        sign, whole, numerator, denominator = (g or "" for g in (mixed.groups()[:4] if mixed.group(2) else mixed.groups()[4:]))
+        text = f"{sign}({whole}+\\frac{{{numerator}}}{{{denominator}}})"
+    tokens = _TOKEN.findall(text)
+    try:
+        return [_evaluate(list(tokens), shift) for shift in (0.0, 0.731)]
+    except (ValueError, ArithmeticError, IndexError, RecursionError):
+        return None
+
+
+def _evaluate(tokens: list[str], shift: float) -> complex:
+    """Recursive descent over + − · / ^, implied products, \\frac, \\sqrt, functions, π, ∞, i and letters (each
+    letter a fixed irrational-looking value, moved by `shift`). No eval; depth and input length are bounded."""
+    position = 0
+
+    def peek():
+        return tokens[position] if position < len(tokens) else None
+
+    def take(expected=None):
+        nonlocal position
+        token = peek()
+        if token is None or expected not in (None, token):
+            raise ValueError(f"expected {expected}, got {token}")
+        position += 1
+        return token
+
+    def starts_factor(token):
+        return token is not None and (token[0].isdigit() or token[0] in ".({" or token.isalpha()
+                                      or token in ("\\frac", "\\sqrt", "\\pi", "\\infty") or token[1:] in _FUNCTIONS)
+
+    def expression(depth):
+        if depth > 60:
+            raise ValueError("nested too deeply")
+        value = term(depth)
+        while peek() in ("+", "-"):
+            value = value + term(depth) if take() == "+" else value - term(depth)
+        return value
+
+    def term(depth):
+        value = signed(depth)
+        while peek() in ("*", "/") or starts_factor(peek()):
+            operator = take() if peek() in ("*", "/") else "*"  # 2\sqrt{3}, (a+5)(b+2): an implied product
+            value = value * signed(depth) if operator == "*" else value / signed(depth)
+        return value
+
+    def signed(depth):
+        if peek() in ("-", "+"):
+            return -signed(depth + 1) if take() == "-" else signed(depth + 1)
+        return power(depth)
+
+    def power(depth):
+        base = primary(depth + 1)
+        if peek() == "^":
+            take()
+            return base ** argument(depth + 1)
+        return base
+
+    def argument(depth, whole_number=False):
+        """A LaTeX argument: {…}, or one token; `\\frac34` and `x^25` take one digit, `\\sqrt51` the number."""
+        token = peek()
+        if token == "{":
+            take()
+            value = expression(depth + 1)
+            take("}")
+            return value
+        if token == "-":
+            take()
+            return -argument(depth + 1, whole_number)
+        if token is not None and token.isdigit() and len(token) > 1 and not whole_number:
+            tokens[position] = token[1:]
+            return complex(int(token[0]))
+        return primary(depth + 1)
+
+    def primary(depth):
+        if depth > 60:
+            raise ValueError("nested too deeply")
+        token = take()
+        if token in ("(", "[", "{"):
+            value = expression(depth + 1)
+            take({"(": ")", "[": "]", "{": "}"}[token])
+            return value
+        if token[0].isdigit() or token[0] == ".":
+            return complex(float(token))
+        if token == "\\frac":
+            numerator = argument(depth)
+            return numerator / argument(depth)
+        if token == "\\sqrt":
+            index = 2
+            if peek() == "[":
+                take()
+                index = expression(depth + 1)
+                take("]")
+            return argument(depth, whole_number=True) ** (1 / index)
+        if token in ("\\pi", "\\infty"):
+            return complex(math.pi if token == "\\pi" else math.inf)
+        if token[1:] in _FUNCTIONS:  # \sin x, \cos^2 x, \ln(2)
+            exponent = None
+            if peek() == "^":
+                take()
+                exponent = argument(depth)
+            argument_value = power(depth + 1)
+            while starts_factor(peek()) and peek()[1:] not in _FUNCTIONS and peek() != "(":  # \sin 2x = sin(2x)
+                argument_value *= power(depth + 1)
+            value = _FUNCTIONS[token[1:]](argument_value)
+            return value if exponent is None else value ** exponent
+        if token == "i":
+            return 1j
+        if token.isalpha():
+            return complex(math.sqrt(ord(token)) / 3 + shift)
+        raise ValueError(f"cannot read {token!r}")
+
+    value = expression(0)
+    if position != len(tokens):
+        raise ValueError(f"unexpected {peek()!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ VERIFIER_CASES = [
     ("\\boxed{nan}", "nan", 1.0),
     ("\\boxed{1e400}", "1", 0.0),
     ("1" * 5000, "1" * 5000, 1.0),
-    ("\\boxed{abc}", "ABC", 0.0),
+    ("\\boxed{abc}", "ABD", 0.0),
+    ("\\boxed{East}", "\\text{east}", 1.0),  # words in any capitalisation
 ]
 
 
@@ -169,6 +170,18 @@ HOSTILE = [
     "1" * 5000 + "." + "1" * 5000,
     "x" * 1_000_000,
     ("The answer is " + "1" * 80 + " ") * 2000,
+    # the MATH-style rules: deep nesting of every bracket and command they read, long joins of boxes
+    "\\boxed{" + "\\sqrt{" * 5000 + "2" + "}" * 5001,
+    "\\boxed{" + "2^{" * 5000 + "2" + "}" * 5001,
+    "\\boxed{" + "\\begin{pmatrix}" * 2000 + "1" + "\\end{pmatrix}" * 2000 + "}",
+    "\\boxed{" + "\\{" * 5000 + "1" + "\\}" * 5000 + "}",
+    "\\boxed{" + "[(" * 5000 + "1" + ")]" * 5000 + "}",
+    "\\boxed{" + "\\text{" * 5000 + "a" + "}" * 5001,
+    "\\boxed{" + "1 \\pm " * 5000 + "1}",
+    "\\boxed{" + "1, " * 100_000 + "1}",
+    "\\boxed{" + "\\sin " * 5000 + "x}",
+    "\\boxed{1}, " * 50_000,
+    "\\boxed{" + "x" * 1_000_000 + "}",
 ]
 
 
@@ -190,11 +203,14 @@ def test_verifier_on_random_text_never_raises_and_stays_fast():
 
     rng = random.Random(0)
     atoms = list("0123456789abcxyz .,:=-+*/$%{}()[]\n\\") + ["\\boxed{", "\\frac", "answer is ", "Answer:", "####",
-                                                              "\\text{", "\\sqrt", "−", "**", "\\left(", "\\!"]
+                                                              "\\text{", "\\sqrt", "−", "**", "\\left(", "\\!",
+                                                              "\\pm", "\\cup", "\\begin{pmatrix}", "\\end{pmatrix}",
+                                                              "&", "\\\\", "^", "_", "i", "\\pi", "\\infty", "\\sin"]
     started = time.perf_counter()
     for _ in range(3000):
         text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 400)))
         answer = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 6)))
+        text += rng.choice(["", f"\\boxed{{{answer}}}"])  # half of them reach the MATH-style rules with a box
         assert sdpg.verify(text, answer) in (0.0, 1.0) and sdpg.verify(text, answer, strict=True) in (0.0, 1.0)
         assert isinstance(sdpg.extract_answer(text), (str, type(None)))
     assert time.perf_counter() - started < 60.0
@@ -216,10 +232,44 @@ def test_verifier_agrees_with_openai_labels_on_every_gsm8k_completion():
     assert total == 5276 and disagreements == []
 
 
-def test_verifier_never_evaluates_expressions():
-    """`eval` would turn `2+3` into 5; the verifier compares text, not code."""
-    assert sdpg.verify("\\boxed{2+3}", "5") == 0.0
-    assert sdpg.verify("\\boxed{__import__('os')}", "0") == 0.0
+@pytest.mark.parametrize("table", ["math_answers.jsonl", "math_answers_fresh.jsonl"])
+def test_verifier_grades_math_style_answers_like_a_careful_human(table):
+    """Hand-labelled MATH-style completions (testdata/, labels written before the verifier ran on them): closed
+    forms, reordering, sets/tuples/intervals/matrices, \\pm, units, choice letters, percent, several boxes. A
+    failure names the rule that broke (the row's `why`)."""
+    rows = [json.loads(line) for line in open(os.path.join(HERE, "testdata", table))]
+    wrong = [(row["why"], row["answer"], row["completion"][-60:]) for row in rows
+             if sdpg.verify(row["completion"], row["answer"], row.get("truncated", False)) != float(row["correct"])]
+    assert len(rows) >= 70 and wrong == []
+
+
+@pytest.mark.parametrize("predicted, truth, same", [
+    ("(x+1)^2", "x^2+2x+1", True),  # an identity holds at both evaluation points
+    ("x^2+1", "x^2+2x+1", False),  # …a non-identity fails at them
+    ("\\frac{x}{x}", "1", True),
+    ("5x-7y+11z+4=0", "5x - 7y + 11z + 4 = 0", True),  # equations: lhs − rhs
+    ("(1,2)", "(2,1)", False), ("1, 2", "2, 1", True),  # tuples are ordered, lists of solutions are not
+    ("(3,4]", "(3,4)", False),  # intervals keep their brackets
+    ("\\{1,1,2\\}", "\\{1,2\\}", False),  # items pair one to one
+    ("52_8", "52", True), ("52_8", "52_9", False),  # a base subscript on one side only is the asked-for base
+    ("\\infty", "\\infty", True), ("-\\infty", "\\infty", False),
+    ("1e400", "1", False), ("\\frac{1}{0}", "1", False),  # overflow and division by zero: no match, no error
+])
+def test_math_equal_rules(predicted, truth, same):
+    assert sdpg.math_equal(predicted, truth) is same
+
+
+def test_verifier_reads_math_but_never_runs_code(tmp_path):
+    """Closed forms are evaluated by the verifier's own small parser, never by eval: Python stays text, and a
+    tower of powers overflows to "no match" instead of hanging."""
+    marker = tmp_path / "ran"
+    assert sdpg.verify("\\boxed{2+3}", "5") == 1.0  # arithmetic is math
+    assert sdpg.verify(f"\\boxed{{__import__('os').system('touch {marker}')}}", "0") == 0.0
+    assert not marker.exists()
+    started = time.perf_counter()
+    assert sdpg.verify("\\boxed{9^{9^{9^{9^{9}}}}}", "1") == 0.0
+    assert sdpg.verify("\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}", "1") == 0.0  # too deep: no answer, no crash
+    assert time.perf_counter() - started < 5.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ Two corpora from ../shared (same rows as the Hub datasets):
   (shared/gsm8k/example_model_solutions.jsonl); both graders are also scored against those labels;
 - MATH-500: each problem's reference solution (which ends in a \\boxed{} answer) graded against its `answer`
   field: every one is correct, so the agreement with 1 is each grader's recall on MATH-style answers.
+And the two hand-labelled tables in testdata/ (MATH-style answers written the way Qwen writes them, correct and
+wrong; labels written before the verifier ran on them): `= label` there is accuracy, split into the share of
+correct answers accepted and of wrong answers rejected.
 
   pip install math-verify            # optional, only for this script
   python benchmarks/verifier.py
@@ -37,13 +40,20 @@ def math500_cases():
     return [(row["solution"], row["answer"], True) for row in rows]
 
 
+def table_cases(name):
+    rows = [json.loads(line) for line in open(os.path.join(HERE, "..", "testdata", name))]
+    return [(row["completion"], row["answer"], row["correct"], row.get("truncated", False)) for row in rows]
+
+
 def math_verify_grader():
     try:
         from math_verify import parse, verify
     except ImportError:
         return None
 
-    def grade(completion, answer):
+    def grade(completion, answer, truncated=False):
+        if truncated:  # both graders get the same rule: a response cut mid-way has no final answer
+            return 0.0
         try:
             return float(verify(parse(f"${answer}$"), parse(completion)))
         except Exception:
@@ -53,7 +63,7 @@ def math_verify_grader():
 
 def timed(grader, cases):
     started = time.perf_counter()
-    scores = [grader(completion, answer) for completion, answer, _ in cases]
+    scores = [grader(completion, answer, *rest[1:]) for completion, answer, *rest in cases]
     return scores, len(cases) / (time.perf_counter() - started)
 
 
@@ -61,17 +71,23 @@ def main():
     if not os.path.isdir(SHARED):
         raise SystemExit(f"error: {SHARED} not found; this benchmark reads ../shared/gsm8k and ../shared/math500")
     reference = math_verify_grader()
-    print(f"{'corpus':<9} {'cases':>6} {'grader':<12} {'= label':>8} {'= math-verify':>14} {'per second':>11}")
-    for name, cases in (("GSM8K", gsm8k_cases()), ("MATH-500", math500_cases())):
+    print(f"{'corpus':<14} {'cases':>6} {'grader':<12} {'= label':>8} {'accepts':>8} {'rejects':>8} {'= math-verify':>14} "
+          f"{'per second':>11}")
+    corpora = (("GSM8K", gsm8k_cases()), ("MATH-500", math500_cases()), ("table", table_cases("math_answers.jsonl")),
+               ("fresh table", table_cases("math_answers_fresh.jsonl")))
+    for name, cases in corpora:
         ours, ours_speed = timed(sdpg.verify, cases)
         theirs, theirs_speed = timed(reference, cases) if reference else (None, 0.0)
         for grader, scores, speed in (("sdpg.verify", ours, ours_speed), ("math-verify", theirs, theirs_speed)):
             if scores is None:
-                print(f"{name:<9} {len(cases):>6} {grader:<12} (not installed: pip install math-verify)")
+                print(f"{name:<14} {len(cases):>6} {grader:<12} (not installed: pip install math-verify)")
                 continue
-            labels = sum(s == float(label) for s, (_, _, label) in zip(scores, cases)) / len(cases)
+            hits = [score == float(case[2]) for score, case in zip(scores, cases)]
+            correct, wrong = ([hit for hit, case in zip(hits, cases) if case[2] == label] for label in (True, False))
+            rate = lambda values: f"{sum(values) / len(values):.4f}" if values else "—"  # noqa: E731
             agree = f"{sum(a == b for a, b in zip(scores, theirs)) / len(cases):.4f}" if theirs else "—"
-            print(f"{name:<9} {len(cases):>6} {grader:<12} {labels:>8.4f} {agree:>14} {speed:>11.0f}")
+            print(f"{name:<14} {len(cases):>6} {grader:<12} {rate(hits):>8} {rate(correct):>8} {rate(wrong):>8} {agree:>14} "
+                  f"{speed:>11.0f}")
 
 
 if __name__ == "__main__":
