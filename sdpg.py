@@ -467,7 +467,7 @@ _MAX_ANSWER = 400
 _UNBRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _UNIT = re.compile(r"(?:(?<=[\d}])|(?<=\\pi))\s+(?:square|cubic)?\s*[a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})?(?:\^\{?[23]\}?)?$")
 _PREFIX = re.compile(r"^(?:[a-zA-Z](?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})\s*(?:=|\\in)(?!=)\s*")
-_MIXED = re.compile(r"^(-?)(\d+)\s*\\frac\s*\{?(\d)\}?\s*\{?(\d+)\}?$|^(-?)(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}$")
+_MIXED = re.compile(r"^(-?)(\d+)\s*\\frac\s*\{?(\d+)\}?\s*\{?(\d+)\}?$")  # 1\frac{4}{5}, 2\frac34
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
 _BASE = re.compile(r"^(\w+?)_\{?(\d+)\}?$")
 _MATRIX = re.compile(r"^\\begin\{[pbvV]?matrix\}(.*)\\end\{[pbvV]?matrix\}$", re.S)
@@ -623,7 +623,7 @@ def _values(text: str) -> list[complex] | None:
     identity that fails would have to vanish at both points."""
     mixed = _MIXED.match(text)  # 1\frac{4}{5} is one and four fifths, not 4/5
     if mixed:
-        sign, whole, numerator, denominator = (g or "" for g in (mixed.groups()[:4] if mixed.group(2) else mixed.groups()[4:]))
+        sign, whole, numerator, denominator = mixed.groups()
         text = f"{sign}({whole}+\\frac{{{numerator}}}{{{denominator}}})"
     tokens = _TOKEN.findall(text)
     try:

@@ -4,7 +4,8 @@
 # Two trainings run at once with one thread each (two torch jobs with 2 threads each ran 3.5x slower here); each
 # takes ~8 GB of RAM (--no-gradient-checkpointing). Measured here (machine shared with other work): 65 and 80 min for the two trainings side by side, about 15 min of evaluations per model.
 # Usage: bash experiments/smollm2_arithmetic.sh [seed]      (writes runs/, docs/results/ and docs/smollm2_curves.png)
-#        EXTRA_RUN=1 bash experiments/smollm2_arithmetic.sh  also trains SDPG with beta 0.1 and no gate (not yet run)
+#        EXTRA_RUN=1 bash experiments/smollm2_arithmetic.sh  also trains SDPG with beta 0.1 and no gate
+#        bash experiments/smollm2_arithmetic.sh 1             the two main runs with seed 1 (other data order and samples)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
@@ -44,4 +45,5 @@ done
 for run in $runs; do
   mkdir -p docs/results/$run && cp runs/$run/config.json runs/$run/metrics.jsonl docs/results/$run/
 done
-python3 eval.py --plot $(for run in $runs; do echo docs/results/$run; done) --plot-output docs/smollm2_curves.png
+# one figure with every run committed so far (all seeds)
+python3 eval.py --plot $(ls -d docs/results/*/ | sed 's#/$##') --plot-output docs/smollm2_curves.png
