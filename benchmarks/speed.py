@@ -14,6 +14,7 @@ The random tiny model earns no reward, so the gate is set by a stand-in verifier
 The GRPO baseline runs first and last; the faster of the two is the baseline (the other is printed: it is the noise).
 """
 import argparse
+import copy
 import itertools
 import os
 import statistics
@@ -27,12 +28,21 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import sdpg  # noqa: E402
+import torch  # noqa: E402
 
 
-def save_model(vocab_size: int, path: str) -> str:
+def save_model(vocab_size: int, hidden_size: int, path: str) -> str:
     """The tiny model, its embedding optionally grown to `vocab_size` (ids past the tokenizer's 259
-    decode to nothing): the vocabulary projection then costs what Qwen's 151 936 entries cost."""
+    decode to nothing): the vocabulary projection then costs what Qwen's 151 936 entries cost. With
+    `hidden_size` its two layers take that width (896 and 14 heads of 64 = Qwen2.5-0.5B's), so the matmuls
+    weigh against the vocabulary-sized elementwise work as they do in the real model."""
     model, tokenizer = sdpg.build_tiny_model(seed=0)
+    if hidden_size:
+        config = copy.deepcopy(model.config)
+        config.update(dict(hidden_size=hidden_size, intermediate_size=hidden_size * 11 // 2,
+                           num_attention_heads=hidden_size // 64, num_key_value_heads=2, head_dim=64))
+        torch.manual_seed(0)
+        model = type(model)(config)
     if vocab_size > model.config.vocab_size:
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
     model.save_pretrained(path)
@@ -114,12 +124,12 @@ def main():
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
     parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is not timed")
     parser.add_argument("--vocab", type=int, default=0, help="grow the tiny model's 259-entry vocabulary to this; 151936 = Qwen's")
+    parser.add_argument("--hidden", type=int, default=0, help="give the tiny model's two layers this width; 896 = Qwen2.5-0.5B's")
     parser.add_argument("--skip-trl", action="store_true", help="only our SDPG vs GRPO-mode step")
     args = parser.parse_args()
-    import torch
 
     work = tempfile.mkdtemp()
-    args.model_dir = save_model(args.vocab, os.path.join(work, "model"))  # TRL builds its reference model from a path
+    args.model_dir = save_model(args.vocab, args.hidden, os.path.join(work, "model"))  # TRL builds its reference model from a path
     model, tokenizer = sdpg.load_model(args.model_dir)
     vocab = model.config.vocab_size
     results, updates = {}, {}
@@ -136,7 +146,7 @@ def main():
         results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
         results["TRL GRPOTrainer"] = trl_run(args, "grpo", os.path.join(work, "trl-grpo"))
 
-    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H=64, 2 layers, V={vocab}); B={args.prompts} prompts × "
+    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H={model.config.hidden_size}, 2 layers, V={vocab}); B={args.prompts} prompts × "
           f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; median of steps 2..{args.steps}")
     print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ SDPG 100 %':>13}")
     for name, (seconds, length) in results.items():
