@@ -496,21 +496,12 @@ def _clean(text: str) -> str:
     for _ in range(3):  # nested \text{\textbf{…}}
         text = _UNBRACE.sub(r"\1", text)
     text = text.strip().rstrip(".").strip()
-    while len(text) > 1 and text[0] == "{" and text[-1] == "}" and _balanced(text[1:-1]):
+    while len(text) > 1 and text[0] == "{" and text[-1] == "}" and _matching(text):  # {5} → 5, not {a}{b}
         text = text[1:-1].strip()
     if re.fullmatch(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?", text):  # 10,080 / 11, 111, 100 → one number
         text = text.replace(",", "").replace(" ", "")
     text = _PREFIX.sub("", _UNIT.sub("", text)).strip()
     return re.sub(r"\s+", " ", text)
-
-
-def _balanced(text: str) -> bool:
-    depth = 0
-    for char in text:
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth < 0:
-            return False
-    return depth == 0
 
 
 def _top_level_split(text: str, separators: tuple[str, ...]) -> list[str]:

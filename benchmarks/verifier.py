@@ -52,7 +52,7 @@ def math_verify_grader():
         return None
 
     def grade(completion, answer, truncated=False):
-        if truncated:  # both graders get the same rule: a response cut mid-way has no final answer
+        if truncated:  # no strict mode there: a cut response gets 0 (ours still counts an answer stated before the cut)
             return 0.0
         try:
             return float(verify(parse(f"${answer}$"), parse(completion)))
