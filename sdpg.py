@@ -59,7 +59,6 @@ from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 
 # ----------------------------------------------------------------------------------------------
@@ -901,33 +900,104 @@ def _tempered_log_softmax(logits, temperature):
     return (logits if temperature == 1.0 else logits / temperature).log_softmax(dim=-1)  # skip a pass over V at τ = 1
 
 
-def _chunk_stats(lm_head, temperature, entropy_todo, student_hidden, teacher_hidden, tokens):
-    """Vocabulary projection + log-softmax + E3 for one chunk of positions: (N,) logp, KL, entropy.
-    entropy_todo: a one-item list, cleared once the entropy is computed, so the backward recompute of this chunk
-    skips that extra pass over V (it only logs a metric)."""
-    log_probs = _tempered_log_softmax(lm_head(student_hidden), temperature)  # (N, V): the only place V appears
+def _chunk_stats(lm_head, temperature, with_entropy, student_hidden, teacher_hidden, tokens):
+    """Vocabulary projection + log-softmax + E3 for one chunk of positions, gradient by autograd: (N,) logp, KL,
+    entropy. The plain path (`chunk_size=0`), and the reference the tests hold _FusedChunkStats to."""
+    log_probs = _tempered_log_softmax(lm_head(student_hidden), temperature)  # (N, V)
     logp = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
     with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(-1) if entropy_todo[0] else torch.zeros_like(logp)
-        entropy_todo[0] = False
+        entropy = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else torch.zeros_like(logp)
         # SG: the teacher view gets no gradient, not even through the shared lm_head
         teacher_log_probs = None if teacher_hidden is None else _tempered_log_softmax(lm_head(teacher_hidden), temperature)
     kl = torch.zeros_like(logp) if teacher_hidden is None else reverse_kl(log_probs, teacher_log_probs)
     return logp, kl, entropy
 
 
+def _tempered_logits(hidden, weight, bias, temperature):
+    """z/τ in float32 or wider: (N, V). The only place the chunked path makes V-sized logits."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits if temperature == 1.0 else logits.div_(temperature)
+
+
+def _softmax_(logits):
+    """softmax over the last dim written over `logits`, and log Σ exp: one exp pass gives both."""
+    top = logits.amax(-1, keepdim=True)
+    probs = logits.sub_(top).exp_()
+    total = probs.sum(-1, keepdim=True)
+    return probs.div_(total), (top + total.log()).squeeze(-1)
+
+
+class _FusedChunkStats(torch.autograd.Function):
+    """[impl] _chunk_stats with E3's gradient written out (engineering, not the paper; a first reading may skip).
+
+    Same outputs. Nothing V-sized is kept for backward: it recomputes the chunk's logits (memory ∝ H, as torch's
+    checkpoint would) and forms the gradient w.r.t. them in place, a handful of passes over V where autograd
+    through log_softmax, exp, sub, mul and sum makes about ten (README, performance). With p = softmax(z/τ) and
+    log q the detached teacher's log-softmax:
+        ∂ logp_t / ∂z = (onehot(y_t) − p) / τ        ∂ KL / ∂z = p ⊙ (log p − log q − KL) / τ      (E3)
+    log p − log q − KL = (z − z^c)/τ − (lse_p − lse_q + KL): a row constant `offset` saved from forward, so backward
+    needs the teacher's logits but not their log-sum-exp.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, teacher_hidden, tokens, weight, bias, temperature, with_entropy):
+        logits = _tempered_logits(hidden, weight, bias, temperature)  # (N, V)
+        token_logits = logits.gather(-1, tokens[:, None]).squeeze(-1)
+        if teacher_hidden is not None:
+            teacher_logits = _tempered_logits(teacher_hidden, weight, bias, temperature)
+            teacher_lse = teacher_logits.logsumexp(-1)
+            difference = torch.sub(logits, teacher_logits, out=teacher_logits)  # (z − z^c)/τ, in the teacher's buffer
+        probs, lse = _softmax_(logits)
+        logp = token_logits - lse
+        entropy = torch.special.entr(probs).sum(-1) if with_entropy else torch.zeros_like(logp)  # −Σ p log p
+        kl, offset = torch.zeros_like(logp), None
+        if teacher_hidden is not None:
+            kl = difference.mul_(probs).sum(-1) - lse + teacher_lse  # Σ p (log p − log q), log p = z/τ − lse_p
+            offset = lse - teacher_lse + kl
+        ctx.save_for_backward(hidden, teacher_hidden, tokens, weight, bias, lse, offset)
+        device, autocast_on = hidden.device.type, torch.is_autocast_enabled(hidden.device.type)
+        # backward runs outside autocast: its recompute and matmuls must see the forward's precision
+        ctx.autocast = dict(device_type=device, dtype=torch.get_autocast_dtype(device), enabled=autocast_on)
+        ctx.matmul_dtype = ctx.autocast["dtype"] if autocast_on else torch.promote_types(hidden.dtype, weight.dtype)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)  # a metric
+        return logp, kl, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_kl, _):
+        hidden, teacher_hidden, tokens, weight, bias, lse, offset = ctx.saved_tensors
+        grad_logp, grad_kl = grad_logp[:, None] / ctx.temperature, grad_kl[:, None] / ctx.temperature
+        with torch.no_grad(), torch.autocast(**ctx.autocast):
+            logits = _tempered_logits(hidden, weight, bias, ctx.temperature)
+            if teacher_hidden is not None:
+                teacher_logits = _tempered_logits(teacher_hidden, weight, bias, ctx.temperature)
+                difference = torch.sub(logits, teacher_logits, out=teacher_logits)
+            probs = logits.sub_(lse[:, None]).exp_()  # p, with forward's lse: one exp pass
+            if teacher_hidden is None:
+                grad = probs.mul_(-grad_logp)
+            else:  # g_kl · p ⊙ (log p − log q − KL) − g_logp · p
+                grad = difference.sub_(offset[:, None]).mul_(grad_kl).sub_(grad_logp).mul_(probs)
+            grad.scatter_add_(-1, tokens[:, None], grad_logp)  # + g_logp · onehot(y_t)
+            grad = grad.to(ctx.matmul_dtype)
+            grad_hidden = (grad @ weight.to(grad.dtype)).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+            grad_weight = (grad.T @ hidden.to(grad.dtype)).to(weight.dtype) if ctx.needs_input_grad[3] else None
+            grad_bias = grad.sum(0).to(bias.dtype) if ctx.needs_input_grad[4] else None
+        return grad_hidden, None, None, grad_weight, grad_bias, None, None
+
+
 def _projected_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
-    """_chunk_stats over `chunk_size` positions at a time: (N,) logp, KL (0 without a teacher), entropy."""
+    """(N,) logp, KL (0 without a teacher), entropy, over `chunk_size` positions at a time (0: all at once)."""
     size = chunk_size or max(len(tokens), 1)
     pieces = [(hidden.new_zeros(0, dtype=torch.float32),) * 3]  # keeps torch.cat valid when there is no position
     for start in range(0, len(tokens), size):
         chunk = slice(start, start + size)
-        args = (lm_head, temperature, [with_entropy], hidden[chunk],
-                None if teacher_hidden is None else teacher_hidden[chunk], tokens[chunk])
-        if chunk_size and torch.is_grad_enabled():  # [impl] recompute in backward: memory ∝ H, not V
-            pieces.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
+        teacher = None if teacher_hidden is None else teacher_hidden[chunk]
+        if chunk_size:  # [impl] logits recomputed in backward: memory ∝ H, not V
+            pieces.append(_FusedChunkStats.apply(hidden[chunk], teacher, tokens[chunk], lm_head.weight, lm_head.bias,
+                                                 temperature, with_entropy))
         else:
-            pieces.append(_chunk_stats(*args))
+            pieces.append(_chunk_stats(lm_head, temperature, with_entropy, hidden[chunk], teacher, tokens[chunk]))
     return [torch.cat(column).float() for column in zip(*pieces)]
 
 

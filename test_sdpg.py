@@ -20,6 +20,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import sdpg
 
@@ -955,13 +956,19 @@ def test_response_stats_chunked_gradients_equal_naive_and_reach_the_student_only
         torch.testing.assert_close(chunked[name], single[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
-def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_backward(tiny):
-    """(B, T, V) logits never exist: every lm_head call, the backward recompute included, gets at
-    most chunk_size positions; gradients equal the naive path with layer recompute on or off."""
+def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_backward(tiny, monkeypatch):
+    """(B, T, V) logits never exist: every projection onto lm_head's weight, the backward recompute included,
+    gets at most chunk_size positions; gradients equal the naive path with layer recompute on or off."""
     model, _ = tiny
     tensors, _ = mixed_batch(seed=2)
-    rows_per_call = []
-    hook = model.lm_head.register_forward_hook(lambda module, args, out: rows_per_call.append(args[0].shape[0]))
+    rows_per_call, linear = [], F.linear
+
+    def counting_linear(input, weight, bias=None):
+        if weight is model.lm_head.weight:
+            rows_per_call.append(input.reshape(-1, input.shape[-1]).shape[0])
+        return linear(input, weight, bias)
+
+    monkeypatch.setattr(F, "linear", counting_linear)  # nn.Linear and sdpg both look F.linear up at call time
     try:
         results = {}
         for chunk_size, recompute in ((0, False), (4, False), (4, True)):
@@ -972,7 +979,6 @@ def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_back
             (logp.sum() + kl.sum()).backward()
             results[chunk_size, recompute] = (list(rows_per_call), [p.grad.clone() for p in model.parameters()])
     finally:
-        hook.remove()
         sdpg.set_layer_recompute(model, False)
     total = int(tensors[5].sum())
     assert results[0, False][0] == [total, total]  # naive: student + teacher, all positions at once
@@ -1007,6 +1013,66 @@ def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher
     for name in full_grads:
         scale = full_grads[name].abs().max().item()
         torch.testing.assert_close(gated_grads[name], full_grads[name], atol=1e-6 * scale, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("with_teacher", [True, False])
+def test_e3_gradient_written_by_hand_matches_float64_reference_and_finite_differences(with_teacher):
+    """The chunked path's hand-written backward (E3: ∂KL/∂z = p ⊙ (log p − log q − KL)/τ; logp: (onehot − p)/τ):
+    values against the float64 formulas, gradients w.r.t. hidden, lm_head weight and bias against central finite
+    differences (gradcheck), τ = 0.7; the teacher view gets no gradient."""
+    generator = torch.Generator().manual_seed(0)
+    n, h, v, temperature = 5, 4, 11, 0.7
+    leaf = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()  # noqa: E731
+    hidden, weight, bias = leaf(n, h), leaf(v, h), leaf(v)
+    teacher = torch.randn(n, h, dtype=torch.float64, generator=generator) if with_teacher else None
+    tokens = torch.randint(v, (n,), generator=generator)
+
+    def fused(hidden, weight, bias):
+        return sdpg._FusedChunkStats.apply(hidden, teacher, tokens, weight, bias, temperature, True)
+
+    logp, kl, entropy = fused(hidden, weight, bias)
+    log_p = ((hidden @ weight.T + bias) / temperature).log_softmax(-1)
+    torch.testing.assert_close(logp, log_p.gather(-1, tokens[:, None]).squeeze(-1))
+    torch.testing.assert_close(entropy, -(log_p.exp() * log_p).sum(-1))
+    if with_teacher:
+        log_q = ((teacher @ weight.T + bias) / temperature).log_softmax(-1)
+        torch.testing.assert_close(kl, (log_p.exp() * (log_p - log_q)).sum(-1))
+        assert kl.min() > 0.01
+    else:
+        assert (kl == 0).all()
+    # finite differences: both outputs w.r.t. hidden (the teacher reads teacher_hidden), logp w.r.t. weight and bias
+    assert torch.autograd.gradcheck(lambda x: fused(x, weight, bias)[:2], (hidden,))
+    assert torch.autograd.gradcheck(lambda w, b: fused(hidden, w, b)[0], (weight, bias))
+    if with_teacher:  # the weight also makes the teacher's logits, but SG: KL's gradient holds log q fixed
+        upstream = torch.randn(2, n, dtype=torch.float64, generator=generator)
+        hand = torch.autograd.grad((upstream * torch.stack(fused(hidden, weight, bias)[:2])).sum(), (hidden, weight, bias))
+        reference = (upstream[0] * log_p.gather(-1, tokens[:, None]).squeeze(-1)).sum() + (upstream[1] * (log_p.exp() * (log_p - log_q.detach())).sum(-1)).sum()
+        for mine, theirs in zip(hand, torch.autograd.grad(reference, (hidden, weight, bias))):
+            torch.testing.assert_close(mine, theirs)
+
+
+def test_chunked_path_under_bf16_autocast_recomputes_in_bf16_and_matches_autograd(tiny, monkeypatch):
+    """Under autocast (CUDA's bf16 path, here on CPU) backward runs outside the autocast block, as in training:
+    the recompute must still project in bf16 like the forward did, and the gradients match the plain autograd path."""
+    model, _ = tiny
+    tensors, _ = mixed_batch(seed=4)
+    dtypes, linear = [], F.linear
+    monkeypatch.setattr(F, "linear", lambda x, w, b=None: (lambda out: dtypes.append(out.dtype) or out)(linear(x, w, b))
+                        if w is model.lm_head.weight else linear(x, w, b))
+
+    def gradients(chunk_size):
+        model.zero_grad()
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+        (logp.sum() + 10 * kl.sum()).backward()
+        return list(dtypes), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    (plain_dtypes, plain), (chunked_dtypes, chunked) = gradients(0), gradients(4)
+    assert set(plain_dtypes) == set(chunked_dtypes) == {torch.bfloat16} and len(chunked_dtypes) > len(plain_dtypes)
+    for name in plain:
+        scale = plain[name].abs().max().item()
+        torch.testing.assert_close(chunked[name], plain[name], atol=2e-2 * scale, rtol=2e-2, msg=name)
 
 
 def test_no_teacher_forward_when_every_gate_is_closed(tiny, monkeypatch):
