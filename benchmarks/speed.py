@@ -11,7 +11,8 @@ one optimizer update per step. TRL is only needed here: pip install trl (tested 
 
 The random tiny model earns no reward, so the gate is set by a stand-in verifier: every response rewarded 0
 (gate 0 %), every other response rewarded 1 (each group of 8 has 4 with A > 0: gate 50 %), or --no-gate (100 %).
-The GRPO baseline runs first and last; the faster of the two is the baseline (the other is printed: it is the noise).
+The GRPO baseline runs before and after every SDPG run (four times); each SDPG run is divided by the mean of the
+two GRPO runs around it, so a machine that drifts faster or slower biases no ratio; all four are printed (the noise).
 """
 import argparse
 import copy
@@ -132,15 +133,15 @@ def main():
     args.model_dir = save_model(args.vocab, args.hidden, os.path.join(work, "model"))  # TRL builds its reference model from a path
     model, tokenizer = sdpg.load_model(args.model_dir)
     vocab = model.config.vocab_size
-    results, updates = {}, {}
-    grpo_first = ours(args, 0.0, 0.0, os.path.join(work, "grpo"))
+    results, updates, grpo_runs = {}, {}, [ours(args, 0.0, 0.0, os.path.join(work, "grpo0"))]
     for gate in ("100 %", "50 %", "0 %"):
-        seconds, updates[gate], length, fraction = ours(args, 0.001, 0.001, os.path.join(work, f"sdpg{len(updates)}"), gate)
+        seconds, update, length, fraction = ours(args, 0.001, 0.001, os.path.join(work, f"sdpg{len(updates)}"), gate)
+        grpo_runs.append(ours(args, 0.0, 0.0, os.path.join(work, f"grpo{len(grpo_runs)}")))
         results[f"sdpg.py SDPG, gate {gate}"] = (seconds, length)
-        updates[gate] = (updates[gate], length, fraction)
-    grpo_last = ours(args, 0.0, 0.0, os.path.join(work, "grpo-again"))
-    grpo_time, updates["GRPO"], grpo_len, _ = min(grpo_first, grpo_last, key=lambda run: run[1])
-    results = {"sdpg.py β = α = 0 (GRPO/DAPO)": (grpo_time, grpo_len), **results}
+        updates[gate] = (update, length, fraction, statistics.mean(run[1] for run in grpo_runs[-2:]))
+    grpo_time, grpo_update = (statistics.mean(run[i] for run in grpo_runs) for i in (0, 1))
+    grpo_len = statistics.mean(run[2] for run in grpo_runs)
+    results = {"sdpg.py β = α = 0 (GRPO/DAPO), mean of 4": (grpo_time, grpo_len), **results}
     sdpg_time = results["sdpg.py SDPG, gate 100 %"][0]
     if not args.skip_trl:
         results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
@@ -173,14 +174,15 @@ def main():
         return base, base + reference + gate_fraction * teacher_pass
 
     grpo_base = flops(grpo_len, 0)[0]
-    print(f"\nupdate time (step − generation), SDPG (β = α = 0.001) ÷ GRPO (β = α = 0, {updates['GRPO']:.2f} s; the "
-          f"other GRPO run {max(grpo_first[1], grpo_last[1]):.2f} s); prompt {prompt:.0f}, teacher prompt {teacher:.0f} tokens")
-    print(f"{'gate':<8} {'open':>6} {'SDPG s':>8} {'ratio':>7} {'FLOP expectation':>17} {'ratio ÷ expectation':>20}")
+    print(f"\nupdate time (step − generation), SDPG (β = α = 0.001) ÷ GRPO (β = α = 0) around it; the four GRPO runs: "
+          f"{', '.join(f'{run[1]:.2f}' for run in grpo_runs)} s; prompt {prompt:.0f}, teacher prompt {teacher:.0f} tokens")
+    print(f"{'gate':<8} {'open':>6} {'SDPG s':>8} {'GRPO s':>8} {'ratio':>7} {'FLOP expectation':>17} {'ratio ÷ expectation':>20}")
     for gate in ("100 %", "50 %", "0 %"):
-        seconds, length, fraction = updates[gate]
+        seconds, length, fraction, grpo_seconds = updates[gate]
         base, total = flops(length, fraction)
-        measured, expected = seconds / updates["GRPO"], total / base * base / grpo_base
-        print(f"{gate:<8} {fraction:>6.2f} {seconds:>8.2f} {measured:>7.2f} {expected:>17.2f} {measured / expected:>20.2f}")
+        measured, expected = seconds / grpo_seconds, total / base * base / grpo_base
+        print(f"{gate:<8} {fraction:>6.2f} {seconds:>8.2f} {grpo_seconds:>8.2f} {measured:>7.2f} {expected:>17.2f} "
+              f"{measured / expected:>20.2f}")
 
 
 if __name__ == "__main__":

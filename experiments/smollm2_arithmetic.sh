@@ -8,6 +8,7 @@
 # Usage: bash experiments/smollm2_arithmetic.sh [seed]      (writes runs/, docs/results/ and docs/smollm2_curves.png)
 #        EXTRA_RUN=1 bash experiments/smollm2_arithmetic.sh  also trains SDPG with beta 0.1 and no gate
 #        bash experiments/smollm2_arithmetic.sh 1             the two main runs with seed 1 (other data order and samples)
+#        ONLY=sdpg bash experiments/smollm2_arithmetic.sh 1   only the SDPG one of them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
@@ -25,9 +26,11 @@ run() { name=$1; shift; [ -f runs/$name/final/config.json ] && return
         python3 sdpg.py $common --output-dir runs/$name $resume "$@" > runs/$name.log 2>&1; }
 mkdir -p runs docs/results
 # 1. trainings, same seed and data order: GRPO (β = α = 0) and SDPG with the paper's defaults, two at a time
-runs="grpo-s$seed sdpg-s$seed"
-run grpo-s$seed --beta 0 --alpha 0 &
-run sdpg-s$seed &
+#    ONLY=grpo or ONLY=sdpg: just that one, alone on the machine with both threads
+runs="grpo-s$seed sdpg-s$seed"; threads=1
+[ -n "${ONLY:-}" ] && runs="$ONLY-s$seed" && threads=2
+[[ $runs == *grpo* ]] && OMP_NUM_THREADS=$threads run grpo-s$seed --beta 0 --alpha 0 &
+[[ $runs == *sdpg* ]] && OMP_NUM_THREADS=$threads run sdpg-s$seed &
 wait
 if [ -n "${EXTRA_RUN:-}" ]; then run sdpg-beta0.1-nogate-s$seed --beta 0.1 --no-gate; runs="$runs sdpg-beta0.1-nogate-s$seed"; fi
 # 2. held-out evaluation on the first 100 test problems (disjoint from train): greedy, mean@4 at τ = 1 (the
