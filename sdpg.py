@@ -963,7 +963,6 @@ class _FusedChunkStats(torch.autograd.Function):
         device, autocast_on = hidden.device.type, torch.is_autocast_enabled(hidden.device.type)
         # backward runs outside autocast: its recompute and matmuls must see the forward's precision
         ctx.autocast = dict(device_type=device, dtype=torch.get_autocast_dtype(device), enabled=autocast_on)
-        ctx.matmul_dtype = ctx.autocast["dtype"] if autocast_on else torch.promote_types(hidden.dtype, weight.dtype)
         ctx.temperature = temperature
         ctx.mark_non_differentiable(entropy)  # a metric
         return logp, kl, entropy
@@ -983,9 +982,9 @@ class _FusedChunkStats(torch.autograd.Function):
             else:  # g_kl · p ⊙ (log p − log q − KL) − g_logp · p  =  p ⊙ (g_kl · (z − z^c)/τ − (g_kl · offset + g_logp))
                 grad = difference.mul_(grad_kl).sub_(grad_kl * offset[:, None] + grad_logp).mul_(probs)
             grad.scatter_add_(-1, tokens[:, None], grad_logp)  # + g_logp · onehot(y_t)
-            grad = grad.to(ctx.matmul_dtype)
-            grad_hidden = (grad @ weight.to(grad.dtype)).to(hidden.dtype) if ctx.needs_input_grad[0] else None
-            grad_weight = (grad.T @ hidden.to(grad.dtype)).to(weight.dtype) if ctx.needs_input_grad[3] else None
+            grad = grad.to(weight.dtype)  # the matmuls then run as the forward's did: in bf16 under autocast
+            grad_hidden = (grad @ weight).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+            grad_weight = (grad.T @ hidden).to(weight.dtype) if ctx.needs_input_grad[3] else None
             grad_bias = grad.sum(0).to(bias.dtype) if ctx.needs_input_grad[4] else None
         return grad_hidden, None, None, grad_weight, grad_bias, None, None
 

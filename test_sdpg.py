@@ -956,28 +956,37 @@ def test_response_stats_chunked_gradients_equal_naive_and_reach_the_student_only
         torch.testing.assert_close(chunked[name], single[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
+def record_vocabulary_projections(monkeypatch, model) -> list[torch.Tensor]:
+    """Every output of a projection onto lm_head's weight, appended as it is made (nn.Linear and sdpg's
+    chunked path both look F.linear up at call time)."""
+    outputs, linear = [], F.linear
+
+    def recording_linear(input, weight, bias=None):
+        out = linear(input, weight, bias)
+        if weight is model.lm_head.weight:
+            outputs.append(out)
+        return out
+
+    monkeypatch.setattr(F, "linear", recording_linear)
+    return outputs
+
+
 def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_backward(tiny, monkeypatch):
     """(B, T, V) logits never exist: every projection onto lm_head's weight, the backward recompute included,
     gets at most chunk_size positions; gradients equal the naive path with layer recompute on or off."""
     model, _ = tiny
     tensors, _ = mixed_batch(seed=2)
-    rows_per_call, linear = [], F.linear
-
-    def counting_linear(input, weight, bias=None):
-        if weight is model.lm_head.weight:
-            rows_per_call.append(input.reshape(-1, input.shape[-1]).shape[0])
-        return linear(input, weight, bias)
-
-    monkeypatch.setattr(F, "linear", counting_linear)  # nn.Linear and sdpg both look F.linear up at call time
+    projections = record_vocabulary_projections(monkeypatch, model)
     try:
         results = {}
         for chunk_size, recompute in ((0, False), (4, False), (4, True)):
             sdpg.set_layer_recompute(model, recompute)
-            rows_per_call.clear()
+            projections.clear()
             model.zero_grad()
             logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
             (logp.sum() + kl.sum()).backward()
-            results[chunk_size, recompute] = (list(rows_per_call), [p.grad.clone() for p in model.parameters()])
+            rows_per_call = [out.reshape(-1, out.shape[-1]).shape[0] for out in projections]
+            results[chunk_size, recompute] = (rows_per_call, [p.grad.clone() for p in model.parameters()])
     finally:
         sdpg.set_layer_recompute(model, False)
     total = int(tensors[5].sum())
@@ -1032,11 +1041,13 @@ def test_e3_gradient_written_by_hand_matches_float64_reference_and_finite_differ
 
     logp, kl, entropy = fused(hidden, weight, bias)
     log_p = ((hidden @ weight.T + bias) / temperature).log_softmax(-1)
-    torch.testing.assert_close(logp, log_p.gather(-1, tokens[:, None]).squeeze(-1))
+    reference_logp = log_p.gather(-1, tokens[:, None]).squeeze(-1)
+    torch.testing.assert_close(logp, reference_logp)
     torch.testing.assert_close(entropy, -(log_p.exp() * log_p).sum(-1))
     if with_teacher:
-        log_q = ((teacher @ weight.T + bias) / temperature).log_softmax(-1)
-        torch.testing.assert_close(kl, (log_p.exp() * (log_p - log_q)).sum(-1))
+        log_q = ((teacher @ weight.T + bias) / temperature).log_softmax(-1).detach()  # SG
+        reference_kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        torch.testing.assert_close(kl, reference_kl)
         assert kl.min() > 0.01
     else:
         assert (kl == 0).all()
@@ -1046,7 +1057,7 @@ def test_e3_gradient_written_by_hand_matches_float64_reference_and_finite_differ
     if with_teacher:  # the weight also makes the teacher's logits, but SG: KL's gradient holds log q fixed
         upstream = torch.randn(2, n, dtype=torch.float64, generator=generator)
         hand = torch.autograd.grad((upstream * torch.stack(fused(hidden, weight, bias)[:2])).sum(), (hidden, weight, bias))
-        reference = (upstream[0] * log_p.gather(-1, tokens[:, None]).squeeze(-1)).sum() + (upstream[1] * (log_p.exp() * (log_p - log_q.detach())).sum(-1)).sum()
+        reference = (upstream * torch.stack([reference_logp, reference_kl])).sum()
         for mine, theirs in zip(hand, torch.autograd.grad(reference, (hidden, weight, bias))):
             torch.testing.assert_close(mine, theirs)
 
@@ -1056,17 +1067,15 @@ def test_chunked_path_under_bf16_autocast_recomputes_in_bf16_and_matches_autogra
     the recompute must still project in bf16 like the forward did, and the gradients match the plain autograd path."""
     model, _ = tiny
     tensors, _ = mixed_batch(seed=4)
-    dtypes, linear = [], F.linear
-    monkeypatch.setattr(F, "linear", lambda x, w, b=None: (lambda out: dtypes.append(out.dtype) or out)(linear(x, w, b))
-                        if w is model.lm_head.weight else linear(x, w, b))
+    projections = record_vocabulary_projections(monkeypatch, model)
 
     def gradients(chunk_size):
         model.zero_grad()
-        dtypes.clear()
+        projections.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
         (logp.sum() + 10 * kl.sum()).backward()
-        return list(dtypes), {name: p.grad.clone() for name, p in model.named_parameters()}
+        return [out.dtype for out in projections], {name: p.grad.clone() for name, p in model.named_parameters()}
 
     (plain_dtypes, plain), (chunked_dtypes, chunked) = gradients(0), gradients(4)
     assert set(plain_dtypes) == set(chunked_dtypes) == {torch.bfloat16} and len(chunked_dtypes) > len(plain_dtypes)

@@ -133,14 +133,15 @@ def main():
     args.model_dir = save_model(args.vocab, args.hidden, os.path.join(work, "model"))  # TRL builds its reference model from a path
     model, tokenizer = sdpg.load_model(args.model_dir)
     vocab = model.config.vocab_size
-    results, updates, grpo_runs = {}, {}, [ours(args, 0.0, 0.0, os.path.join(work, "grpo0"))]
+    results, updates, grpo_runs = {}, {}, []
+    grpo = lambda: grpo_runs.append(ours(args, 0.0, 0.0, os.path.join(work, f"grpo{len(grpo_runs)}")))  # noqa: E731
+    grpo()
     for gate in ("100 %", "50 %", "0 %"):
         seconds, update, length, fraction = ours(args, 0.001, 0.001, os.path.join(work, f"sdpg{len(updates)}"), gate)
-        grpo_runs.append(ours(args, 0.0, 0.0, os.path.join(work, f"grpo{len(grpo_runs)}")))
+        grpo()
         results[f"sdpg.py SDPG, gate {gate}"] = (seconds, length)
         updates[gate] = (update, length, fraction, statistics.mean(run[1] for run in grpo_runs[-2:]))
-    grpo_time, grpo_update = (statistics.mean(run[i] for run in grpo_runs) for i in (0, 1))
-    grpo_len = statistics.mean(run[2] for run in grpo_runs)
+    grpo_time, grpo_len = (statistics.mean(run[i] for run in grpo_runs) for i in (0, 2))
     results = {"sdpg.py β = α = 0 (GRPO/DAPO), mean of 4": (grpo_time, grpo_len), **results}
     sdpg_time = results["sdpg.py SDPG, gate 100 %"][0]
     if not args.skip_trl:
