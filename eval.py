@@ -1,11 +1,15 @@
 """Evaluate a model before and after SDPG, with the training prompt and verifier.
 
-Reports mean@n accuracy (the paper's pass@1 at temperature 1.0, mean@32 in the paper),
-unbiased pass@k, and greedy accuracy with --temperature 0 (the usual GSM8K number).
+Reports mean@n accuracy (the paper's pass@1 at temperature 1.0, mean@32 in the paper), unbiased pass@k, greedy
+accuracy with --temperature 0 (the usual GSM8K number), and the strict-format accuracy (only an explicit final
+answer counts, as the authors' scorer). Several datasets at once print the paper's table: a row per model, a
+column per dataset.
 
   python eval.py --model Qwen/Qwen2.5-0.5B-Instruct --dataset gsm8k --temperature 0
   python eval.py --compare Qwen/Qwen2.5-0.5B-Instruct runs/sdpg/final --n 8 --limit 500
-  python eval.py --plot runs/grpo runs/sdpg --plot-output curves.png
+  python eval.py --compare BASE runs/sdpg/final --dataset aime24,aime25,amc23 --n 32 --temperature 1.0 \
+      --max-new-tokens 4096      # the paper's protocol
+  python eval.py --plot runs/grpo runs/sdpg --plot-output runs/curves.png
 """
 
 import argparse
@@ -41,32 +45,47 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=512, b
     autocast = autocast or torch.autocast(torch.device(device).type, enabled=False)
     eos_ids, pad_id = sdpg.eos_token_ids(model, tokenizer), tokenizer.pad_token_id
     model.to(device).eval()
-    records, lengths, started = [], [], time.time()
+    records, lengths, verifier_errors, started = [], [], 0, time.time()
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, dynamic_ncols=True):
         batch = rows[start:start + batch_size]
-        prompts = [sdpg.build_prompt(tokenizer, row["question"]) for row in batch for _ in range(n)]  # training's student prompt
+        # training's student prompt, token for token
+        prompts = [sdpg.build_prompt(tokenizer, row["question"]) for row in batch for _ in range(n)]
         prompt_ids, prompt_mask = sdpg.left_pad(prompts, pad_id, device)
         response_ids, response_mask = sdpg.sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
                                                             max_new_tokens, temperature, autocast)
         completions = sdpg.decode_responses(tokenizer, response_ids, response_mask)
         truncated = sdpg.truncated_responses(response_ids, eos_ids).tolist()
-        correct = sdpg.score_responses(completions, [row["answer"] for row in batch for _ in range(n)], truncated, strict)
+        answers = [row["answer"] for row in batch for _ in range(n)]
+        correct, errors = sdpg.score_responses(completions, answers, truncated, strict)
+        strict_correct, _ = sdpg.score_responses(completions, answers, truncated, strict=True)
+        verifier_errors += errors
         lengths += response_mask.sum(dim=1).tolist()
         for i, row in enumerate(batch):
             part = slice(i * n, (i + 1) * n)
             records.append(dict(question=row["question"], answer=row["answer"], completions=completions[part],
-                                extracted=[sdpg.extract_answer(c, strict or cut) for c, cut in zip(completions[part], truncated[part])],
-                                correct=correct[part], truncated=truncated[part],
+                                extracted=[extract(c, strict or cut)
+                                           for c, cut in zip(completions[part], truncated[part])],
+                                correct=correct[part], strict_correct=strict_correct[part], truncated=truncated[part],
                                 formatted=[sdpg.has_answer_format(c) for c in completions[part]]))
     seconds = time.time() - started
-    correct = [sum(r["correct"]) for r in records]
-    summary = dict(accuracy=sum(correct) / (n * len(records)),
+    correct, samples = [sum(r["correct"]) for r in records], n * len(records)
+    summary = dict(accuracy=sum(correct) / samples,
                    **{f"pass@{k}": sum(pass_at_k(n, int(c), k) for c in correct) / len(records) for k in k_values(n)},
-                   format_rate=sum(sum(r["formatted"]) for r in records) / (n * len(records)),
-                   truncated_frac=sum(sum(r["truncated"]) for r in records) / (n * len(records)),
+                   strict_accuracy=sum(sum(r["strict_correct"]) for r in records) / samples,
+                   format_rate=sum(sum(r["formatted"]) for r in records) / samples,
+                   truncated_frac=sum(sum(r["truncated"]) for r in records) / samples,
                    mean_response_len=sum(lengths) / len(lengths), n=n, num_problems=len(records),
-                   temperature=temperature, problems_per_second=len(records) / seconds)
+                   temperature=temperature, verifier_errors=verifier_errors,
+                   problems_per_second=len(records) / seconds)
     return records, summary
+
+
+def extract(completion: str, strict: bool) -> str | None:
+    """The answer the verifier read, for the JSONL (None where it failed; score_responses already said why)."""
+    try:
+        return sdpg.extract_answer(completion, strict)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def write_results(path: str, records: list[dict], summary: dict):
@@ -124,7 +143,8 @@ def plot_runs(run_dirs: list[str], output: str):
     figure, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
     for axis, (key, title, scale) in zip(axes, CURVES):
         for index, (name, records) in enumerate(runs.items()):
-            points = [(r["step"], r[key]) for r in records if r.get(key) is not None and (scale == "linear" or r[key] > 0)]
+            points = [(r["step"], r[key]) for r in records
+                      if r.get(key) is not None and (scale == "linear" or r[key] > 0)]
             if points:  # same colour for a run in every panel, even where it is absent from some
                 axis.plot(*zip(*points), label=name, color=f"C{index}")
         axis.set_yscale(scale)
@@ -138,64 +158,109 @@ def plot_runs(run_dirs: list[str], output: str):
     return output
 
 
+def paper_table(summaries: dict[str, dict[str, dict]]) -> str:
+    """The paper's layout: one row per model, one column group per dataset: mean@n, pass@n, strict accuracy."""
+    models = list(summaries)
+    datasets = list(summaries[models[0]])
+    header = ["model"]
+    for name in datasets:
+        n = summaries[models[0]][name]["n"]
+        header += [f"{name} mean@{n}", f"pass@{n}", "strict"]
+    lines = [header]
+    for model in models:
+        row = [model]
+        for name in datasets:
+            summary = summaries[model][name]
+            pass_at_n = summary[f"pass@{summary['n']}"]
+            row += [f"{summary['accuracy']:.3f}", f"{pass_at_n:.3f}", f"{summary['strict_accuracy']:.3f}"]
+        lines.append(row)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
+
+
+def dataset_label(name: str) -> str:
+    """A column name: the dataset's name, or a local file's name without folder and extension."""
+    return os.path.splitext(os.path.basename(name))[0] if os.path.splitext(name)[1] else name
+
+
+def output_path(base: str, dataset: str, model_index: int, datasets: int, models: int) -> str:
+    """--output as given for one model on one dataset; else <output>.<dataset>.<A|B>.jsonl."""
+    parts = ([dataset_label(dataset)] if datasets > 1 else []) + (["AB"[model_index]] if models > 1 else [])
+    return ".".join([base, *parts, "jsonl"]) if parts else base
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate models with SDPG's prompt and verifier.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", action="append", help="hub id, local directory, .gguf file or `tiny`; twice to compare")
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--model", action="append", help="hub id, local directory, sdpg.py run folder (its final/), "
+                        ".gguf file or `tiny`; twice to compare")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate A and B on the same problems and seed")
-    parser.add_argument("--dataset", default="gsm8k", help="gsm8k | math500 | arithmetic | arithmetic-easy | a .jsonl/.json/"
-                        ".csv/.parquet file (e.g. ../shared/gsm8k/test.jsonl, ../shared/math500/test.jsonl)")
+    parser.add_argument("--dataset", default="gsm8k", help="one or several, comma-separated: gsm8k | math500 | aime24 "
+                        "| aime25 | amc23 (from the Hub) | arithmetic | arithmetic-easy | a .jsonl/.json/.csv/.parquet "
+                        "file with the fields `question` (or `problem`) and `answer`")
     parser.add_argument("--question-field", default="question", help="problem column of a local file (`problem` is "
-                        "picked up by itself when there is no `question`, as in MATH-500)")
+                        "picked up by itself when there is no `question`, as in MATH-500 and AIME)")
     parser.add_argument("--answer-field", default="answer", help="ground-truth column of a local file")
-    parser.add_argument("--split", default="test", help="dataset split (math500 has only test)")
+    parser.add_argument("--split", default="test", help="dataset split (math500, aime and amc have one split)")
     parser.add_argument("--limit", type=int, default=0, help="first N problems only; 0 = all")
     parser.add_argument("--n", type=int, default=1, help="samples per problem (the paper: 32)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper samples at 1.0")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="maximum response length in tokens")
     parser.add_argument("--batch-size", type=int, default=16, help="problems per generate call (each with n samples)")
     parser.add_argument("--seed", type=int, default=0, help="seeds sampling; the same for every model compared")
-    parser.add_argument("--strict-format", action="store_true", help="only an explicit final answer counts (as sdpg.py "
-                        "--strict-format); a response cut at --max-new-tokens is always graded so")
-    parser.add_argument("--output", default="", help="per-problem JSONL; the summary goes to <output>.summary.json")
+    parser.add_argument("--strict-format", action="store_true", help="only an explicit final answer counts for "
+                        "`accuracy` (as sdpg.py --strict-format; `strict_accuracy` is always reported); a response cut "
+                        "at --max-new-tokens is always graded so")
+    parser.add_argument("--output", default="", help="per-problem JSONL; the summary goes to <output>.summary.json "
+                        "(several datasets or models: <output>.<dataset>.<A|B>.jsonl)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA) | bfloat16 | float32")
     parser.add_argument("--plot", nargs="+", metavar="RUN_DIR", help="plot metrics.jsonl of these sdpg.py runs instead")
-    parser.add_argument("--plot-output", default="curves.png", help="PNG written by --plot")
+    parser.add_argument("--plot-output", default="runs/curves.png", help="PNG written by --plot")
     args = parser.parse_args(argv)
     args.models = args.compare or args.model or []
+    args.datasets = [name.strip() for name in args.dataset.split(",") if name.strip()]
     if not args.plot and not args.models:
         fail("nothing to do: pass --model M, --compare A B or --plot RUN_DIR")
     if len(args.models) > 2:
         fail("at most two models at once (--compare A B)")
-    if args.n < 1 or args.batch_size < 1 or args.limit < 0:
-        fail(f"--n {args.n} and --batch-size {args.batch_size} must be ≥ 1, --limit ≥ 0")
+    for flag, value, least in (("--n", args.n, 1), ("--batch-size", args.batch_size, 1), ("--limit", args.limit, 0),
+                               ("--max-new-tokens", args.max_new_tokens, 1)):
+        if value < least:
+            fail(f"{flag} {value} must be ≥ {least}")
     if args.temperature == 0 and args.n > 1:
         fail(f"--temperature 0 is greedy: its {args.n} samples would be identical; use --n 1 or a temperature > 0")
     if args.temperature < 0:
-        fail("--temperature must be ≥ 0")
+        fail(f"--temperature {args.temperature} must be ≥ 0")
     return args
 
 
 def main(args) -> dict:
+    """{model: {dataset: summary}}; prints a metric table per dataset (with the difference for two models) and the
+    paper's table."""
     if args.plot:
         print(plot_runs(args.plot, args.plot_output))
         return {}
     device = sdpg.resolve_device(args.device)
-    rows = sdpg.load_rows(args.dataset, args.question_field, args.answer_field, split=args.split)
-    rows = rows[:args.limit] if args.limit else rows
+    tables = {name: sdpg.load_rows(name, args.question_field, args.answer_field, split=args.split)
+              for name in args.datasets}  # every dataset read before the first model loads: errors come first
+    tables = {name: rows[:args.limit] if args.limit else rows for name, rows in tables.items()}
     summaries = {}
     for index, name in enumerate(args.models):
         model, tokenizer = sdpg.load_model(name, seed=args.seed)
-        records, summary = evaluate(model, tokenizer, rows, args.n, args.temperature, args.max_new_tokens, args.batch_size,
-                                    args.seed, device, sdpg.make_autocast(device, args.dtype), desc=name,
-                                    strict=args.strict_format)
         label = name if name not in summaries else f"{name} ({index + 1})"
-        summaries[label] = summary
-        if args.output:
-            write_results(args.output if len(args.models) == 1 else f"{args.output}.{'AB'[index]}.jsonl", records, summary)
+        summaries[label] = {}
+        for dataset, rows in tables.items():
+            records, summary = evaluate(model, tokenizer, rows, args.n, args.temperature, args.max_new_tokens,
+                                        args.batch_size, args.seed, device, sdpg.make_autocast(device, args.dtype),
+                                        desc=f"{name} · {dataset_label(dataset)}", strict=args.strict_format)
+            summaries[label][dataset_label(dataset)] = summary
+            if args.output:
+                write_results(output_path(args.output, dataset, index, len(tables), len(args.models)), records, summary)
         del model
-    print(format_table(summaries))
+    for dataset in summaries[next(iter(summaries))]:
+        print(f"\n{dataset}\n" + format_table({model: per[dataset] for model, per in summaries.items()}))
+    print("\n" + paper_table(summaries))
     return summaries
 
 
