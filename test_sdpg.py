@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def test_a_truncated_response_earns_nothing_from_its_last_number():
     """Cut at --max-new-tokens mid-computation ("…1200 * 6 =", gold 6): graded strictly, so 0; with an explicit
     answer before the cut it still counts."""
     completions = ["so she walked 1200 * 6 =", "The answer is 6. Let me double check: 1200 * 6 =", "so 6"]
-    assert sdpg.score_responses(completions, ["6"] * 3, [True, True, False]) == [0.0, 1.0, 1.0]
+    assert sdpg.score_responses(completions, ["6"] * 3, [True, True, False]) == ([0.0, 1.0, 1.0], 0)
     eos = [2, 0]
     assert sdpg.truncated_responses(torch.tensor([[5, 6, 7], [5, 2, 0], [0, 0, 0]]), eos).tolist() == [True, False, False]
 
@@ -273,20 +274,76 @@ def test_verifier_reads_math_but_never_runs_code(tmp_path):
     assert time.perf_counter() - started < 5.0
 
 
+@pytest.mark.parametrize("completion, answer, expected", [
+    ("\\boxed{10^{30}}", "10^{30}+1", 0.0),  # rational arithmetic stays exact: no float tolerance hides the + 1
+    ("\\boxed{10^{30}+1}", "10^{30}+1", 1.0),
+    ("\\boxed{2^{100}}", "1267650600228229401496703205376", 1.0),
+    ("\\boxed{e^{i\\pi}}", "-1", 1.0),  # e is Euler's number, not a variable
+    ("\\boxed{e^{2}}", "e^2", 1.0),
+    ("\\boxed{10^{10^{10}}}", "10^{10^{10}}+1", 0.0),  # too large to evaluate exactly: refused, not hung
+    ("\\boxed{27}", "27.0", 1.0),  # AMC 2023 stores answers as JSON numbers
+])
+def test_verifier_suspicions_settled(completion, answer, expected):
+    """Verifier: exact rational arithmetic for MATH-style expressions, e = Euler's number, JSON-number answers."""
+    assert sdpg.verify(completion, answer) == expected
+
+
+def test_a_verifier_error_is_counted_and_shown_never_silently_zero(tmp_path, monkeypatch, capsys):
+    """A bug in a rule scores 0 for that response, but is counted (verifier_errors) and printed with the text."""
+    def broken(predicted, truth):
+        raise RuntimeError("bug in a rule")
+    monkeypatch.setattr(sdpg, "answers_match", broken)
+    rewards, errors = sdpg.score_responses(["so \\boxed{4}", "no number here"], ["4", "4"], [False, False])
+    assert rewards == [0.0, 0.0] and errors == 1  # the second response has no answer: it never reaches the rule
+    assert "verifier error RuntimeError: bug in a rule on 'so \\\\boxed{4}'" in capsys.readouterr().err
+    monkeypatch.setattr(sdpg, "find_answer", lambda *a: 1 / 0)
+    _, history = train(tmp_path, "--steps", "1", "--max-new-tokens", "8")
+    assert history[0]["verifier_errors"] == 16 and history[0]["reward"] == 0.0  # B·G = 4·4 responses
+
+
+PAPER_EVAL = os.path.join(HERE, "..", "shared", "paper-eval")
+
+
+@pytest.mark.skipif(not os.path.isdir(PAPER_EVAL), reason="needs ../shared/paper-eval (the paper's AIME/AMC files, "
+                    "not shipped with the repository)")
+@pytest.mark.parametrize("name, count", [("aime24", 30), ("aime25", 30), ("amc23", 40)])
+def test_paper_eval_sets_load_and_each_rows_own_answer_boxed_scores_one(name, count):
+    """The paper's evaluation sets as local files (fields problem, answer): every row's own answer, boxed, scores 1;
+    the same answer with a digit appended scores 0; AMC's JSON numbers (27.0) read as 27."""
+    rows = sdpg.load_rows(os.path.join(PAPER_EVAL, f"{name}.jsonl"))
+    assert len(rows) == count and all(row["question"] and row["answer"] for row in rows)
+    for row in rows:
+        assert sdpg.verify(f"So the answer is \\boxed{{{row['answer']}}}.", row["answer"]) == 1.0, row["answer"]
+        assert sdpg.verify(f"So the answer is \\boxed{{{row['answer']}7}}.", row["answer"]) == 0.0, row["answer"]
+    if name == "amc23":
+        with open(os.path.join(PAPER_EVAL, "amc23.jsonl")) as f:
+            assert json.loads(next(f))["answer"] == 27.0 and rows[0]["answer"] == "27"
+
+
 # ----------------------------------------------------------------------------------------------
 # E1 advantages
+
+
+def expect_shape(value, shape, what):
+    """A student's function returning the wrong kind or shape fails here, with a sentence, not deep in torch."""
+    assert isinstance(value, torch.Tensor), f"{what} must return a tensor, got {type(value).__name__}"
+    assert tuple(value.shape) == tuple(shape), f"{what}: expected shape {tuple(shape)}, got {tuple(value.shape)}"
 
 
 def test_e1_advantages_by_hand_for_one_success_in_four():
     """E1: R = [1,0,0,0] → mean 0.25, sample std 0.5 → A = [1.5, −0.5, −0.5, −0.5]."""
     advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4)
-    torch.testing.assert_close(advantages, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5, rtol=0)
+    expect_shape(advantages, (4,), "group_advantages (one A per response)")
+    torch.testing.assert_close(advantages, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5, rtol=0,
+                               msg="E1 on R = [1, 0, 0, 0]: expected A = [1.5, −0.5, −0.5, −0.5] (sample std, ε = 1e-6)")
 
 
 def test_e1_all_equal_groups_get_zero_advantage_not_nan():
     """E1: std = 0 → A = 0/ε = 0, never NaN."""
     advantages = sdpg.group_advantages(torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0]), group_size=4)
-    assert torch.equal(advantages, torch.zeros(8))
+    expect_shape(advantages, (8,), "group_advantages (one A per response)")
+    assert not torch.isnan(advantages).any(), "E1: an all-equal group has std 0: add ε, so A = 0/ε = 0, never NaN"
+    assert torch.equal(advantages, torch.zeros(8)), "E1: a group whose rewards are all equal must get A = 0"
 
 
 def test_e1_groups_are_normalized_independently():
@@ -294,14 +351,15 @@ def test_e1_groups_are_normalized_independently():
     rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
     together = sdpg.group_advantages(rewards, group_size=4)
     apart = torch.cat([sdpg.group_advantages(rewards[:4], 4), sdpg.group_advantages(rewards[4:], 4)])
-    torch.testing.assert_close(together, apart)
+    torch.testing.assert_close(together, apart, msg="E1: each group of G responses uses its own mean and std")
     torch.testing.assert_close(together[4:], torch.tensor([1.0, 1, -1, -1]) * 0.5 / (0.5773503 + 1e-6), atol=1e-5, rtol=0)
 
 
 def test_e1_dr_grpo_switch_only_centers():
     """E1 with the division turned off: A = R − mean."""
-    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, scale_std=False)
-    torch.testing.assert_close(advantages, torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, std_scale=False)
+    torch.testing.assert_close(advantages, torch.tensor([0.75, -0.25, -0.25, -0.25]),
+                               msg="E1 with std_scale=False (Dr. GRPO): A = R − mean, no division")
 
 
 def test_e1_rejects_group_size_one():
@@ -327,12 +385,21 @@ def brute_force_kl(student_logits, teacher_logits):
     return out
 
 
+def kl_of_logits(student_logits, teacher_logits, temperature=1.0):
+    """E3 as training computes it from two views' logits: reverse_kl of their tempered log-softmaxes."""
+    return sdpg.reverse_kl(sdpg.tempered_log_softmax(student_logits, temperature),
+                           sdpg.tempered_log_softmax(teacher_logits, temperature))
+
+
 def test_e3_matches_a_float64_loop_over_the_vocabulary():
-    """E3: opd_kl equals the brute-force sum, including with a temperature."""
+    """E3: reverse_kl equals the brute-force sum, including with a temperature."""
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 3, 17) * 3, torch.randn(2, 3, 17) * 3
-    torch.testing.assert_close(sdpg.opd_kl(student, teacher).double(), brute_force_kl(student, teacher), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sdpg.opd_kl(student, teacher, temperature=0.7).double(),
+    kl = kl_of_logits(student, teacher)
+    expect_shape(kl, (2, 3), "reverse_kl (one KL per position: sum over the last, vocabulary dim)")
+    torch.testing.assert_close(kl.double(), brute_force_kl(student, teacher), atol=1e-5, rtol=1e-5,
+                               msg="E3 differs from Σ_v p(v)(log p(v) − log q(v)) summed by a loop")
+    torch.testing.assert_close(kl_of_logits(student, teacher, temperature=0.7).double(),
                                brute_force_kl(student / 0.7, teacher / 0.7), atol=1e-5, rtol=1e-5)
 
 
@@ -340,8 +407,11 @@ def test_e3_is_nonnegative_and_zero_exactly_when_teacher_equals_student():
     """E3: KL ≥ 0; KL = 0 iff p = q (shifting logits by a constant leaves p unchanged)."""
     torch.manual_seed(1)
     student = torch.randn(64, 50, dtype=torch.float64)
-    assert (sdpg.opd_kl(student, torch.randn(64, 50, dtype=torch.float64)) > 0).all()
-    torch.testing.assert_close(sdpg.opd_kl(student, student + 3.0), torch.zeros(64, dtype=torch.float64), atol=1e-12, rtol=0)
+    differing = kl_of_logits(student, torch.randn(64, 50, dtype=torch.float64))
+    expect_shape(differing, (64,), "reverse_kl (one KL per position: sum over the last, vocabulary dim)")
+    assert (differing > 0).all(), "KL must be > 0 wherever the two views differ"
+    torch.testing.assert_close(kl_of_logits(student, student + 3.0), torch.zeros(64, dtype=torch.float64), atol=1e-12,
+                               rtol=0, msg="KL is not 0 when the two views agree")
 
 
 def test_e3_gradient_is_the_centered_log_ratio_policy_gradient():
@@ -350,30 +420,44 @@ def test_e3_gradient_is_the_centered_log_ratio_policy_gradient():
     temperature = 0.8
     student = torch.randn(4, 11, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(4, 11, dtype=torch.float64)
-    kl = sdpg.opd_kl(student, teacher, temperature)
+    kl = kl_of_logits(student, teacher, temperature)
     (gradient,) = torch.autograd.grad(kl.sum(), student)
     log_p, log_q = (student / temperature).log_softmax(-1), (teacher / temperature).log_softmax(-1)
     analytic = log_p.exp() * (log_p - log_q - kl[:, None]) / temperature
-    torch.testing.assert_close(gradient, analytic.detach(), atol=1e-10, rtol=1e-8)
-    assert torch.autograd.gradcheck(lambda z: sdpg.opd_kl(z, teacher, temperature), (student,))
+    torch.testing.assert_close(gradient, analytic.detach(), atol=1e-10, rtol=1e-8,
+                               msg="E3's gradient is not (1/τ) p ⊙ (log p − log q − ℓ)")
+    assert torch.autograd.gradcheck(lambda z: kl_of_logits(z, teacher, temperature), (student,))
 
 
 def test_e3_sends_no_gradient_to_the_teacher_logits():
     """E3's SG: the teacher logits never receive gradient, even if they require it."""
     student = torch.randn(3, 9, requires_grad=True)
     teacher = torch.randn(3, 9, requires_grad=True)
-    sdpg.opd_kl(student, teacher).sum().backward()
-    assert teacher.grad is None and student.grad is not None
+    kl_of_logits(student, teacher).sum().backward()
+    assert teacher.grad is None, "the teacher received a gradient: E3 stops it (SG), detach log q"
+    assert student.grad is not None, "the student received no gradient from E3"
 
 
 def test_e3_bfloat16_input_is_computed_in_float32():
     """E3 with bf16 logits: float32 result, close to the float64 reference of the same bf16 values."""
     torch.manual_seed(3)
     student, teacher = (torch.randn(5, 1000) * 4).bfloat16(), (torch.randn(5, 1000) * 4).bfloat16()
-    kl = sdpg.opd_kl(student, teacher)
-    assert kl.dtype == torch.float32
-    reference = sdpg.opd_kl(student.double(), teacher.double())
+    kl = kl_of_logits(student, teacher)
+    assert kl.dtype == torch.float32, f"E3 of float32 log-probs must stay float32, got {kl.dtype}"
+    reference = kl_of_logits(student.double(), teacher.double())
     torch.testing.assert_close(kl.double(), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_training_takes_e3_from_reverse_kl_on_the_default_path(tmp_path, monkeypatch):
+    """E3 as read is E3 as run: with default flags (chunked projection, gradient by hand) the KL a training step
+    logs comes from sdpg.reverse_kl — doubling what it returns doubles opd_kl."""
+    args = ("--steps", "1", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0", "--beta-decay-steps", "0")
+    _, plain = train(tmp_path / "plain", *args)
+    original, calls = sdpg.reverse_kl, []
+    monkeypatch.setattr(sdpg, "reverse_kl", lambda log_p, log_q: calls.append(log_p.shape) or 2 * original(log_p, log_q))
+    _, doubled = train(tmp_path / "doubled", *args)
+    assert calls and all(shape[-1] == 259 for shape in calls)  # full-vocabulary rows of the tiny model
+    assert doubled[0]["opd_kl"] == pytest.approx(2 * plain[0]["opd_kl"], rel=1e-5) and plain[0]["opd_kl"] > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,7 +481,7 @@ def pg(ratio, advantage, **kw):
 ])
 def test_e2_dual_clip_surrogate_by_hand(ratio, advantage, expected):
     """E2: l = max(−A r, −A clip(r, 0.8, 1.28)); A < 0 → min(l, −A c), c = 10."""
-    assert pg(ratio, advantage) == pytest.approx(expected, rel=1e-9)
+    assert pg(ratio, advantage) == pytest.approx(expected, rel=1e-9), f"E2 at r = {ratio}, A = {advantage}: expected {expected}"
 
 
 def test_e2_clip_range_and_dual_clip_bound_are_parameters():
@@ -410,7 +494,7 @@ def test_e2_at_ratio_one_the_gradient_is_reinforce():
     logp = torch.tensor([-1.2, -0.3, -2.0], requires_grad=True)
     advantages = torch.tensor([1.5, -0.5, 0.0])
     sdpg.clipped_pg_loss(logp, logp.detach(), advantages).sum().backward()
-    torch.testing.assert_close(logp.grad, -advantages)
+    torch.testing.assert_close(logp.grad, -advantages, msg="E2 at r = 1: the gradient of l w.r.t. logp must be −A")
 
 
 def test_e2_clipped_tokens_get_no_gradient():
@@ -418,7 +502,7 @@ def test_e2_clipped_tokens_get_no_gradient():
     logp = torch.log(torch.tensor([1.5, 0.5, 50.0])).requires_grad_()
     advantages = torch.tensor([1.0, -1.0, -1.0])
     sdpg.clipped_pg_loss(logp, torch.zeros(3), advantages).sum().backward()
-    assert torch.equal(logp.grad, torch.zeros(3))
+    assert torch.equal(logp.grad, torch.zeros(3)), "E2: a clipped token must get no gradient (max with the clipped term)"
 
 
 @pytest.mark.parametrize("log_ratio", [100.0, -100.0, 1000.0])
@@ -427,7 +511,7 @@ def test_e2_is_finite_with_a_finite_gradient_at_any_log_ratio(log_ratio):
     logp = torch.tensor([log_ratio, log_ratio], requires_grad=True)
     loss = sdpg.clipped_pg_loss(logp, torch.zeros(2), torch.tensor([1.0, -1.0])).sum()
     loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all(), "E2: clamp log r to ±20 nats before exp"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,13 +530,17 @@ def test_e5_beta_schedule_warmup_decay_both_neither():
     assert sdpg.beta_schedule(10, 10, 1.0, decay_steps=4) == 0.0
 
 
-def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps(tmp_path):
+def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps():
     """E5 default (-1): T_warm = T/8, T_decay = T − T_warm (the paper's 50 and 350 of 400); 0 still turns a factor
-    off; the training loop logs exactly this β(k)."""
+    off."""
     assert sdpg.paper_beta_windows(400) == (50, 350) and sdpg.paper_beta_windows(40) == (5, 35)
     assert sdpg.paper_beta_windows(400, 0, 0) == (0, 0) and sdpg.paper_beta_windows(400, 20, -1) == (20, 380)
     betas = [sdpg.beta_schedule(k, 400, 0.001, *sdpg.paper_beta_windows(400)) for k in (0, 25, 50, 225, 399)]
-    assert betas == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.001 / 350])
+    assert betas == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.001 / 350]), "E5 with the paper's 50/350 of 400"
+
+
+def test_training_logs_the_e5_beta_of_each_step(tmp_path):
+    """E8 uses E5 with the paper's proportions by default: the training loop logs exactly this β(k)."""
     _, history = train(tmp_path, "--steps", "8", "--batch-size", "1", "--mini-batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
                        "--beta", "0.8")
     assert [r["beta"] for r in history] == pytest.approx([0.8 * min(1, k / 1) * min(1, (8 - k) / 7) for k in range(8)])
@@ -467,7 +555,8 @@ def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps(tmp_p
 def test_e6_integrand_of_each_mode(mode, formula):
     """E6: f(log w) with log w = logp − ref_logp, one formula per mode."""
     logp, ref_logp = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
-    torch.testing.assert_close(sdpg.ref_kl(logp, ref_logp, mode), formula(logp - ref_logp))
+    torch.testing.assert_close(sdpg.ref_kl(logp, ref_logp, mode), formula(logp - ref_logp),
+                               msg=f"E6 {mode}: wrong integrand of log w = logp − ref_logp")
 
 
 @pytest.mark.parametrize("mode, minimizer", [("urkl", 0.0), ("ufkl", 0.0), ("rkl", -1.0)])
@@ -508,8 +597,18 @@ def test_e7_is_the_token_mean_of_its_three_parts():
     parts = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages)
              + 0.3 * (x["advantages"] > 0).double()[:, None] * x["kl"]
              + 0.2 * sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl"))
-    torch.testing.assert_close(loss, (parts * x["mask"]).sum() / x["mask"].sum())
-    assert metrics["gate_frac"] == pytest.approx((4 + 2) / x["mask"].sum().item())  # tokens of rows 0 and 2
+    expect_shape(loss, (), "sdpg_loss's loss (one number: the token mean)")
+    torch.testing.assert_close(loss, (parts * x["mask"]).sum() / x["mask"].sum(),
+                               msg="E7 is not Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask")
+    keys = {"loss", "pg_loss", "opd_kl", "ref_kl", "clip_frac", "dual_clip_frac", "tokens", "gate_tokens"}
+    assert set(metrics) >= keys, f"sdpg_loss must return (loss, sums) with the keys {sorted(keys)} (its docstring)"
+    assert (metrics["gate_tokens"] / metrics["tokens"]).item() == pytest.approx((4 + 2) / x["mask"].sum().item())  # tokens of rows 0 and 2
+    gated = x["mask"] * (x["advantages"] > 0).double()[:, None]
+    ufkl = sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl")
+    for key, expected in (("tokens", x["mask"].sum()), ("opd_kl", (x["kl"] * gated).sum()),
+                          ("ref_kl", (ufkl * x["mask"]).sum()), ("loss", (parts * x["mask"]).sum())):
+        torch.testing.assert_close(metrics[key].double(), expected.detach().double(),
+                                   msg=f"sums[{key!r}] is not the sum over this call's tokens that training divides")
 
 
 def test_e4_gate_applies_distillation_only_to_positive_advantages():
@@ -521,7 +620,7 @@ def test_e4_gate_applies_distillation_only_to_positive_advantages():
     base, _ = sdpg.sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
     positive = (x["advantages"] > 0).double()[:, None]
     torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum())
-    ungated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0, positive_only=False)
+    ungated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0, gate=False)
     torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum())
 
 
@@ -538,10 +637,10 @@ def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_re
 
 def test_e7_clamps_the_distillation_kl_at_20_nats():
     x = random_loss_inputs()
-    huge, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, positive_only=False)
-    twenty, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, positive_only=False)
+    huge, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, gate=False)
+    twenty, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, gate=False)
     torch.testing.assert_close(huge, twenty)
-    nineteen, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, positive_only=False)
+    nineteen, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, gate=False)
     assert (twenty - nineteen).item() == pytest.approx(1.0)  # below the clamp the KL passes through unchanged
 
 
@@ -842,7 +941,7 @@ def test_one_training_step_and_one_eval_run_on_the_qwen_shaped_checkpoint(qwen_c
     assert len(history) == 1 and history[0]["opd_kl"] > 0 and history[0]["response_len"] > 0
     summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run" / "final"), "--dataset",
                                                        "arithmetic", "--limit", "2", "--max-new-tokens", "6"]))
-    assert list(summaries.values())[0]["num_problems"] == 2
+    assert list(summaries.values())[0]["arithmetic"]["num_problems"] == 2
 
 
 def smollm2_gguf() -> str | None:
@@ -909,7 +1008,7 @@ def unpadded_reference(model, prompts, teachers, responses, temperature):
         with torch.no_grad():
             teacher_logits = model(torch.tensor([teacher + response])).logits[0, len(teacher) - 1: len(teacher) - 1 + n] / temperature
         logps.append(student_logits.double().log_softmax(-1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1))
-        kls.append(sdpg.opd_kl(student_logits.double(), teacher_logits.double()))
+        kls.append(kl_of_logits(student_logits.double(), teacher_logits.double()))
     return logps, kls
 
 
@@ -1007,9 +1106,9 @@ def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher
     tensors, _ = mixed_batch(seed=3)
     advantages = torch.tensor([0.8, -0.5, 1.2])  # mixed gate: rows 0 and 2 open
 
-    def loss_and_gradients(teacher_rows):
+    def loss_and_gradients(gate_open):
         model.zero_grad()
-        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size, teacher_rows=teacher_rows)
+        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size, gate_open=gate_open)
         loss, _ = sdpg.sdpg_loss(logp, logp.detach(), None, kl, advantages, tensors[5], beta=0.7, alpha=0.0)
         loss.backward()
         return loss.detach(), kl.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -1025,7 +1124,7 @@ def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher
 
 
 @pytest.mark.parametrize("with_teacher", [True, False])
-def test_e3_gradient_written_by_hand_matches_float64_reference_and_finite_differences(with_teacher):
+def test_fused_chunk_e3_gradient_written_by_hand_matches_float64_reference_and_finite_differences(with_teacher):
     """The chunked path's hand-written backward (E3: ∂KL/∂z = p ⊙ (log p − log q − KL)/τ; logp: (onehot − p)/τ):
     values against the float64 formulas, gradients w.r.t. hidden, lm_head weight and bias against central finite
     differences (gradcheck), τ = 0.7; the teacher view gets no gradient."""
@@ -1091,10 +1190,10 @@ def test_no_teacher_forward_when_every_gate_is_closed(tiny, monkeypatch):
     seen_widths = []
     original = sdpg._response_hidden
     monkeypatch.setattr(sdpg, "_response_hidden", lambda m, ids, *a: seen_widths.append(ids.shape[1]) or original(m, ids, *a))
-    logp, kl = sdpg.response_stats(model, *tensors, teacher_rows=torch.zeros(3, dtype=torch.bool))
+    logp, kl = sdpg.response_stats(model, *tensors, gate_open=torch.zeros(3, dtype=torch.bool))
     assert seen_widths == [tensors[0].shape[1]] and (kl == 0).all()  # one forward: the student's
     seen_widths.clear()
-    sdpg.response_stats(model, *tensors, teacher_rows=torch.tensor([False, True, False]))
+    sdpg.response_stats(model, *tensors, gate_open=torch.tensor([False, True, False]))
     assert seen_widths == [tensors[0].shape[1], 10]  # row 1's teacher prompt alone, its padding trimmed
 
 
@@ -1104,7 +1203,7 @@ def test_training_with_all_rewards_equal_runs_no_teacher_forward(tmp_path, monke
     teacher_calls = []
     original = sdpg.response_stats
     monkeypatch.setattr(sdpg, "response_stats", lambda *a, **k: teacher_calls.append(
-        a[3] is not None and (k.get("teacher_rows") is None or bool(k["teacher_rows"].any()))) or original(*a, **k))
+        a[3] is not None and (k.get("gate_open") is None or bool(k["gate_open"].any()))) or original(*a, **k))
     monkeypatch.setattr(sdpg, "verify", lambda *a, **k: 0.0)
     _, history = train(tmp_path, "--beta", "1")
     assert teacher_calls and not any(teacher_calls)
@@ -1199,7 +1298,7 @@ def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypat
     monkeypatch.setattr(sdpg, "response_stats", lambda model, p, pm, t, *a, **k: calls.append(t) or original(model, p, pm, t, *a, **k))
     _, history = train(tmp_path, "--beta", "0")
     assert calls and all(t is None for t in calls)
-    assert all(r["opd_kl"] is None for r in history)  # never computed: logged as null, not as a measured 0
+    assert all(r["opd_kl"] is None and r["gate_frac"] is None for r in history)  # never computed: null, not 0
 
 
 def test_several_updates_per_batch_use_old_logp_and_solution_context(tmp_path):
@@ -1305,6 +1404,112 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, 
     assert not (tmp_path / "final").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps 0 must be ≥ 1"),
+    (["--micro-batch-size", "0"], "--micro-batch-size 0 must be ≥ 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0 must be ≥ 1"),
+    (["--logits-chunk-size", "-1"], "--logits-chunk-size -1 must be ≥ 0"),
+    (["--clip-c", "1"], "--clip-c 1.0 must be > 1"),
+    (["--clip-low", "1"], "--clip-low 1.0 must be < 1"),
+])
+def test_each_range_error_names_the_one_bad_flag(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}"):
+        train(tmp_path, *args)
+
+
+def test_an_abbreviated_or_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        sdpg.parse_config(["--max-new-token", "5"])
+    assert "unrecognized arguments: --max-new-token 5" in capsys.readouterr().err
+
+
+def test_an_unreachable_hub_dataset_names_the_offline_switch_and_the_local_file_fix(monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no network")))
+    with pytest.raises(SystemExit, match=r"openai/gsm8k.*could not be fetched.*set HF_HUB_OFFLINE=1.*--dataset rows"):
+        sdpg.load_rows("gsm8k")
+
+
+def test_a_run_folder_as_model_loads_its_final_checkpoint_in_both_scripts(tmp_path):
+    """A newcomer passes the run folder, not its final/: both scripts load final/; an empty run is one line."""
+    from transformers import AutoModelForCausalLM
+
+    train(tmp_path / "run", "--steps", "1")
+    model, _ = sdpg.load_model(str(tmp_path / "run"))
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").state_dict()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, final[name], rtol=0, atol=0, msg=name)
+    summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run"), "--dataset", "arithmetic",
+                                                       "--limit", "2", "--max-new-tokens", "4"]))
+    assert summaries[str(tmp_path / "run")]["arithmetic"]["num_problems"] == 2
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="is a sdpg.py run folder with no final/ or step_N/ model yet"):
+        sdpg.load_model(str(tmp_path / "empty"))
+
+
+def test_a_run_says_what_it_loads_first_and_what_to_run_next_last(tmp_path, capsys):
+    train(tmp_path, "--steps", "1")
+    out = capsys.readouterr().out
+    assert re.search(r"^sdpg: tiny \(0\.\d M parameters\) on cpu, 2000 rows of arithmetic, 1 steps; writing "
+                     + re.escape(str(tmp_path)), out, re.M)
+    assert f"done: model in {tmp_path}/final/, metrics in {tmp_path}/metrics.jsonl" in out
+    assert f"next: python eval.py --compare tiny {tmp_path}/final --dataset arithmetic" in out
+
+
+def test_the_progress_bar_shows_a_dash_for_a_term_never_computed(tmp_path):
+    import types
+
+    shown = {}
+    run = dict(history=[], metrics_path=str(tmp_path / "metrics.jsonl"))
+    record = dict(step=0, reward=0.5, opd_kl=None, ref_kl=None, response_len=12.0)
+    sdpg.log_step(record, run, types.SimpleNamespace(set_postfix=shown.update))
+    assert shown == {"reward": "0.500", "opd_kl": "–", "ref_kl": "–", "len": "12"}
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == record  # null in the file, as the bar says
+
+
+def test_help_of_both_scripts_names_no_path_outside_the_repository():
+    for script in ("sdpg.py", "eval.py"):
+        result = subprocess.run([sys.executable, os.path.join(HERE, script), "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "../" not in result.stdout and "shared" not in result.stdout, script
+
+
+def test_the_readme_reading_guide_line_ranges_are_true():
+    """Every `function` → first–last line pair in README.md's reading guide matches sdpg.py as it is."""
+    import ast
+
+    source = open(os.path.join(HERE, "sdpg.py"), encoding="utf-8").read()
+    spans = {node.name: ((node.decorator_list[0].lineno if node.decorator_list else node.lineno), node.end_lineno)
+             for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    readme = open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
+    guide = readme[readme.index("## Reading guide"):readme.index("## Tests")]
+    checked = 0
+    for row in re.findall(r"^\|.*\|$", guide, re.M):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        names, ranges = re.findall(r"`(\w+)`", cells[2]), re.findall(r"(\d+)–(\d+)", cells[-1])
+        for name, (first, last) in zip(names, ranges):
+            assert spans.get(name) == (int(first), int(last)), f"README says {name} is at {first}–{last}; it is at {spans.get(name)}"
+            checked += 1
+    assert checked >= 20
+
+
+def test_sdpg_reads_in_screens_functions_fit_main_is_short_and_the_paper_path_comes_first():
+    """Readability that a change can break: no function over 60 lines, main ≤ 60, the paper path (everything
+    before Appendix A) ≤ 850 lines, and reverse_kl is the only function that computes E3."""
+    import ast
+
+    source = open(os.path.join(HERE, "sdpg.py"), encoding="utf-8").read()
+    functions = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)]
+    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in functions}
+    assert not {name: n for name, n in lengths.items() if n > 60} and lengths["main"] <= 60
+    assert source[:source.index("# Appendix A")].count("\n") <= 850
+    assert "opd_kl(" not in source and len(re.findall(r"\(E3\)\n", source)) >= 1
+    tagged = [node.name for node in functions if "(E3)" in (ast.get_docstring(node) or "").split("\n")[0]]
+    assert tagged == ["reverse_kl"], f"E3 is defined by {tagged}: reverse_kl must be the only one"
+
+
 # ----------------------------------------------------------------------------------------------
 # Runs that survive: resume, interrupts, no silent overwrite
 
@@ -1381,7 +1586,7 @@ def test_resume_with_different_settings_is_refused(tmp_path):
     train(tmp_path, "--steps", "2", "--save-every", "1")
     with pytest.raises(SystemExit, match=r"--lr 1e-06 → 0.1"):
         train(tmp_path, "--steps", "2", "--resume", "--lr", "0.1")
-    with pytest.raises(SystemExit, match="already reached step 2"):
+    with pytest.raises(SystemExit, match=r"is finished \(step 2 of 2, final/ written\); to train on pass --resume --steps N"):
         train(tmp_path, "--steps", "2", "--resume")
 
 
@@ -1396,9 +1601,27 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
 def test_help_explains_every_flag():
     result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--help"], capture_output=True, text=True)
     for field in sdpg.dataclasses.fields(sdpg.Config):
-        flag = "--" + field.name.replace("_", "-")
+        flag = ("--no-" if field.default is True else "--") + field.name.replace("_", "-")
         assert flag in result.stdout, flag
     assert result.stdout.count("(default:") >= len(sdpg.dataclasses.fields(sdpg.Config)) - 3
+
+
+def test_resume_accepts_the_output_dir_with_a_trailing_slash_and_more_steps(tmp_path):
+    """runs/x/ and runs/x are one run; a finished run with a checkpoint trains on with a larger --steps."""
+    train(tmp_path / "run", "--steps", "2", "--save-every", "1")
+    _, history = train(tmp_path / "run", "--output-dir", str(tmp_path / "run") + "/", "--steps", "3", "--save-every",
+                       "1", "--resume")
+    assert [r["step"] for r in history] == [0, 1, 2]
+
+
+def test_building_the_tiny_model_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first, _ = sdpg.build_tiny_model(seed=0)
+    assert torch.equal(torch.rand(3), expected)
+    second, _ = sdpg.build_tiny_model(seed=0)  # the weights come from the seed alone
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1517,7 +1740,7 @@ def test_compare_evaluates_both_models_on_the_same_problems(tmp_path, capsys):
     summaries = evaluation.main(evaluation.parse_args(["--compare", "tiny", str(tmp_path / "other"), "--dataset", "arithmetic",
                                                        "--limit", "4", "--max-new-tokens", "8", "--output", str(tmp_path / "cmp")]))
     assert list(summaries) == ["tiny", str(tmp_path / "other")]
-    assert all(s["num_problems"] == 4 for s in summaries.values())
+    assert all(s["arithmetic"]["num_problems"] == 4 for s in summaries.values())
     assert "difference" in capsys.readouterr().out
     questions = [[json.loads(line)["question"] for line in open(tmp_path / f"cmp.{ab}.jsonl")] for ab in "AB"]
     assert questions[0] == questions[1]
@@ -1533,3 +1756,74 @@ def test_compare_evaluates_both_models_on_the_same_problems(tmp_path, capsys):
 def test_eval_bad_input_gets_a_one_line_error(args, message):
     with pytest.raises(SystemExit, match=message):
         evaluation.main(evaluation.parse_args(args))
+
+
+def test_eval_takes_several_datasets_and_prints_the_papers_table(tmp_path, capsys):
+    """--dataset a,b: one column group per dataset (mean@n, pass@n, strict), one row per model; files per dataset
+    and model; a JSON-number answer (27.0) is the number 27."""
+    (tmp_path / "words.jsonl").write_text("".join(json.dumps({"question": f"Say {i}", "answer": str(i)}) + "\n"
+                                                  for i in range(3)))
+    (tmp_path / "amc.jsonl").write_text("".join(json.dumps({"problem": f"Give {i}", "answer": float(i)}) + "\n"
+                                                for i in range(3)))
+    summaries = evaluation.main(evaluation.parse_args([
+        "--compare", "tiny", "tiny", "--dataset", f"{tmp_path / 'words.jsonl'},{tmp_path / 'amc.jsonl'}",
+        "--max-new-tokens", "4", "--output", str(tmp_path / "out")]))
+    assert list(summaries) == ["tiny", "tiny (2)"] and list(summaries["tiny"]) == ["words", "amc"]
+    table = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert table[0].split() == ["model", "words", "mean@1", "pass@1", "strict", "amc", "mean@1", "pass@1", "strict"]
+    assert [line.split()[0] for line in table[1:]] == ["tiny", "tiny"]
+    for name in ("words.A", "words.B", "amc.A", "amc.B"):
+        assert (tmp_path / f"out.{name}.jsonl.summary.json").is_file(), name
+    answers = [json.loads(line)["answer"] for line in open(tmp_path / "out.amc.A.jsonl")]
+    assert answers == ["0", "1", "2"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Teaching kit: teaching/make_assignment.py and teaching/grade.py
+
+TAGS = ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
+
+
+def make_student_version(tmp_path, *args):
+    folder = tmp_path / "handout"
+    subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"), str(folder), *args],
+                   check=True, capture_output=True, text=True)
+    return folder
+
+
+def grade(folder):
+    """(exit status, {tag: its line}) of teaching/grade.py on a student folder."""
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
+                            capture_output=True, text=True, timeout=600)
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if re.match(r"E\d ", line)}
+    assert set(lines) == set(TAGS), result.stdout + result.stderr
+    return result.returncode, lines
+
+
+def test_teaching_kit_fresh_version_fails_exactly_the_blanked_equations_and_the_solution_passes(tmp_path):
+    folder = make_student_version(tmp_path)
+    source = (folder / "sdpg.py").read_text(encoding="utf-8")
+    assert 'raise NotImplementedError("E3: implement reverse_kl' in source and "def reverse_kl(log_p, log_q):" in source
+    assert "ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v))" in source  # the docstring's formula is kept
+    assert "(log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)" not in source  # the solution is not
+    assert "def rollout(" in source and "def verify(" in source  # everything else is intact
+    assert "`reverse_kl`" in (folder / "ASSIGNMENT.md").read_text(encoding="utf-8")
+    code, lines = grade(folder)
+    assert code == 1 and all("FAILED" in lines[tag] for tag in TAGS), lines
+    shutil.copy(os.path.join(HERE, "sdpg.py"), folder / "sdpg.py")
+    code, lines = grade(folder)
+    assert code == 0 and all(" passed " in lines[tag] for tag in TAGS), lines
+
+
+def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_wrong_e3(tmp_path):
+    folder = make_student_version(tmp_path, "--blank", "E2,E3,E5,E6,E7")  # E1 done, the rest blank
+    code, lines = grade(folder)
+    assert code == 1 and " passed " in lines["E1"] and all("FAILED" in lines[tag] for tag in TAGS[1:]), lines
+    source = (folder / "sdpg.py").read_text(encoding="utf-8")
+    stub = re.search(r'raise NotImplementedError\("E3: [^\n]*\n', source).group()
+    wrong = {"    return (log_p.exp() * log_p).sum(dim=-1)\n": "E3 differs from Σ_v p(v)(log p(v) − log q(v))",
+             "    return log_p.exp() * (log_p - log_q)\n": "expected shape (2, 3), got (2, 3, 17)"}
+    for body, message in wrong.items():  # the teacher forgotten; the sum over the vocabulary forgotten
+        (folder / "sdpg.py").write_text(source.replace(stub, body.lstrip()), encoding="utf-8")
+        _, lines = grade(folder)
+        assert "FAILED" in lines["E3"] and message in lines["E3"], lines["E3"]
