@@ -1,0 +1,81 @@
+"""Grade a student version of sdpg.py: one line per equation (E1 … E7), passed or failed with the first failing
+assertion, and a total. Exit status 0 only when every equation passes.
+
+    python teaching/grade.py OUT_DIR
+
+The equations' tests are the reference tests whose names start with `test_e<N>_` (they need only that equation,
+except E4/E7's, which also call E2's clipped_pg_loss and E6's ref_kl); they run on OUT_DIR's sdpg.py in a scratch
+folder, with the reference test file, so a student's edits to the tests change nothing. It takes seconds.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# the reference tests: the repository's (teaching/../) or, in a handed-out copy, the ones beside this file
+SOURCE = os.path.dirname(HERE) if os.path.basename(HERE) == "teaching" else HERE
+EQUATIONS = {"E1": "group_advantages", "E2": "clipped_pg_loss", "E3": "reverse_kl", "E4": "sdpg_loss (gate)",
+             "E5": "beta_schedule", "E6": "ref_kl", "E7": "sdpg_loss"}
+
+
+def run_equation_tests(student_sdpg: str) -> dict[str, list[tuple[str, str | None]]]:
+    """{tag: [(test name, failure message or None)]} from one pytest run of the `test_e<N>_` tests."""
+    with tempfile.TemporaryDirectory() as scratch:
+        shutil.copy(student_sdpg, os.path.join(scratch, "sdpg.py"))
+        for name in ("test_sdpg.py", "eval.py", "pytest.ini"):
+            shutil.copy(os.path.join(SOURCE, name), os.path.join(scratch, name))
+        report = os.path.join(scratch, "report.xml")
+        selection = " or ".join(f"test_{tag.lower()}_" for tag in EQUATIONS)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+                        f"--junitxml={report}", "test_sdpg.py"], cwd=scratch, env=env, capture_output=True,
+                       text=True, timeout=600)
+        if not os.path.isfile(report):
+            raise SystemExit("error: the tests did not run (does sdpg.py import? try: python -c 'import sdpg')")
+        results = {tag: [] for tag in EQUATIONS}
+        for case in ElementTree.parse(report).iter("testcase"):
+            tag = re.match(r"test_(e\d)_", case.get("name", ""))
+            if tag is None or tag.group(1).upper() not in results:
+                continue
+            problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+            message = None if problem is None else first_line(problem.get("message") or problem.text or "failed")
+            results[tag.group(1).upper()].append((case.get("name"), message))
+    return results
+
+
+def first_line(message: str) -> str:
+    """The assertion's own words: pytest's message without the repeated expression it was made of."""
+    text = message.strip().splitlines()[0] if message.strip() else "failed"
+    return text[:200]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("out_dir", help="the student's folder (with its sdpg.py)")
+    args = parser.parse_args(argv)
+    student = os.path.join(args.out_dir, "sdpg.py")
+    if not os.path.isfile(student):
+        raise SystemExit(f"error: {student!r} not found; pass the folder make_assignment.py wrote")
+    results = run_equation_tests(student)
+    passed = 0
+    for tag, function in EQUATIONS.items():
+        cases = results[tag]
+        failures = [(name, message) for name, message in cases if message is not None]
+        ok = bool(cases) and not failures
+        passed += ok
+        detail = (f"{len(cases)}/{len(cases)} tests" if ok else
+                  f"{len(cases) - len(failures)}/{len(cases)} tests; first failure {failures[0][0]}: "
+                  f"{failures[0][1]}" if failures else "no test ran")
+        print(f"{tag}  {function:<18} {'passed' if ok else 'FAILED'}  {detail}")
+    print(f"total: {passed}/{len(EQUATIONS)} equations pass")
+    return 0 if passed == len(EQUATIONS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
