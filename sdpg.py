@@ -98,7 +98,8 @@ class Config:
     max_new_tokens: int = 512  # maximum response length in tokens
     temperature: float = 1.0  # τ, sampling temperature; the log-probs and E3 use the same τ
     # -- optimizer
-    lr: float = 1e-6  # AdamW learning rate (authors: 1e-6)
+    lr: float = 0.0  # AdamW learning rate; 0 = 1e-6 for full fine-tuning (the authors') or 1e-5 with --lora-rank
+        # (LoRA needs about 10× more)
     warmup_steps: int = 10  # linear learning-rate warmup, in training steps
     weight_decay: float = 0.1  # AdamW weight decay (authors: 0.1)
     max_grad_norm: float = 1.0  # gradient-norm clip (authors: 1.0)
@@ -119,6 +120,10 @@ class Config:
     # -- E6 reference anchor
     alpha: float = 0.001  # α, weight of the KL anchor to the frozen initial policy; 0 = no reference model
     kl_mode: str = "urkl"  # E6 integrand: urkl | ufkl | rkl | fkl
+    # -- LoRA (optional: pip install peft)
+    lora_rank: int = 0  # R of a LoRA adapter on every linear layer of the decoder; 0 = full fine-tuning. π_ref is
+        # then the base with the adapter switched off, so no second copy of the weights is loaded
+    lora_alpha: float = 32.0  # LoRA's scale (the adapter's output × lora_alpha / R); not E6's --alpha
     # -- run
     seed: int = 0  # seeds python, numpy and torch (GPU sampling is still not bit-exact)
     output_dir: str = "runs/sdpg"  # config.json, metrics.jsonl, checkpoints
@@ -671,7 +676,9 @@ def rollout(model, reference, tokenizer, rows: list[dict], cfg: Config, autocast
     if cfg.mini_batch_size < cfg.batch_size:  # several updates share the batch: π_old is the policy that sampled it
         batch["old_logp"] = sampled_logp(model, batch, cfg, autocast)
     if reference is not None:
-        batch["ref_logp"] = sampled_logp(reference, batch, cfg, autocast)
+        policy, switch = reference  # a frozen copy, or (LoRA) this model with its adapter off
+        with switch():
+            batch["ref_logp"] = sampled_logp(policy, batch, cfg, autocast)
     info = dict(rewards=rewards, completions=completions, truncated=truncated, verifier_errors=verifier_errors,
                 response_len=response_mask.sum(dim=1).float().mean().item(), rollout_time=rollout_time)
     return batch, info
@@ -745,13 +752,28 @@ def sampled_logp(policy, batch: dict, cfg: Config, autocast) -> torch.Tensor:
     return torch.cat(pieces)
 
 
-def reference_policy(cfg: Config, model, resume_from: str | None, device):
-    """π_ref for E6: the frozen initial weights, None when α = 0. On resume the model holds trained weights, so
-    π_ref is loaded again from --model, never from the checkpoint."""
+def load_policy(cfg: Config, resume_from: str | None):
+    """(model, adapter, tokenizer) for π_θ. Full fine-tuning: the model of --model, or of the checkpoint resumed.
+    LoRA: the base of --model (never a checkpoint: it is π_ref) with a fresh adapter or the checkpoint's. `model` is
+    the plain transformers model every function here takes (peft injects its layers in place); `adapter` is peft's
+    wrapper, None without LoRA, kept for switching the adapter off (π_ref), saving and merging (Appendix D)."""
+    if not cfg.lora_rank:
+        model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
+        return model, None, tokenizer
+    model, tokenizer = load_model(cfg.model, cfg.seed)
+    return model, attach_lora(model, cfg, resume_from), tokenizer
+
+
+def reference_policy(cfg: Config, model, adapter, resume_from: str | None, device):
+    """π_ref for E6 as (policy, context to score it in); None when α = 0. Full fine-tuning: a frozen copy of the
+    initial weights (on resume reloaded from --model, never from the checkpoint). LoRA: the base weights never
+    change, so π_ref is this model with the adapter switched off — no second copy."""
     if cfg.alpha == 0:
         return None
+    if adapter is not None:
+        return model, adapter.disable_adapter
     reference = load_model(cfg.model, cfg.seed)[0].to(device).eval() if resume_from else copy.deepcopy(model)
-    return reference.requires_grad_(False)
+    return reference.requires_grad_(False), contextlib.nullcontext
 
 
 def learning_rate(step: int, cfg: Config) -> float:
@@ -786,12 +808,13 @@ def main(cfg: Config) -> list[dict]:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     autocast = make_autocast(device, cfg.dtype)
-    model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
+    model, adapter, tokenizer = load_policy(cfg, resume_from)
     rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
                          cfg.teacher_context, cfg.max_prompt_length)
     model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
-    reference = reference_policy(cfg, model, resume_from, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    reference = reference_policy(cfg, model, adapter, resume_from, device)
+    trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = start_run(cfg, optimizer, resume_from, model, rows, device)  # Appendix C: data order, RNG, metrics so far
     windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
 
@@ -810,10 +833,10 @@ def main(cfg: Config) -> list[dict]:
             record = step_record(step, info, sums, grad_norms, beta, lr, cfg)
             log_step(dict(record, step_time=time.time() - started), run, progress)  # Appendix C
             if stop_signal or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                save_resumable(model, tokenizer, optimizer, run, step + 1, cfg)  # Appendix C
+                save_resumable(model, adapter, tokenizer, optimizer, run, step + 1, cfg)  # Appendix C
             if stop_signal:
                 stop_run(cfg, progress, stop_signal[0], step + 1)  # Appendix C: prints the resume command and exits
-    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, "final"))
+    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, "final"), adapter=adapter, merge=True)
     announce_end(cfg)
     return run["history"]
 
@@ -1273,12 +1296,17 @@ RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "d
                      "logits_chunk_size", "gradient_checkpointing"}  # memory and bookkeeping, never the result
 
 
-def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None):
-    """A folder `from_pretrained` loads (+ trainer_state.pt for resume). [impl] Written to `path.tmp` and renamed,
-    so a crash or a full disk never leaves a half-written checkpoint under `path`."""
+def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None, adapter=None, merge=False):
+    """A folder `from_pretrained` loads (+ trainer_state.pt for resume). With LoRA: the adapter alone in
+    `path/adapter/` (what resume needs), and with merge=True (final/ only: merging changes the model for good) the
+    merged model beside it. [impl] Written to `path.tmp` and renamed, so a crash or a full disk never leaves a
+    half-written checkpoint under `path`."""
     temporary, previous = path + ".tmp", path + ".old"
     shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
+    if adapter is not None:  # its own subfolder: an adapter_config.json beside config.json changes how it loads
+        adapter.save_pretrained(os.path.join(temporary, "adapter"))
+    if adapter is None or merge:
+        (adapter.merge_and_unload() if merge and adapter is not None else model).save_pretrained(temporary)
     tokenizer.save_pretrained(temporary)
     if trainer_state is not None:
         torch.save(trainer_state, os.path.join(temporary, "trainer_state.pt"))
@@ -1397,8 +1425,11 @@ def start_run(cfg: Config, optimizer, resume_from: str | None, model, rows: list
     with open(run["metrics_path"], "w", encoding="utf-8") as f:
         f.writelines(json.dumps(record) + "\n" for record in run["history"])
     parameters = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    parameters = f"{parameters / 1e6:.1f} M parameters" + (
+        f", {trained / 1e6:.2f} M of them in a rank-{cfg.lora_rank} LoRA adapter" if cfg.lora_rank else "")
     what = f"resuming at step {run['step']} from {resume_from}" if resume_from else f"{cfg.steps} steps"
-    print(f"sdpg: {cfg.model} ({parameters / 1e6:.1f} M parameters) on {device}, {len(rows)} rows of {cfg.dataset}, "
+    print(f"sdpg: {cfg.model} ({parameters}) on {device}, {len(rows)} rows of {cfg.dataset}, "
           f"{what}; writing {cfg.output_dir}/ (config.json, metrics.jsonl, checkpoints)", flush=True)
     return run
 
@@ -1413,12 +1444,12 @@ def log_step(record: dict, run: dict, progress):
                           for key, spec in shown.items()})
 
 
-def save_resumable(model, tokenizer, optimizer, run: dict, step: int, cfg: Config):
-    """step_N/: weights + trainer_state.pt (optimizer, data order, RNG states); the oldest beyond
-    --keep-checkpoints are deleted."""
+def save_resumable(model, adapter, tokenizer, optimizer, run: dict, step: int, cfg: Config):
+    """step_N/: weights (with LoRA the adapter alone) + trainer_state.pt (optimizer, data order, RNG states); the
+    oldest beyond --keep-checkpoints are deleted."""
     state = dict(step=step, optimizer=optimizer.state_dict(), order=run["order"], shuffler=run["shuffler"].getstate(),
                  rng=rng_states())
-    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step}"), state)
+    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step}"), state, adapter=adapter)
     for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
         shutil.rmtree(path)
 
@@ -1527,6 +1558,14 @@ def check_config(cfg: Config):
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r} is unknown; choose one of {', '.join(choices)}")
     if cfg.temperature <= 0:
         fail(f"--temperature {cfg.temperature} must be > 0 for on-policy sampling")
+    if cfg.lr == 0:
+        cfg.lr = 1e-5 if cfg.lora_rank else 1e-6
+    if cfg.lora_rank < 0:
+        fail(f"--lora-rank {cfg.lora_rank} must be ≥ 0 (0 = full fine-tuning)")
+    if cfg.lora_alpha <= 0:
+        fail(f"--lora-alpha {cfg.lora_alpha} must be > 0")
+    if cfg.lora_rank and importlib.util.find_spec("peft") is None:
+        fail("--lora-rank needs peft, an optional dependency: pip install peft")
     for flag in ("lr", "max_grad_norm"):
         if not getattr(cfg, flag) > 0:
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be > 0")
@@ -1652,7 +1691,7 @@ def resolve_model_path(name: str) -> tuple[str, dict]:
     if os.path.isfile(os.path.join(name, "metrics.jsonl")) or os.path.isdir(os.path.join(name, "final")):
         if os.path.isfile(os.path.join(name, "final", "config.json")):
             return os.path.join(name, "final"), {}
-        if steps := resumable_checkpoints(name):
+        if steps := [s for s in resumable_checkpoints(name) if os.path.isfile(os.path.join(s[1], "config.json"))]:
             print(f"{name} is a run without final/; loading its newest checkpoint {steps[-1][1]}")
             return steps[-1][1], {}
         fail(f"--model {name!r} is a sdpg.py run folder with no final/ or step_N/ model yet; pass a model, or "
@@ -1699,6 +1738,22 @@ def format_field(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
+
+
+def attach_lora(model, cfg: Config, resume_from: str | None):
+    """peft's LoRA on every linear layer of the decoder (not the output layer), injected into `model` in place: a
+    fresh adapter (B = 0, so training starts at the base model), or the adapter of the checkpoint resumed."""
+    import warnings
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    # peft asks transformers ≥ 5 for a renamed attribute, which warns on every run; nothing for a user to change
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if resume_from:
+        return PeftModel.from_pretrained(model, os.path.join(resume_from, "adapter"), is_trainable=True)
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                        bias="none")
+    return get_peft_model(model, config)
 
 
 def build_tiny_model(seed: int = 0):

@@ -806,11 +806,27 @@ EXTREME_SAMPLING = dict(do_sample=True, temperature=0.05, top_k=2, top_p=0.3, re
                         no_repeat_ngram_size=2, min_new_tokens=3, num_beams=1)
 
 
-def tiny_with_sampling_defaults(defaults):
+def tiny_with_sampling_defaults(defaults, lora=False):
+    """The tiny model with a checkpoint's sampling defaults; lora=True: plus a LoRA adapter whose B is not 0, so
+    the adapted policy (what rollouts must draw from) differs from the base."""
     model, tokenizer = sdpg.build_tiny_model(seed=0)
     for key, value in defaults.items():
         setattr(model.generation_config, key, value)
+    if lora:
+        add_trained_lora(model)
     return model.eval(), tokenizer
+
+
+def add_trained_lora(model, rank=4):
+    """peft's adapter as sdpg.py attaches it, with B set to random values as if trained; returns the peft wrapper."""
+    pytest.importorskip("peft")
+    adapter = sdpg.attach_lora(model, sdpg.Config(lora_rank=rank), None)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return adapter
 
 
 def argmax_loop(model, prompt, eos_ids, steps):
@@ -845,11 +861,13 @@ def test_greedy_rollout_is_the_argmax_loop_whatever_the_generation_config(defaul
 
 
 @pytest.mark.rollouts
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("defaults", [QWEN_SAMPLING, EXTREME_SAMPLING], ids=["qwen", "extreme"])
-def test_sampled_first_tokens_follow_the_tempered_softmax_whatever_the_generation_config(defaults):
+def test_sampled_first_tokens_follow_the_tempered_softmax_whatever_the_generation_config(defaults, lora):
     """E2/E3 assume y ~ softmax(z/τ) over the whole vocabulary: 20 000 first tokens, frequencies within 4 standard
-    errors (+0.002) of the probabilities. top-k 2 or a temperature of 0.05 would put all mass on a few tokens."""
-    model, tokenizer = tiny_with_sampling_defaults(defaults)
+    errors (+0.002) of the probabilities. top-k 2 or a temperature of 0.05 would put all mass on a few tokens.
+    With LoRA the probabilities are the adapted policy's (base + adapter), which rollouts must draw from."""
+    model, tokenizer = tiny_with_sampling_defaults(defaults, lora)
     prompt = [1, 83, 72]  # a short prompt keeps 20 000 rows small
     temperature, draws = 1.3, 20_000
     with torch.no_grad():
@@ -1514,7 +1532,8 @@ def test_sdpg_reads_in_screens_functions_fit_main_is_short_and_the_paper_path_co
 # Runs that survive: resume, interrupts, no silent overwrite
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [(), ("--lora-rank", "4", "--lr", "3e-2")], ids=["full", "lora"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, extra):
     """Resume restores weights, AdamW state, step, RNG states, data order and π_ref (the initial weights, not the
     checkpoint): the same rewards, losses and final weights as a run never stopped; metrics have no duplicates."""
     from transformers import AutoModelForCausalLM
@@ -1522,7 +1541,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     # reward depends on the sampled text, so equal rewards need equal RNG states and weights
     monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
     args = ("--steps", "4", "--batch-size", "2", "--mini-batch-size", "2", "--alpha", "0.5", "--beta", "1", "--no-gate", "--lr", "3e-3",
-            "--warmup-steps", "3", "--save-every", "1", "--keep-checkpoints", "1")
+            "--warmup-steps", "3", "--save-every", "1", "--keep-checkpoints", "1", *extra)
+    if extra:  # the later --lr wins: LoRA's own learning rate
+        pytest.importorskip("peft")
     _, straight = train(tmp_path / "straight", *args)
     original, calls = sdpg.decode_responses, []
 
@@ -1776,6 +1797,88 @@ def test_eval_takes_several_datasets_and_prints_the_papers_table(tmp_path, capsy
         assert (tmp_path / f"out.{name}.jsonl.summary.json").is_file(), name
     answers = [json.loads(line)["answer"] for line in open(tmp_path / "out.amc.A.jsonl")]
     assert answers == ["0", "1", "2"]
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA: the adapter trains, π_ref is the base with the adapter off
+
+
+def test_lora_reference_is_the_base_with_the_adapter_off_and_no_second_model_is_loaded(tiny, tmp_path, monkeypatch):
+    """E6 under LoRA: ref_logp equals a fresh base model's log-probs exactly, the adapted policy's differ, and a
+    training run loads one model and copies none."""
+    pytest.importorskip("peft")
+    tensors, _ = mixed_batch(seed=4)
+    model, _ = sdpg.build_tiny_model(seed=0)
+    adapter = add_trained_lora(model)
+    base, _ = sdpg.build_tiny_model(seed=0)
+    policy, switch = sdpg.reference_policy(sdpg.Config(alpha=0.1, lora_rank=4), model, adapter, None, "cpu")
+    with torch.no_grad(), switch():
+        ref_logp, _ = sdpg.response_stats(policy, *tensors[:2], None, None, *tensors[4:6])
+    with torch.no_grad():
+        base_logp, _ = sdpg.response_stats(base, *tensors[:2], None, None, *tensors[4:6])
+        adapted_logp, _ = sdpg.response_stats(model, *tensors[:2], None, None, *tensors[4:6])
+    torch.testing.assert_close(ref_logp, base_logp, rtol=0, atol=1e-6)
+    assert (adapted_logp - base_logp).abs().max() > 1e-3  # the adapter is on outside the switch
+    loads, copies = [], []
+    original_load = sdpg.load_model
+    monkeypatch.setattr(sdpg, "load_model", lambda *a, **k: loads.append(a) or original_load(*a, **k))
+    import types
+
+    monkeypatch.setattr(sdpg, "copy", types.SimpleNamespace(deepcopy=lambda *a, **k: copies.append(a)))  # sdpg's own
+    _, history = train(tmp_path, "--steps", "1", "--lora-rank", "4", "--alpha", "0.1")
+    assert len(loads) == 1 and not copies and history[0]["ref_kl"] is not None  # one model, no copy of it
+
+
+def test_lora_adapter_gets_gradients_with_layer_recompute_and_the_chunked_e3_path(tiny):
+    """The non-reentrant decoder-layer recompute and the hand-written E3 gradient reach the adapter (a frozen base
+    with reentrant checkpointing would give "element 0 of tensors does not require grad"); the base gets none."""
+    pytest.importorskip("peft")
+    tensors, _ = mixed_batch(seed=5)
+    model, _ = sdpg.build_tiny_model(seed=0)
+    add_trained_lora(model)
+    gradients = {}
+    for chunk_size, recompute in ((0, False), (4, True)):
+        sdpg.set_layer_recompute(model, recompute)
+        model.zero_grad()
+        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+        (logp.sum() + kl.sum()).backward()
+        gradients[chunk_size] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    sdpg.set_layer_recompute(model, False)
+    assert gradients[0] and all(g.abs().max() > 0 for g in gradients[4].values())
+    for name, gradient in gradients[0].items():
+        scale = gradient.abs().max().item()
+        torch.testing.assert_close(gradients[4][name], gradient, atol=1e-5 * scale, rtol=1e-5, msg=name)
+
+
+def test_lora_final_is_the_merged_model_and_its_adapter_reloads_onto_the_base(tmp_path):
+    """final/ loads with from_pretrained (merged), final/adapter/ with PeftModel over the base and merges to the
+    same weights; step_N/ holds the adapter and trainer state, not a model."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    _, history = train(tmp_path, "--steps", "2", "--lora-rank", "4", "--lr", "3e-2", "--no-gate", "--beta", "1",
+                       "--save-every", "1")
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    base, _ = sdpg.build_tiny_model(seed=0)
+    merged = peft.PeftModel.from_pretrained(base, str(tmp_path / "final" / "adapter")).merge_and_unload().state_dict()
+    initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
+    assert any((final[name] - initial[name]).abs().max() > 1e-4 for name in final)  # the adapter learned something
+    for name in final:
+        torch.testing.assert_close(merged[name], final[name], rtol=1e-6, atol=1e-7, msg=name)
+    step = tmp_path / "step_2"
+    assert (step / "adapter" / "adapter_config.json").is_file() and (step / "trainer_state.pt").is_file()
+    assert not (step / "model.safetensors").exists()
+    assert history[0]["lr"] == pytest.approx(3e-2 / 10)  # the given lr, warmed up; LoRA's default is 1e-5
+    assert sdpg.parse_config(["--model", "tiny", "--lora-rank", "4"]).lr == 1e-5
+    assert sdpg.parse_config(["--model", "tiny"]).lr == 1e-6
+
+
+def test_lora_without_peft_is_one_line(monkeypatch):
+    real = sdpg.importlib.util.find_spec
+    monkeypatch.setattr(sdpg.importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(SystemExit, match="--lora-rank needs peft, an optional dependency: pip install peft"):
+        sdpg.parse_config(["--model", "tiny", "--lora-rank", "8"])
 
 
 # ----------------------------------------------------------------------------------------------
