@@ -133,13 +133,16 @@ class Config:
     resume: bool = False  # continue the run in --output-dir from its latest step_N/ (pass the run's other flags
         # unchanged)
     overwrite: bool = False  # delete the run already in --output-dir and start a new one
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's own GPU, or cpu)
+    fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state with FSDP2 (fully_shard per decoder
+        # layer and the root); without it the ranks hold replicas (DDP)
     dtype: str = "auto"  # compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32
 
 
 def fail(message: str):
-    """Bad input ends the program with one line naming the problem and the fix, no traceback."""
-    raise SystemExit(f"error: {message}")
+    """Bad input ends the program with one line naming the problem and the fix, no traceback (under torchrun
+    printed by rank 0 alone; the others exit with status 1)."""
+    raise SystemExit(f"error: {message}" if rank_of() == 0 else 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,22 +401,38 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> to
     return (~eos_seen_before).long()
 
 
-def inverse_cdf_sampler(temperature: float):
+def inverse_cdf_sampler(temperature: float, uniforms=None):
     """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row
     and returns a score that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw.
+    uniforms(input_ids) → (N, 1) float64 in [0, 1): the rows' draws for this token (default: torch.rand).
     [impl] Same distribution as `do_sample=True`, whose torch.multinomial over Qwen's 151 936
     entries costs ~15× more on a CPU (docs/performance.md)."""
     def sample(input_ids, scores):
         cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
-        uniform = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+        draws = torch.rand(len(cdf), 1, dtype=torch.float64) if uniforms is None else uniforms(input_ids)
+        uniform = draws.to(cdf.device) * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
         return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
     return sample
 
 
+def rollout_uniforms(seed: int, step: int, response_ids: torch.Tensor, responses_in_step: int, prompt_width: int):
+    """The sampler's uniforms drawn per response, not per process: token t of the step's response i gets number i of
+    a stream seeded by (seed, step, t). So rollouts are the same however the step's prompts are split across ranks
+    (and a resumed run needs no RNG state for them)."""
+    def uniforms(input_ids):
+        token = input_ids.shape[1] - prompt_width
+        # a tuple of ints hashes the same in every process (string hashing is what PYTHONHASHSEED randomises)
+        generator = torch.Generator().manual_seed(hash((seed, step, token)) % 2**63)
+        return torch.rand(responses_in_step, generator=generator, dtype=torch.float64)[response_ids][:, None]
+    return uniforms
+
+
 @torch.no_grad()
-def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast):
-    """Responses with KV cache: pure temperature sampling (on-policy log-probs); temperature 0 = greedy."""
+def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast,
+                     uniforms=None):
+    """Responses with KV cache: pure temperature sampling (on-policy log-probs); temperature 0 = greedy.
+    uniforms: the sampler's source of randomness (rollout_uniforms), default the global torch RNG."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7,
@@ -422,11 +441,12 @@ def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_to
     # that works on every version: nothing reshapes the logits but our sampler, so y ~ π_θ exactly.
     neutral = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
                                pad_token_id=pad_id, use_cache=True)
-    processors = LogitsProcessorList([inverse_cdf_sampler(temperature)] if temperature > 0 else [])
+    processors = LogitsProcessorList([inverse_cdf_sampler(temperature, uniforms)] if temperature > 0 else [])
     checkpoint_config, model.generation_config = model.generation_config, neutral
     try:
-        with autocast:
-            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, logits_processor=processors)
+        with autocast, gathered_for_generation(model) as synced:  # Appendix E: FSDP2 gathers the weights once
+            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, logits_processor=processors,
+                                    synced_gpus=synced)
     finally:
         model.generation_config = checkpoint_config
     response_ids = output[:, prompt_ids.shape[1]:]  # (N, T), right-padded with pad after EOS
@@ -453,8 +473,11 @@ def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask
     ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T): [pad…, prompt, response, pad…]
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift RoPE positions
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              use_cache=False).last_hidden_state  # a scoring pass needs no KV cache
+    # through the model's own forward, so a DDP or FSDP2 wrapper sees it (and syncs or gathers); no logits are made
+    # here (the vocabulary projection is chunked below) and a scoring pass needs no KV cache
+    hidden = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                   logits_to_keep=torch.zeros(0, dtype=torch.long, device=ids.device),
+                   output_hidden_states=True).hidden_states[-1]
     prompt_length, response_length = prompt_ids.shape[1], response_ids.shape[1]
     return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
 
@@ -516,7 +539,7 @@ def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, re
             ids, mask = trim_padding(teacher_ids[taught], teacher_mask[taught], "left")
             teacher_hidden = _response_hidden(model, ids, mask, response_ids[taught],
                                               response_mask[taught])[valid[taught]]  # (M, H)
-    lm_head = model.get_output_embeddings()
+    lm_head = getattr(model, "module", model).get_output_embeddings()  # DDP keeps the model in .module
     logp, kl, entropy = (torch.zeros(valid.shape, dtype=torch.float32, device=valid.device) for _ in range(3))
     for positions, teacher in ((valid & taught[:, None], teacher_hidden), (valid & ~taught[:, None], None)):
         if positions.any():  # row-major order on both sides, so position i of `hidden[positions]` is `teacher[i]`
@@ -642,29 +665,34 @@ def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl
 # Training (E8)
 
 
-def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[dict]:
+def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[tuple[int, dict]]:
     """E8 step 1: the next B rows of a shuffled pass over the data, reshuffled every epoch (a dataset smaller
-    than B still gives B prompts)."""
+    than B still gives B prompts), each with its index in the step (0 … B−1)."""
     while len(run["order"]) < batch_size:
         run["order"] += run["shuffler"].sample(range(len(rows)), len(rows))
     chosen, run["order"] = run["order"][:batch_size], run["order"][batch_size:]
-    return [rows[i] for i in chosen]
+    return list(enumerate(rows[i] for i in chosen))
 
 
-def rollout(model, reference, tokenizer, rows: list[dict], cfg: Config, autocast) -> tuple[dict, dict]:
-    """E8 steps 2–4 for B prompts: G responses each from the student view, verifier rewards, advantages (E1), and
-    the no-gradient log-probs (π_old when several updates share the batch, π_ref when α > 0).
-    Returns (batch, info): the tensors `update` needs, one row per response, and what the step logs."""
-    device, started = next(model.parameters()).device, time.time()
-    eos_ids, pad_id = eos_token_ids(model, tokenizer), tokenizer.pad_token_id
-    per_sequence = [row for row in rows for _ in range(cfg.group_size)]  # groups contiguous
+def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: int, cfg: Config,
+            autocast) -> tuple[dict, dict]:
+    """E8 steps 2–4 for this process's prompts (all B of them in one process): G responses each from the student
+    view, verifier rewards, advantages (E1), and the no-gradient log-probs (π_old when several updates share the
+    batch, π_ref when α > 0). Returns (batch, info): the tensors `update` needs, one row per response, and the
+    step's counts for its log line (sums, so that ranks add them up)."""
+    plain = getattr(model, "module", model)  # generate with the model itself, not a DDP wrapper
+    device, started = next(plain.parameters()).device, time.time()
+    eos_ids, pad_id = eos_token_ids(plain, tokenizer), tokenizer.pad_token_id
+    per_sequence = [row for _, row in prompts for _ in range(cfg.group_size)]  # groups contiguous
     prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in per_sequence], pad_id, device)  # (B*G, P)
     teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
-    set_layer_recompute(model, False)
-    response_ids, response_mask = sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
-                                                   cfg.max_new_tokens, cfg.temperature, autocast)  # (B*G, T)
+    responses = torch.tensor([index * cfg.group_size + j for index, _ in prompts for j in range(cfg.group_size)])
+    uniforms = rollout_uniforms(cfg.seed, step, responses, cfg.batch_size * cfg.group_size, prompt_ids.shape[1])
+    set_layer_recompute(plain, False)
+    response_ids, response_mask = sample_responses(plain, prompt_ids, prompt_mask, eos_ids, pad_id,
+                                                   cfg.max_new_tokens, cfg.temperature, autocast, uniforms)
     rollout_time = time.time() - started
-    completions = decode_responses(tokenizer, response_ids, response_mask)
+    completions = decode_responses(tokenizer, response_ids, response_mask)  # (B*G) texts; ids (B*G, T)
     truncated = truncated_responses(response_ids, eos_ids)  # (B*G,)
     rewards, verifier_errors = score_responses(completions, [row["answer"] for row in per_sequence],
                                                truncated.tolist(), cfg.strict_format)
@@ -672,35 +700,38 @@ def rollout(model, reference, tokenizer, rows: list[dict], cfg: Config, autocast
     advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale)  # (B*G,)   E1
     batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
                  response_ids=response_ids, response_mask=response_mask, advantages=advantages)
-    set_layer_recompute(model, cfg.gradient_checkpointing)
+    set_layer_recompute(plain, cfg.gradient_checkpointing)
     if cfg.mini_batch_size < cfg.batch_size:  # several updates share the batch: π_old is the policy that sampled it
         batch["old_logp"] = sampled_logp(model, batch, cfg, autocast)
     if reference is not None:
         policy, switch = reference  # a frozen copy, or (LoRA) this model with its adapter off
         with switch():
             batch["ref_logp"] = sampled_logp(policy, batch, cfg, autocast)
-    info = dict(rewards=rewards, completions=completions, truncated=truncated, verifier_errors=verifier_errors,
-                response_len=response_mask.sum(dim=1).float().mean().item(), rollout_time=rollout_time)
-    return batch, info
+    counts = dict(reward=rewards.sum(), responses=len(rewards), formatted=sum(map(has_answer_format, completions)),
+                  zero_std_groups=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).sum(), groups=len(prompts),
+                  response_tokens=response_mask.sum(), truncated=truncated.sum(), verifier_errors=verifier_errors)
+    return batch, dict(counts={key: float(value) for key, value in counts.items()}, rollout_time=rollout_time)
 
 
-def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, step: int = 0) -> tuple[dict, list]:
+def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, step: int = 0,
+           world: int = 1) -> tuple[dict, list]:
     """E8 step 5: for each mini-batch, student + teacher forward, E7 over the mini-batch's tokens, backward,
-    gradient-norm clip, AdamW step. Returns the step's sums (sdpg_loss's, plus entropy) and the gradient norms."""
+    gradient-norm clip, AdamW step. Returns the step's sums (sdpg_loss's, plus entropy) and the gradient norms.
+    Under torchrun each rank holds its share of every mini-batch, and E7's divisor counts every rank's tokens."""
     advantages, response_mask = batch["advantages"], batch["response_mask"]
     gate_open = advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool)  # (B*G,)   E4
-    sequences_per_update, sums, grad_norms = cfg.mini_batch_size * cfg.group_size, {}, []
+    sequences_per_update, sums, grad_norms = cfg.mini_batch_size // world * cfg.group_size, {}, []
     for start in range(0, len(advantages), sequences_per_update):
         indices = list(range(start, start + sequences_per_update))
-        num_tokens = response_mask[indices].sum().clamp(min=1)  # E7: the divisor is the whole mini-batch's
+        num_tokens = all_reduce_sum(response_mask[indices].sum()).clamp(min=1)  # E7: the whole mini-batch's count
         indices.sort(key=lambda i: not gate_open[i])  # [impl] open gates first: teacher forwards fill micro-batches
         for micro in micro_batches(batch, indices, cfg.micro_batch_size):
-            loss, micro_sums = micro_batch_loss(model, micro, cfg, beta, num_tokens, autocast)
-            loss.backward()
+            loss, micro_sums = micro_batch_loss(model, micro, cfg, beta, num_tokens, autocast, world)
+            (loss * world).backward()  # DDP and FSDP2 average the ranks' gradients; E7 wants their sum
             for key, value in zip(micro_sums, torch.stack(list(micro_sums.values())).tolist()):
                 sums[key] = sums.get(key, 0.0) + value
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        if not (math.isfinite(sums["loss"]) and torch.isfinite(grad_norm)):
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        if not torch.isfinite(grad_norm):  # the same on every rank: all stop together
             fail(f"non-finite loss or gradient at step {step}; weights not updated, the last checkpoint in "
                  f"{cfg.output_dir} is kept; try a lower --lr")
         optimizer.step()
@@ -709,14 +740,17 @@ def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, st
     return sums, grad_norms
 
 
-def micro_batch_loss(model, micro: dict, cfg: Config, beta: float, num_tokens, autocast):
+def micro_batch_loss(model, micro: dict, cfg: Config, beta: float, num_tokens, autocast, world: int = 1):
     """E3–E7 on one micro-batch: the student forward with gradient and the teacher forward (rows whose gate is
     open, only when β > 0), then sdpg_loss; the entropy sum is added to its sums."""
+    # [impl] under FSDP2 every rank must run the same forwards (each gathers weights): the teacher runs for every
+    # row there, and the gate acts in sdpg_loss alone (the same loss)
+    gate_open = micro["advantages"] > 0 if cfg.gate and not (cfg.fsdp and world > 1) else None
     with autocast:
         logp, kl, entropy = response_stats(
             model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
             micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
-            cfg.logits_chunk_size, with_entropy=True, gate_open=micro["advantages"] > 0 if cfg.gate else None)
+            cfg.logits_chunk_size, with_entropy=True, gate_open=gate_open)
     # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
     old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
     loss, sums = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
@@ -781,63 +815,65 @@ def learning_rate(step: int, cfg: Config) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
 
 
-def step_record(step: int, info: dict, sums: dict, grad_norms: list[float], beta: float, lr: float,
-                cfg: Config) -> dict:
-    """One line of metrics.jsonl (docs/metrics.md): means over every response token of the step. A term the step
-    does not compute (E3 when β = 0, E6 when α = 0) is null, never a measured 0."""
-    tokens, rewards = sums["tokens"], info["rewards"]
-    distilled = beta > 0 and sums["gate_tokens"] > 0
-    return dict(step=step, reward=rewards.mean().item(),
-                format_rate=sum(map(has_answer_format, info["completions"])) / len(info["completions"]),
-                frac_zero_std=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item(),
-                loss=sums["loss"] / tokens, pg_loss=sums["pg_loss"] / tokens,
-                opd_kl=sums["opd_kl"] / sums["gate_tokens"] if distilled else None,
-                ref_kl=sums["ref_kl"] / tokens if cfg.alpha > 0 else None, entropy=sums["entropy"] / tokens,
-                response_len=info["response_len"], truncated_frac=info["truncated"].float().mean().item(),
-                beta=beta, lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), clip_frac=sums["clip_frac"] / tokens,
-                dual_clip_frac=sums["dual_clip_frac"] / tokens,
-                gate_frac=sums["gate_tokens"] / tokens if beta > 0 else None,
-                verifier_errors=info["verifier_errors"], rollout_time=info["rollout_time"])
+def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, lr: float, cfg: Config) -> dict:
+    """One line of metrics.jsonl (docs/metrics.md) from the step's totals (rollout's counts and update's sums, over
+    every rank): means over every response token of the step. A term the step does not compute (E3 when β = 0, E6
+    when α = 0) is null, never a measured 0."""
+    tokens, responses = totals["tokens"], totals["responses"]
+    distilled = beta > 0 and totals["gate_tokens"] > 0
+    return dict(step=step, reward=totals["reward"] / responses, format_rate=totals["formatted"] / responses,
+                frac_zero_std=totals["zero_std_groups"] / totals["groups"], loss=totals["loss"] / tokens,
+                pg_loss=totals["pg_loss"] / tokens,
+                opd_kl=totals["opd_kl"] / totals["gate_tokens"] if distilled else None,
+                ref_kl=totals["ref_kl"] / tokens if cfg.alpha > 0 else None, entropy=totals["entropy"] / tokens,
+                response_len=totals["response_tokens"] / responses, truncated_frac=totals["truncated"] / responses,
+                beta=beta, lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), clip_frac=totals["clip_frac"] / tokens,
+                dual_clip_frac=totals["dual_clip_frac"] / tokens,
+                gate_frac=totals["gate_tokens"] / tokens if beta > 0 else None,
+                verifier_errors=int(totals["verifier_errors"]))
 
 
 def main(cfg: Config) -> list[dict]:
-    """E8, `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line; returns the records."""
+    """E8, `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line; returns the records.
+    Under torchrun each rank runs this same function on its share of the prompts (Appendix E)."""
     from tqdm.auto import tqdm
 
-    resume_from = prepare_output_dir(cfg)  # Appendix C: before anything is loaded, so a refused run costs nothing
+    rank, world, device = init_distributed(cfg)  # Appendix E: (0, 1, --device) in one process
+    resume_from = on_rank_zero(prepare_output_dir, cfg)  # Appendix C: before anything is loaded
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
     autocast = make_autocast(device, cfg.dtype)
     model, adapter, tokenizer = load_policy(cfg, resume_from)
     rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
                          cfg.teacher_context, cfg.max_prompt_length)
     model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
     reference = reference_policy(cfg, model, adapter, resume_from, device)
+    model, reference = distribute(model, reference, cfg, world)  # Appendix E: DDP or FSDP2 under torchrun
     trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = start_run(cfg, optimizer, resume_from, model, rows, device)  # Appendix C: data order, RNG, metrics so far
+    run = start_run(cfg, model, optimizer, resume_from, rows, device, rank, world)  # Appendix C
     windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
 
-    with stop_at_step_end() as stop_signal:
+    with stop_at_step_end(rank) as stop_signal:
         progress = tqdm(range(run["step"], cfg.steps), initial=run["step"], total=cfg.steps, desc="sdpg",
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, disable=rank > 0)
         for step in progress:
             started = time.time()
-            batch, info = rollout(model, reference, tokenizer, next_prompts(rows, run, cfg.batch_size), cfg,
-                                  autocast)  # 1–4
+            prompts = rank_share(next_prompts(rows, run, cfg.batch_size), cfg, rank, world)  # 1
+            batch, info = rollout(model, reference, tokenizer, prompts, step, cfg, autocast)  # 2–4
             beta = beta_schedule(step, cfg.steps, cfg.beta, *windows)  # E5
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            sums, grad_norms = update(model, optimizer, batch, cfg, beta, autocast, step)  # 5
-            record = step_record(step, info, sums, grad_norms, beta, lr, cfg)
-            log_step(dict(record, step_time=time.time() - started), run, progress)  # Appendix C
-            if stop_signal or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+            sums, grad_norms = update(model, optimizer, batch, cfg, beta, autocast, step, world)  # 5
+            record = step_record(step, all_reduce_sums({**info["counts"], **sums}), grad_norms, beta, lr, cfg)
+            log_step(dict(record, rollout_time=info["rollout_time"], step_time=time.time() - started), run, progress)
+            stop = any_rank(bool(stop_signal))  # a signal stops every rank at the same step
+            if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
                 save_resumable(model, adapter, tokenizer, optimizer, run, step + 1, cfg)  # Appendix C
-            if stop_signal:
-                stop_run(cfg, progress, stop_signal[0], step + 1)  # Appendix C: prints the resume command and exits
-    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, "final"), adapter=adapter, merge=True)
-    announce_end(cfg)
+            if stop:
+                stop_run(cfg, progress, stop_signal[0] if stop_signal else signal.SIGTERM, step + 1, world)
+    save_final(model, adapter, tokenizer, cfg)  # Appendix C
+    announce_end(cfg, world)
     return run["history"]
 
 
@@ -1296,7 +1332,8 @@ RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "d
                      "logits_chunk_size", "gradient_checkpointing"}  # memory and bookkeeping, never the result
 
 
-def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None, adapter=None, merge=False):
+def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None, adapter=None, merge=False,
+                    state_dict=None):
     """A folder `from_pretrained` loads (+ trainer_state.pt for resume). With LoRA: the adapter alone in
     `path/adapter/` (what resume needs), and with merge=True (final/ only: merging changes the model for good) the
     merged model beside it. [impl] Written to `path.tmp` and renamed, so a crash or a full disk never leaves a
@@ -1306,7 +1343,8 @@ def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = No
     if adapter is not None:  # its own subfolder: an adapter_config.json beside config.json changes how it loads
         adapter.save_pretrained(os.path.join(temporary, "adapter"))
     if adapter is None or merge:
-        (adapter.merge_and_unload() if merge and adapter is not None else model).save_pretrained(temporary)
+        (adapter.merge_and_unload() if merge and adapter is not None else model).save_pretrained(
+            temporary, state_dict=state_dict)  # state_dict: FSDP2's weights gathered from every rank
     tokenizer.save_pretrained(temporary)
     if trainer_state is not None:
         torch.save(trainer_state, os.path.join(temporary, "trainer_state.pt"))
@@ -1407,36 +1445,42 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
-def start_run(cfg: Config, optimizer, resume_from: str | None, model, rows: list[dict], device) -> dict:
+def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list[dict], device, rank: int = 0,
+              world: int = 1) -> dict:
     """The run's state — step, data order, shuffler, metrics so far — fresh, or restored from `resume_from` with
-    the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept."""
-    run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[],
+    the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept (rank 0)."""
+    run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[], rank=rank,
                metrics_path=os.path.join(cfg.output_dir, "metrics.jsonl"))
     if resume_from:
         state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(model, optimizer, state["optimizer"])  # Appendix E: FSDP2 shards it
         run.update(step=state["step"], order=state["order"])
         run["shuffler"].setstate(state["shuffler"])
         set_rng_states(state["rng"])
         run["history"] = [r for r in read_metrics(run["metrics_path"]) if r["step"] < run["step"]]  # later: redone
-    else:
+    if rank > 0:
+        return run
+    if not resume_from:
         with open(os.path.join(cfg.output_dir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
+            json.dump(dict(dataclasses.asdict(cfg), world_size=world), f, indent=2)
     with open(run["metrics_path"], "w", encoding="utf-8") as f:
         f.writelines(json.dumps(record) + "\n" for record in run["history"])
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters())  # under FSDP2 this rank's shard
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     parameters = f"{parameters / 1e6:.1f} M parameters" + (
         f", {trained / 1e6:.2f} M of them in a rank-{cfg.lora_rank} LoRA adapter" if cfg.lora_rank else "")
     what = f"resuming at step {run['step']} from {resume_from}" if resume_from else f"{cfg.steps} steps"
-    print(f"sdpg: {cfg.model} ({parameters}) on {device}, {len(rows)} rows of {cfg.dataset}, "
+    ranks = f" × {world} ranks ({'FSDP2' if cfg.fsdp else 'DDP'}; per rank)" if world > 1 else ""
+    print(f"sdpg: {cfg.model} ({parameters}) on {device}{ranks}, {len(rows)} rows of {cfg.dataset}, "
           f"{what}; writing {cfg.output_dir}/ (config.json, metrics.jsonl, checkpoints)", flush=True)
     return run
 
 
 def log_step(record: dict, run: dict, progress):
-    """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl."""
+    """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl (rank 0)."""
     run["history"].append(record)
+    if run.get("rank", 0) > 0:
+        return
     with open(run["metrics_path"], "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     shown = {"reward": ".3f", "opd_kl": ".4f", "ref_kl": ".2e", "response_len": ".0f"}
@@ -1446,17 +1490,34 @@ def log_step(record: dict, run: dict, progress):
 
 def save_resumable(model, adapter, tokenizer, optimizer, run: dict, step: int, cfg: Config):
     """step_N/: weights (with LoRA the adapter alone) + trainer_state.pt (optimizer, data order, RNG states); the
-    oldest beyond --keep-checkpoints are deleted."""
-    state = dict(step=step, optimizer=optimizer.state_dict(), order=run["order"], shuffler=run["shuffler"].getstate(),
-                 rng=rng_states())
-    save_checkpoint(model, tokenizer, os.path.join(cfg.output_dir, f"step_{step}"), state, adapter=adapter)
-    for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
-        shutil.rmtree(path)
+    oldest beyond --keep-checkpoints are deleted. Every rank takes part (FSDP2 gathers); rank 0 writes."""
+    weights = full_state_dict(model) if adapter is None else None  # Appendix E: None when nothing is sharded
+    state = dict(step=step, optimizer=full_optimizer_state(model, optimizer), order=run["order"],
+                 shuffler=run["shuffler"].getstate(), rng=rng_states())
+    if run.get("rank", 0) == 0:
+        save_checkpoint(unwrap(model), tokenizer, os.path.join(cfg.output_dir, f"step_{step}"), state,
+                        adapter=adapter, state_dict=weights)
+        for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
+            shutil.rmtree(path)
+    barrier()  # nobody reads or deletes a checkpoint another rank is still writing
 
 
-def resume_command(cfg: Config) -> str:
+def save_final(model, adapter, tokenizer, cfg: Config):
+    """final/: the model (LoRA: merged, with the adapter in final/adapter/), gathered from every rank, written by
+    rank 0."""
+    weights = full_state_dict(model) if adapter is None else None
+    if rank_of() == 0:
+        save_checkpoint(unwrap(model), tokenizer, os.path.join(cfg.output_dir, "final"), adapter=adapter, merge=True,
+                        state_dict=weights)
+    barrier()
+
+
+def resume_command(cfg: Config, world: int = 1) -> str:
     """The command line that continues this run: every flag that differs from its default, plus --resume."""
-    words = ["python", "sdpg.py"]
+    words = ["python", "sdpg.py"] if world == 1 else ["torchrun", "--nproc_per_node",
+                                                      os.environ.get("LOCAL_WORLD_SIZE", str(world)), "sdpg.py"]
+    if world > 1 and os.environ.get("LOCAL_WORLD_SIZE", str(world)) == str(world):
+        words.insert(1, "--standalone")
     for field in dataclasses.fields(Config):
         value = getattr(cfg, field.name)
         if field.name not in ("resume", "overwrite") and value != field.default:
@@ -1468,13 +1529,18 @@ def resume_command(cfg: Config) -> str:
     return " ".join(words + ["--resume"])
 
 
-def stop_run(cfg: Config, progress, signum: int, step: int):
+def stop_run(cfg: Config, progress, signum: int, step: int, world: int = 1):
     progress.close()  # so the bar is not redrawn under the last line
-    print(f"interrupted at step {step}; resume with: {resume_command(cfg)}", file=sys.stderr)
+    if rank_of() == 0:
+        several = " (on every node, with the same launch flags)" if world > int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                                               world)) else ""
+        print(f"interrupted at step {step}; resume with: {resume_command(cfg, world)}{several}", file=sys.stderr)
     raise SystemExit(128 + signum)
 
 
-def announce_end(cfg: Config):
+def announce_end(cfg: Config, world: int = 1):
+    if rank_of() > 0:
+        return
     final = os.path.join(cfg.output_dir, "final")
     print(f"done: model in {final}/, metrics in {os.path.join(cfg.output_dir, 'metrics.jsonl')}\n"
           f"next: python eval.py --compare {cfg.model} {final} --dataset {cfg.dataset} --limit 100   "
@@ -1482,17 +1548,18 @@ def announce_end(cfg: Config):
 
 
 @contextlib.contextmanager
-def stop_at_step_end():
-    """SIGINT (Ctrl-C) and SIGTERM (what schedulers send) only set a flag: the loop finishes its step, writes a
-    resumable checkpoint and exits. A second signal aborts at once."""
+def stop_at_step_end(rank: int = 0):
+    """SIGINT (Ctrl-C) and SIGTERM (what schedulers send; torchrun forwards them to every rank) only set a flag:
+    the loop finishes its step, writes a resumable checkpoint and exits. A second signal aborts at once."""
     received = []
 
     def handler(signum, frame):
         if received:
             raise KeyboardInterrupt
         received.append(signum)
-        print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to abort without saving)",
-              file=sys.stderr, flush=True)
+        if rank == 0:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to abort without "
+                  f"saving)", file=sys.stderr, flush=True)
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield received
@@ -1784,6 +1851,199 @@ def build_tiny_model(seed: int = 0):
         model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = [2, 0], 0
     return model, tokenizer
+
+
+# ==============================================================================================
+# Appendix E — several processes: torchrun, DDP and FSDP2
+#
+# What it is for: `torchrun --nproc_per_node N sdpg.py …` (and `--nnodes M` across machines) trains the same run
+# as one process, on PyTorch's own engines: DistributedDataParallel, or FSDP2 (`--fsdp`, sharded weights,
+# gradients and AdamW state). Each rank takes its share of every mini-batch (whole prompts with their groups, so
+# E1 stays local), E7's divisor counts every rank's tokens, sampling randomness is drawn per response
+# (rollout_uniforms), and the logged metrics are sums over ranks: the same numbers one process would log.
+# Rank 0 alone writes files and prints. In one process every helper here does nothing. A first reading skips this.
+
+
+def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment (NCCL on CUDA, gloo on CPU); (0, 1, --device)
+    without it."""
+    if "WORLD_SIZE" not in os.environ:
+        if cfg.fsdp:
+            fail("--fsdp shards the model across torchrun's ranks: launch with torchrun --nproc_per_node N sdpg.py …")
+        return 0, 1, resolve_device(cfg.device)
+    import torch.distributed as dist
+
+    world, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    for flag in ("batch_size", "mini_batch_size"):  # whole prompts per rank, in every mini-batch
+        if getattr(cfg, flag) % world:
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be divisible by the {world} ranks")
+    if cfg.lora_rank and cfg.fsdp:
+        fail("--lora-rank with --fsdp is not supported: drop --fsdp (DDP replicates only the small adapter's "
+             "gradients and optimizer state)")
+    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")  # LOCAL_RANK: this machine's GPU
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), world, device  # the global rank (RANK), not LOCAL_RANK, decides who writes
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank_of() -> int:
+    return torch.distributed.get_rank() if distributed() else int(os.environ.get("RANK", 0))  # RANK: torchrun's
+
+
+def barrier():
+    if distributed():
+        torch.distributed.barrier()
+
+
+def on_rank_zero(function, *args):
+    """function(*args) on rank 0, its result (or its one-line failure) shared with every rank."""
+    if not distributed():
+        return function(*args)
+    outcome = [None]
+    if rank_of() == 0:
+        try:
+            outcome = [("ok", function(*args))]
+        except SystemExit as error:
+            outcome = [("failed", str(error))]
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    if outcome[0][0] == "failed":
+        raise SystemExit(outcome[0][1] if rank_of() == 0 else 1)  # one error line, from rank 0
+    return outcome[0][1]
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (E7's token count); the value itself in one process."""
+    if distributed():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+    return value
+
+
+def all_reduce_sums(totals: dict) -> dict:
+    """A step's counts and loss sums, added over ranks in one collective: what one process would have summed."""
+    values = all_reduce_sum(torch.tensor(list(totals.values()), dtype=torch.float64, device=collective_device()))
+    return dict(zip(totals, values.tolist()))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is true on any (a stop signal): all ranks then stop at the same safe point."""
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=collective_device())).item())
+
+
+def collective_device() -> torch.device:
+    is_nccl = distributed() and torch.distributed.get_backend() == "nccl"
+    return torch.device("cuda", torch.cuda.current_device()) if is_nccl else torch.device("cpu")
+
+
+def rank_share(prompts: list, cfg: Config, rank: int, world: int) -> list:
+    """This rank's slice of every mini-batch: whole prompts (their groups stay together), in step order."""
+    share = cfg.mini_batch_size // world
+    return [prompt for start in range(0, len(prompts), cfg.mini_batch_size)
+            for prompt in prompts[start + rank * share:start + (rank + 1) * share]]
+
+
+def distribute(model, reference, cfg: Config, world: int):
+    """(model to train, reference) under torchrun: DDP around the model, or FSDP2 over each decoder layer and the
+    root of both the model and π_ref's copy. Unchanged in one process."""
+    if not distributed():
+        return model, reference
+    device = next(model.parameters()).device
+    if not cfg.fsdp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # broadcast_buffers=False: the buffers (rotary tables) are constants, and a collective in every forward
+        # would hang the ranks whose gate skips a teacher forward
+        import inspect
+
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch ≥ 2.13
+        no_buffer_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       **no_buffer_sync), reference
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    import warnings
+
+    # our forward returns hidden states that are a view; nothing writes into them in place, which is what it warns of
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(device.type, (world,))  # on "cpu" for gloo, even on a machine with GPUs
+    for module in [model] + ([reference[0]] if reference is not None and reference[0] is not model else []):
+        for layer in [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(module, mesh=mesh)  # the root: embeddings, final norm and (tied) lm_head
+    return model, reference
+
+
+def unwrap(model):
+    return getattr(model, "module", model)  # DDP keeps the model in .module; FSDP2 changes it in place
+
+
+def full_tensor(value):
+    return value.full_tensor() if hasattr(value, "full_tensor") else value  # FSDP2's gradient norm is a DTensor
+
+
+def sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model):
+    """FSDP2: every rank's shards gathered into full weights on rank 0's CPU (a collective); None otherwise."""
+    if not sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if getattr(model.config, "tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)  # gathered twice when tied; from_pretrained ties it again
+    return weights
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    """AdamW's state as one dict: FSDP2's shards gathered on rank 0's CPU (so a resume may use another number of
+    ranks); the state itself otherwise (DDP's is the same on every rank)."""
+    if not sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                               cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state: dict):
+    if not sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model):
+    """FSDP2: every decoder layer's weights gathered once for the whole generate() call instead of once per token
+    (the root's stay gathered anyway); yields whether generate must keep the ranks in step (synced_gpus)."""
+    layers = [m for m in model.modules() if m is not model and sharded(m)] if sharded(model) else []
+    if not sharded(model):
+        yield False
+        return
+    for layer in layers:
+        layer.unshard()
+        layer.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield True
+    finally:
+        for layer in layers:
+            layer.set_reshard_after_forward(True, recurse=False)
+            layer.reshard()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1882,6 +1882,135 @@ def test_lora_without_peft_is_one_line(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
+# Several processes: torchrun with DDP and FSDP2 on the CPU (gloo), against one process
+
+LAUNCHER = """import sys
+sys.path.insert(0, {here!r})
+import sdpg
+# rewards that depend on the sampled text, so E1, E2 and the gate act even on a random model
+sdpg.verify = lambda completion, answer, strict=False: float(len(completion) % 3 == 0)
+sdpg.main(sdpg.parse_config(sys.argv[1:]))
+"""
+DISTRIBUTED = ("--model", "tiny", "--batch-size", "4", "--group-size", "4", "--mini-batch-size", "2", "--max-new-tokens",
+               "12", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0", "--beta-decay-steps", "0", "--alpha", "0.1",
+               "--lr", "1e-3", "--warmup-steps", "0", "--save-every", "1")
+
+
+def launcher(tmp_path) -> str:
+    path = tmp_path / "launch.py"
+    path.write_text(LAUNCHER.format(here=HERE))
+    return str(path)
+
+
+def launch(tmp_path, args, nproc=2, torchrun_flags=("--standalone",), wait=True):
+    """`torchrun … launch.py args` (nproc 0: plain python, one process), offline, one thread per rank."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = ([sys.executable, launcher(tmp_path)] if nproc == 0 else
+               [sys.executable, "-m", "torch.distributed.run", *torchrun_flags, "--nproc_per_node", str(nproc),
+                launcher(tmp_path)])
+    process = subprocess.Popen(command + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    return out, err
+
+
+def final_weights(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder / "final").state_dict()
+
+
+def same_run(tmp_path, name, reference, steps):
+    """metrics.jsonl and final/ of tmp_path/name equal those of the one-process reference run."""
+    records = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+    expected = [json.loads(line) for line in open(tmp_path / reference / "metrics.jsonl")]
+    assert [r["step"] for r in records] == list(range(steps))
+    assert [r["reward"] for r in records] == [r["reward"] for r in expected]  # the same rollouts
+    assert len({r["reward"] for r in expected}) > 1 or expected[0]["reward"] > 0  # E1 and E2 had something to do
+    for key in ("loss", "pg_loss", "opd_kl", "ref_kl", "entropy", "grad_norm", "response_len", "clip_frac"):
+        assert [r[key] for r in records] == pytest.approx([r[key] for r in expected], rel=1e-5, abs=1e-7), key
+    ours, theirs = final_weights(tmp_path / name), final_weights(tmp_path / reference)
+    initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
+    for key in theirs:  # fp32: reductions in another order; Adam's 1/√v turns that noise into ~1e-6 of the weights
+        difference, update = (ours[key] - theirs[key]).norm(), (theirs[key] - initial[key]).norm()
+        assert difference <= 1e-5 * theirs[key].norm() and difference <= 1e-4 * update + 1e-7, (key, difference, update)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """The reference: 6 steps of the launcher in one plain process."""
+    folder = tmp_path_factory.mktemp("one")
+    launch(folder, DISTRIBUTED + ("--steps", "6", "--output-dir", str(folder / "run")), nproc=0)
+    return folder / "run"
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_ranks_interrupted_and_resumed_train_the_same_run_as_one_process(tmp_path, one_process_run, engine):
+    """torchrun --nproc_per_node 2 (gloo) with DDP and with FSDP2, two updates per step: SIGTERM to torchrun stops
+    every rank at one step with one checkpoint and one resume line (the torchrun command); resumed, the run has the
+    same rewards per step, metrics and final weights as one process. config.json records the world size."""
+    shutil.copytree(one_process_run, tmp_path / "one")
+    flags = DISTRIBUTED + ("--steps", "6", "--output-dir", str(tmp_path / "run")) + (("--fsdp",) if engine == "fsdp"
+                                                                                      else ())
+    process = launch(tmp_path, flags, wait=False)
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").is_file() or not (tmp_path / "run" / "metrics.jsonl").read_text():
+        assert time.time() < deadline and process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.startswith("interrupted at step")]
+    assert process.returncode != 0 and len(lines) == 1, err[-3000:]
+    assert re.fullmatch(r"interrupted at step \d+; resume with: torchrun --standalone --nproc_per_node 2 sdpg\.py .*"
+                        r"--resume", lines[0]), lines[0]
+    assert len(sdpg.resumable_checkpoints(str(tmp_path / "run"))) >= 1
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["world_size"] == 2 and config["fsdp"] == (engine == "fsdp")
+    launch(tmp_path, flags + ("--resume",))
+    same_run(tmp_path, "run", "one", 6)
+
+
+def test_two_nodes_on_this_machine_train_the_same_run_as_one_process(tmp_path, one_process_run):
+    """Two torchrun launches with --nnodes 2 (c10d rendezvous on localhost), one rank each: what catches LOCAL_RANK
+    used where the global RANK is meant (both ranks have LOCAL_RANK 0)."""
+    import socket
+
+    shutil.copytree(one_process_run, tmp_path / "one")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = DISTRIBUTED + ("--steps", "6", "--output-dir", str(tmp_path / "run"))
+    nodes = [launch(tmp_path, flags, nproc=1, wait=False, torchrun_flags=(
+        "--nnodes", "2", "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-id", "sdpg-test",
+        "--rdzv-endpoint", f"127.0.0.1:{port}")) for node in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    same_run(tmp_path, "run", "one", 6)
+
+
+def test_lora_on_two_ranks_trains_the_same_run_as_one_process(tmp_path):
+    pytest.importorskip("peft")
+    flags = DISTRIBUTED + ("--steps", "2", "--lora-rank", "4", "--lr", "1e-2")
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "one")), nproc=0)
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "two")))
+    same_run(tmp_path, "two", "one", 2)
+    assert (tmp_path / "two" / "final" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--batch-size", "3",
+                             "--output-dir", str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and errors == ["error: --batch-size 3 must be divisible by the 2 ranks"], errors
+
+
+# ----------------------------------------------------------------------------------------------
 # Teaching kit: teaching/make_assignment.py and teaching/grade.py
 
 TAGS = ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
