@@ -22,8 +22,9 @@ z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`,  1[A
 
 Reading order: the paper path first (config, data, verifier, rollouts, log-probs, E1–E7, then `rollout`,
 `update` and `main` = E8). A reader who stops at `main` has read the whole algorithm. Appendices follow:
-A MATH-style answer equivalence, B E3's gradient written by hand, C runs that survive, D input checks and
-model loading. Each says what it is for; a first reading skips them.
+A the verifier's rules and MATH-style equivalence, B memory and speed (E3's gradient by hand, micro-batches),
+C runs that survive, D input checks, data and models (LoRA), E several processes (torchrun, DDP, FSDP2). Each
+says what it is for; a first reading skips them.
 
 Where this file departs from the paper (docs/implementation.md, `# [impl]` where they happen):
   - no dynamic sampling and no overlong penalty (as the authors' shipped code);
@@ -416,18 +417,6 @@ def inverse_cdf_sampler(temperature: float, uniforms=None):
     return sample
 
 
-def rollout_uniforms(seed: int, step: int, response_ids: torch.Tensor, responses_in_step: int, prompt_width: int):
-    """The sampler's uniforms drawn per response, not per process: token t of the step's response i gets number i of
-    a stream seeded by (seed, step, t). So rollouts are the same however the step's prompts are split across ranks
-    (and a resumed run needs no RNG state for them)."""
-    def uniforms(input_ids):
-        token = input_ids.shape[1] - prompt_width
-        # a tuple of ints hashes the same in every process (string hashing is what PYTHONHASHSEED randomises)
-        generator = torch.Generator().manual_seed(hash((seed, step, token)) % 2**63)
-        return torch.rand(responses_in_step, generator=generator, dtype=torch.float64)[response_ids][:, None]
-    return uniforms
-
-
 @torch.no_grad()
 def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast,
                      uniforms=None):
@@ -548,15 +537,6 @@ def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, re
             logp, kl, entropy = (out.masked_scatter(positions, value) for out, value in zip((logp, kl, entropy), stats))
     outputs = (logp, kl if teacher_ids is not None else None)
     return outputs + (entropy,) if with_entropy else outputs
-
-
-def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the columns that are padding in every row (left-padded prompts, right-padded responses)."""
-    used = mask.any(dim=0).nonzero().squeeze(-1)
-    if len(used) == 0:
-        return ids[:, :0], mask[:, :0]
-    keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
-    return ids[:, keep], mask[:, keep]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -759,45 +739,6 @@ def micro_batch_loss(model, micro: dict, cfg: Config, beta: float, num_tokens, a
     return loss, dict(sums, entropy=entropy.detach().sum())
 
 
-def micro_batches(batch: dict, indices: list[int], size: int):
-    """Slices of a mini-batch with the columns that are padding in every row trimmed away."""
-    for start in range(0, len(indices), size):
-        rows = torch.tensor(indices[start:start + size])
-        micro = {key: value[rows.to(value.device)] for key, value in batch.items()}
-        for ids, mask, side in (("prompt_ids", "prompt_mask", "left"), ("teacher_ids", "teacher_mask", "left"),
-                                ("response_ids", "response_mask", "right")):
-            micro[ids], micro[mask] = trim_padding(micro[ids], micro[mask], side)
-        for key in ("old_logp", "ref_logp"):  # per-token columns follow the response's trim
-            if key in micro:
-                micro[key] = micro[key][:, :micro["response_ids"].shape[1]]
-        yield micro
-
-
-@torch.no_grad()
-def sampled_logp(policy, batch: dict, cfg: Config, autocast) -> torch.Tensor:
-    """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
-    width, pieces = batch["response_ids"].shape[1], []
-    for micro in micro_batches(batch, list(range(len(batch["response_ids"]))), cfg.micro_batch_size):
-        with autocast:
-            logp, _ = response_stats(policy, micro["prompt_ids"], micro["prompt_mask"], None, None,
-                                     micro["response_ids"], micro["response_mask"], cfg.temperature,
-                                     cfg.logits_chunk_size)
-        pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
-    return torch.cat(pieces)
-
-
-def load_policy(cfg: Config, resume_from: str | None):
-    """(model, adapter, tokenizer) for π_θ. Full fine-tuning: the model of --model, or of the checkpoint resumed.
-    LoRA: the base of --model (never a checkpoint: it is π_ref) with a fresh adapter or the checkpoint's. `model` is
-    the plain transformers model every function here takes (peft injects its layers in place); `adapter` is peft's
-    wrapper, None without LoRA, kept for switching the adapter off (π_ref), saving and merging (Appendix D)."""
-    if not cfg.lora_rank:
-        model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
-        return model, None, tokenizer
-    model, tokenizer = load_model(cfg.model, cfg.seed)
-    return model, attach_lora(model, cfg, resume_from), tokenizer
-
-
 def reference_policy(cfg: Config, model, adapter, resume_from: str | None, device):
     """π_ref for E6 as (policy, context to score it in); None when α = 0. Full fine-tuning: a frozen copy of the
     initial weights (on resume reloaded from --model, never from the checkpoint). LoRA: the base weights never
@@ -813,24 +754,6 @@ def reference_policy(cfg: Config, model, adapter, resume_from: str | None, devic
 def learning_rate(step: int, cfg: Config) -> float:
     """Linear warmup over --warmup-steps, then constant (the authors' schedule)."""
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
-
-
-def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, lr: float, cfg: Config) -> dict:
-    """One line of metrics.jsonl (docs/metrics.md) from the step's totals (rollout's counts and update's sums, over
-    every rank): means over every response token of the step. A term the step does not compute (E3 when β = 0, E6
-    when α = 0) is null, never a measured 0."""
-    tokens, responses = totals["tokens"], totals["responses"]
-    distilled = beta > 0 and totals["gate_tokens"] > 0
-    return dict(step=step, reward=totals["reward"] / responses, format_rate=totals["formatted"] / responses,
-                frac_zero_std=totals["zero_std_groups"] / totals["groups"], loss=totals["loss"] / tokens,
-                pg_loss=totals["pg_loss"] / tokens,
-                opd_kl=totals["opd_kl"] / totals["gate_tokens"] if distilled else None,
-                ref_kl=totals["ref_kl"] / tokens if cfg.alpha > 0 else None, entropy=totals["entropy"] / tokens,
-                response_len=totals["response_tokens"] / responses, truncated_frac=totals["truncated"] / responses,
-                beta=beta, lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), clip_frac=totals["clip_frac"] / tokens,
-                dual_clip_frac=totals["dual_clip_frac"] / tokens,
-                gate_frac=totals["gate_tokens"] / tokens if beta > 0 else None,
-                verifier_errors=int(totals["verifier_errors"]))
 
 
 def main(cfg: Config) -> list[dict]:
@@ -1216,9 +1139,10 @@ def _function(name, tokens, shift, depth):
 
 
 # ==============================================================================================
-# Appendix B — memory and speed: E3's gradient written by hand, decoder-layer recompute
+# Appendix B — memory and speed: E3's gradient written by hand, layer recompute, micro-batches
 #
-# What it is for: memory and speed. The default path (--logits-chunk-size 128) projects 128 response positions
+# What it is for: memory and speed (micro-batches with their padding trimmed, scoring passes without gradient,
+# decoder-layer recompute, and the chunked vocabulary projection). The default path (--logits-chunk-size 128) projects 128 response positions
 # at a time and keeps nothing V-sized for backward, so (B, T, V) logits never exist; its backward writes the
 # gradient of log π_θ(y_t) and of E3 directly instead of autograd's chain through log_softmax, exp, sub, mul and
 # sum. The forward values come from the paper path's own functions (token_stats → tempered_log_softmax,
@@ -1240,6 +1164,42 @@ def set_layer_recompute(model, enabled: bool):
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = enabled
+
+
+def micro_batches(batch: dict, indices: list[int], size: int):
+    """Slices of a mini-batch with the columns that are padding in every row trimmed away."""
+    for start in range(0, len(indices), size):
+        rows = torch.tensor(indices[start:start + size])
+        micro = {key: value[rows.to(value.device)] for key, value in batch.items()}
+        for ids, mask, side in (("prompt_ids", "prompt_mask", "left"), ("teacher_ids", "teacher_mask", "left"),
+                                ("response_ids", "response_mask", "right")):
+            micro[ids], micro[mask] = trim_padding(micro[ids], micro[mask], side)
+        for key in ("old_logp", "ref_logp"):  # per-token columns follow the response's trim
+            if key in micro:
+                micro[key] = micro[key][:, :micro["response_ids"].shape[1]]
+        yield micro
+
+
+@torch.no_grad()
+def sampled_logp(policy, batch: dict, cfg: Config, autocast) -> torch.Tensor:
+    """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
+    width, pieces = batch["response_ids"].shape[1], []
+    for micro in micro_batches(batch, list(range(len(batch["response_ids"]))), cfg.micro_batch_size):
+        with autocast:
+            logp, _ = response_stats(policy, micro["prompt_ids"], micro["prompt_mask"], None, None,
+                                     micro["response_ids"], micro["response_mask"], cfg.temperature,
+                                     cfg.logits_chunk_size)
+        pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
+    return torch.cat(pieces)
+
+
+def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the columns that are padding in every row (left-padded prompts, right-padded responses)."""
+    used = mask.any(dim=0).nonzero().squeeze(-1)
+    if len(used) == 0:
+        return ids[:, :0], mask[:, :0]
+    keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
+    return ids[:, keep], mask[:, keep]
 
 
 def chunked_token_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
@@ -1321,7 +1281,7 @@ def _log_normalizer(logits, tokens, token_logp, temperature):
 
 
 # ==============================================================================================
-# Appendix C — runs that survive: checkpoints, resume, interrupts, the start and end lines
+# Appendix C — runs that survive: checkpoints, resume, interrupts, the log line, the start and end lines
 #
 # What it is for: a run is never lost and never silently overwritten. Resume continues exactly (optimizer, data
 # order and every RNG restored), Ctrl-C or SIGTERM stop at the end of a step with a resumable checkpoint.
@@ -1476,6 +1436,24 @@ def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list
     return run
 
 
+def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, lr: float, cfg: Config) -> dict:
+    """One line of metrics.jsonl (docs/metrics.md) from the step's totals (rollout's counts and update's sums, over
+    every rank): means over every response token of the step. A term the step does not compute (E3 when β = 0, E6
+    when α = 0) is null, never a measured 0."""
+    tokens, responses = totals["tokens"], totals["responses"]
+    distilled = beta > 0 and totals["gate_tokens"] > 0
+    return dict(step=step, reward=totals["reward"] / responses, format_rate=totals["formatted"] / responses,
+                frac_zero_std=totals["zero_std_groups"] / totals["groups"], loss=totals["loss"] / tokens,
+                pg_loss=totals["pg_loss"] / tokens,
+                opd_kl=totals["opd_kl"] / totals["gate_tokens"] if distilled else None,
+                ref_kl=totals["ref_kl"] / tokens if cfg.alpha > 0 else None, entropy=totals["entropy"] / tokens,
+                response_len=totals["response_tokens"] / responses, truncated_frac=totals["truncated"] / responses,
+                beta=beta, lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), clip_frac=totals["clip_frac"] / tokens,
+                dual_clip_frac=totals["dual_clip_frac"] / tokens,
+                gate_frac=totals["gate_tokens"] / tokens if beta > 0 else None,
+                verifier_errors=int(totals["verifier_errors"]))
+
+
 def log_step(record: dict, run: dict, progress):
     """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl (rank 0)."""
     run["history"].append(record)
@@ -1573,7 +1551,7 @@ def stop_at_step_end(rank: int = 0):
 
 
 # ==============================================================================================
-# Appendix D — input checks, devices, datasets and models from outside
+# Appendix D — input checks, devices, datasets and models from outside, LoRA adapters
 #
 # What it is for: bad input ends in one line that names the problem and the fix, never a traceback from deep
 # inside a library, and never silently wrong training. A first reading skips this appendix.
@@ -1807,6 +1785,18 @@ def format_field(value) -> str:
     return str(value).strip()
 
 
+def load_policy(cfg: Config, resume_from: str | None):
+    """(model, adapter, tokenizer) for π_θ. Full fine-tuning: the model of --model, or of the checkpoint resumed.
+    LoRA: the base of --model (never a checkpoint: it is π_ref) with a fresh adapter or the checkpoint's. `model` is
+    the plain transformers model every function here takes (peft injects its layers in place); `adapter` is peft's
+    wrapper, None without LoRA, kept for switching the adapter off (π_ref), saving and merging (Appendix D)."""
+    if not cfg.lora_rank:
+        model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
+        return model, None, tokenizer
+    model, tokenizer = load_model(cfg.model, cfg.seed)
+    return model, attach_lora(model, cfg, resume_from), tokenizer
+
+
 def attach_lora(model, cfg: Config, resume_from: str | None):
     """peft's LoRA on every linear layer of the decoder (not the output layer), injected into `model` in place: a
     fresh adapter (B = 0, so training starts at the base model), or the adapter of the checkpoint resumed."""
@@ -1862,6 +1852,18 @@ def build_tiny_model(seed: int = 0):
 # E1 stays local), E7's divisor counts every rank's tokens, sampling randomness is drawn per response
 # (rollout_uniforms), and the logged metrics are sums over ranks: the same numbers one process would log.
 # Rank 0 alone writes files and prints. In one process every helper here does nothing. A first reading skips this.
+
+
+def rollout_uniforms(seed: int, step: int, response_ids: torch.Tensor, responses_in_step: int, prompt_width: int):
+    """The sampler's uniforms drawn per response, not per process: token t of the step's response i gets number i of
+    a stream seeded by (seed, step, t). So rollouts are the same however the step's prompts are split across ranks
+    (and a resumed run needs no RNG state for them)."""
+    def uniforms(input_ids):
+        token = input_ids.shape[1] - prompt_width
+        # a tuple of ints hashes the same in every process (string hashing is what PYTHONHASHSEED randomises)
+        generator = torch.Generator().manual_seed(hash((seed, step, token)) % 2**63)
+        return torch.rand(responses_in_step, generator=generator, dtype=torch.float64)[response_ids][:, None]
+    return uniforms
 
 
 def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:

@@ -1030,6 +1030,7 @@ def unpadded_reference(model, prompts, teachers, responses, temperature):
     return logps, kls
 
 
+@pytest.mark.rollouts  # the forward path (hidden states through the model's own forward) on the lowest transformers
 @pytest.mark.parametrize("chunk_size", [0, 4, 1024])
 def test_response_stats_matches_unpadded_one_sequence_forwards(tiny, chunk_size):
     """E3 inputs: batched, left-padded prompts + right-padded responses give the same logp and KL
@@ -1102,7 +1103,8 @@ def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_back
             model.zero_grad()
             logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
             (logp.sum() + kl.sum()).backward()
-            rows_per_call = [out.reshape(-1, out.shape[-1]).shape[0] for out in projections]
+            # the model's own forward projects no position (logits_to_keep is empty): only our chunks count
+            rows_per_call = [rows for out in projections if (rows := out.reshape(-1, out.shape[-1]).shape[0])]
             results[chunk_size, recompute] = (rows_per_call, [p.grad.clone() for p in model.parameters()])
     finally:
         sdpg.set_layer_recompute(model, False)
@@ -1936,7 +1938,7 @@ def same_run(tmp_path, name, reference, steps):
     initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
     for key in theirs:  # fp32: reductions in another order; Adam's 1/√v turns that noise into ~1e-6 of the weights
         difference, update = (ours[key] - theirs[key]).norm(), (theirs[key] - initial[key]).norm()
-        assert difference <= 1e-5 * theirs[key].norm() and difference <= 1e-4 * update + 1e-7, (key, difference, update)
+        assert difference <= 1e-5 * theirs[key].norm() + 2e-6 and difference <= 1e-4 * update + 2e-6, (key, difference)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ Uses ../shared/qwen2.5-0.5b-instruct/ (Qwen's config.json, tokenizer and generat
 there, else the same numbers typed in below with the byte-level tokenizer of `tiny` (prompts then differ in length).
 
   python benchmarks/qwen_step.py                 # fp32 weights + AdamW, as sdpg.py trains
+  python benchmarks/qwen_step.py --lora-rank 16  # a LoRA adapter instead: π_ref is the base, no copy
   python benchmarks/qwen_step.py --device cuda   # bf16 autocast on a GPU
+  torchrun --standalone --nproc_per_node 2 benchmarks/qwen_step.py --layers 12 [--fsdp]   # per-rank peak, DDP/FSDP2
 """
 
 import argparse
@@ -45,7 +47,11 @@ def main():
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--micro-batch-size", type=int, default=sdpg.Config.micro_batch_size)
+    parser.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank (needs peft)")
+    parser.add_argument("--layers", type=int, default=0, help="keep only this many decoder layers (0: all 24)")
+    parser.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     args = parser.parse_args()
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun one prompt per rank
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     work = tempfile.mkdtemp()
@@ -59,6 +65,11 @@ def main():
         _, tokenizer = sdpg.build_tiny_model()  # byte-level: prompt ids are < 259, the model has V = 151 936
         model = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0]))
         source = "typed-in config, byte-level tokenizer (../shared not found)"
+    if args.layers:
+        model.model.layers = model.model.layers[:args.layers]
+        model.config.num_hidden_layers = args.layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:args.layers]
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M ({source})")
     sdpg.save_checkpoint(model, tokenizer, os.path.join(work, "model"))
     del model
@@ -71,15 +82,19 @@ def main():
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
-    cfg = sdpg.parse_config(["--model", os.path.join(work, "model"), "--dataset", rows, "--steps", "1", "--batch-size", "1",
-                             "--mini-batch-size", "1", "--group-size", str(args.group_size), "--micro-batch-size",
-                             str(args.micro_batch_size), "--max-new-tokens", str(args.max_new_tokens), "--device", str(device),
-                             "--output-dir", os.path.join(work, "run"), "--no-gate"])  # the teacher on every row
+    cfg = sdpg.parse_config(["--model", os.path.join(work, "model"), "--dataset", rows, "--steps", "1", "--batch-size",
+                             str(world), "--mini-batch-size", str(world), "--group-size", str(args.group_size),
+                             "--micro-batch-size", str(args.micro_batch_size), "--max-new-tokens",
+                             str(args.max_new_tokens), "--device", str(device), "--output-dir",
+                             os.path.join(work, "run"), "--no-gate", "--lora-rank", str(args.lora_rank)]
+                            + (["--fsdp"] if args.fsdp else []))  # the teacher on every row
     record = sdpg.main(cfg)[0]
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     kind = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
-    print(f"device={device}: one SDPG step, G={args.group_size}, {record['response_len']:.0f} new tokens, micro-batch "
+    rank = f"rank {os.environ['RANK']} of {world}, {'FSDP2' if args.fsdp else 'DDP'}: " if world > 1 else ""
+    lora = f"LoRA rank {args.lora_rank}, " if args.lora_rank else "full fine-tuning, "
+    print(f"{rank}{lora}device={device}: one SDPG step, G={args.group_size}, {record['response_len']:.0f} new tokens, micro-batch "
           f"{args.micro_batch_size}: {kind} {peak:.2f} GiB; step {record['step_time']:.0f} s "
           f"(run {time.time() - started:.0f} s incl. loading and saving)")
 
