@@ -238,6 +238,10 @@ def parse_args(argv=None):
 def main(args) -> dict:
     """{model: {dataset: summary}}; prints a metric table per dataset (with the difference for two models) and the
     paper's table."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # problems are independent: processes need not talk
+        fail("eval.py runs as one process; to use several GPUs run one per dataset or model, e.g. "
+             "CUDA_VISIBLE_DEVICES=0 python eval.py --dataset aime24 … & CUDA_VISIBLE_DEVICES=1 python eval.py "
+             "--dataset aime25 …")
     if args.plot:
         print(plot_runs(args.plot, args.plot_output))
         return {}

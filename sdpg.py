@@ -1142,11 +1142,12 @@ def _function(name, tokens, shift, depth):
 # Appendix B — memory and speed: E3's gradient written by hand, layer recompute, micro-batches
 #
 # What it is for: memory and speed (micro-batches with their padding trimmed, scoring passes without gradient,
-# decoder-layer recompute, and the chunked vocabulary projection). The default path (--logits-chunk-size 128) projects 128 response positions
-# at a time and keeps nothing V-sized for backward, so (B, T, V) logits never exist; its backward writes the
-# gradient of log π_θ(y_t) and of E3 directly instead of autograd's chain through log_softmax, exp, sub, mul and
-# sum. The forward values come from the paper path's own functions (token_stats → tempered_log_softmax,
-# reverse_kl); tests hold the gradient to autograd through them, in float64 and by finite differences.
+# decoder-layer recompute, and the chunked vocabulary projection). The default path (--logits-chunk-size 128)
+# projects 128 response positions at a time and keeps nothing V-sized for backward, so (B, T, V) logits never
+# exist; its backward writes the gradient of log π_θ(y_t) and of E3 directly instead of autograd's chain through
+# log_softmax, exp, sub, mul and sum. The forward values come from the paper path's own functions (token_stats →
+# tempered_log_softmax, reverse_kl); tests hold the gradient to autograd through them, in float64 and by finite
+# differences.
 # A first reading skips this appendix.
 
 
@@ -1886,7 +1887,11 @@ def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")  # LOCAL_RANK: this machine's GPU
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    import datetime
+
+    # a rank that dies must not leave the others waiting forever in a collective: they fail after this timeout (and
+    # torchrun stops the rest); long enough for a step's rollouts, which hold no collective under DDP
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     return dist.get_rank(), world, device  # the global rank (RANK), not LOCAL_RANK, decides who writes
 
 

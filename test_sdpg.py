@@ -1952,8 +1952,9 @@ def one_process_run(tmp_path_factory):
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_two_ranks_interrupted_and_resumed_train_the_same_run_as_one_process(tmp_path, one_process_run, engine):
     """torchrun --nproc_per_node 2 (gloo) with DDP and with FSDP2, two updates per step: SIGTERM to torchrun stops
-    every rank at one step with one checkpoint and one resume line (the torchrun command); resumed, the run has the
-    same rewards per step, metrics and final weights as one process. config.json records the world size."""
+    every rank at one step with one checkpoint and one resume line (the torchrun command); resumed (FSDP2: on one
+    rank), the run has the same rewards per step, metrics and final weights as one process. config.json records
+    the world size."""
     shutil.copytree(one_process_run, tmp_path / "one")
     flags = DISTRIBUTED + ("--steps", "6", "--output-dir", str(tmp_path / "run")) + (("--fsdp",) if engine == "fsdp"
                                                                                       else ())
@@ -1971,7 +1972,8 @@ def test_two_ranks_interrupted_and_resumed_train_the_same_run_as_one_process(tmp
     assert len(sdpg.resumable_checkpoints(str(tmp_path / "run"))) >= 1
     config = json.load(open(tmp_path / "run" / "config.json"))
     assert config["world_size"] == 2 and config["fsdp"] == (engine == "fsdp")
-    launch(tmp_path, flags + ("--resume",))
+    # resumed with another number of ranks (FSDP2: one), which the run does not depend on
+    launch(tmp_path, flags + ("--resume",), nproc=1 if engine == "fsdp" else 2)
     same_run(tmp_path, "run", "one", 6)
 
 
@@ -2001,6 +2003,12 @@ def test_lora_on_two_ranks_trains_the_same_run_as_one_process(tmp_path):
     launch(tmp_path, flags + ("--output-dir", str(tmp_path / "two")))
     same_run(tmp_path, "two", "one", 2)
     assert (tmp_path / "two" / "final" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_eval_under_torchrun_says_to_run_one_process_per_gpu(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="eval.py runs as one process; to use several GPUs run one per dataset"):
+        evaluation.main(evaluation.parse_args(["--model", "tiny", "--dataset", "arithmetic"]))
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(tmp_path):

@@ -69,7 +69,8 @@ def ours(args, beta, alpha, output_dir, gate="0 %"):
     history = sdpg.main(cfg)[1:]
     return (statistics.median(r["step_time"] for r in history),
             statistics.median(r["step_time"] - r["rollout_time"] for r in history),
-            statistics.mean(r["response_len"] for r in history), statistics.mean(r["gate_frac"] for r in history))
+            statistics.mean(r["response_len"] for r in history),
+            statistics.mean(r["gate_frac"] or 0.0 for r in history))  # null where β = 0: no E3
 
 
 def trl_run(args, kind, output_dir):
