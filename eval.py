@@ -57,7 +57,8 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=512, b
         truncated = sdpg.truncated_responses(response_ids, eos_ids).tolist()
         answers = [row["answer"] for row in batch for _ in range(n)]
         correct, errors = sdpg.score_responses(completions, answers, truncated, strict)
-        strict_correct, _ = sdpg.score_responses(completions, answers, truncated, strict=True)
+        # graded again only when it differs (and a verifier error is then counted once, from the first pass)
+        strict_correct = correct if strict else sdpg.score_responses(completions, answers, truncated, strict=True)[0]
         verifier_errors += errors
         lengths += response_mask.sum(dim=1).tolist()
         for i, row in enumerate(batch):

@@ -528,7 +528,7 @@ def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, re
             ids, mask = trim_padding(teacher_ids[taught], teacher_mask[taught], "left")
             teacher_hidden = _response_hidden(model, ids, mask, response_ids[taught],
                                               response_mask[taught])[valid[taught]]  # (M, H)
-    lm_head = getattr(model, "module", model).get_output_embeddings()  # DDP keeps the model in .module
+    lm_head = unwrap(model).get_output_embeddings()  # Appendix E: a DDP wrapper has no lm_head of its own
     logp, kl, entropy = (torch.zeros(valid.shape, dtype=torch.float32, device=valid.device) for _ in range(3))
     for positions, teacher in ((valid & taught[:, None], teacher_hidden), (valid & ~taught[:, None], None)):
         if positions.any():  # row-major order on both sides, so position i of `hidden[positions]` is `teacher[i]`
@@ -660,7 +660,7 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     view, verifier rewards, advantages (E1), and the no-gradient log-probs (π_old when several updates share the
     batch, π_ref when α > 0). Returns (batch, info): the tensors `update` needs, one row per response, and the
     step's counts for its log line (sums, so that ranks add them up)."""
-    plain = getattr(model, "module", model)  # generate with the model itself, not a DDP wrapper
+    plain = unwrap(model)  # generate with the model itself, not a DDP wrapper (Appendix E)
     device, started = next(plain.parameters()).device, time.time()
     eos_ids, pad_id = eos_token_ids(plain, tokenizer), tokenizer.pad_token_id
     per_sequence = [row for _, row in prompts for _ in range(cfg.group_size)]  # groups contiguous
@@ -773,7 +773,7 @@ def main(cfg: Config) -> list[dict]:
     model, reference = distribute(model, reference, cfg, world)  # Appendix E: DDP or FSDP2 under torchrun
     trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = start_run(cfg, model, optimizer, resume_from, rows, device, rank, world)  # Appendix C
+    run = start_run(cfg, model, optimizer, resume_from, rows, device, world)  # Appendix C
     windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
 
     with stop_at_step_end(rank) as stop_signal:
@@ -796,7 +796,7 @@ def main(cfg: Config) -> list[dict]:
             if stop:
                 stop_run(cfg, progress, stop_signal[0] if stop_signal else signal.SIGTERM, step + 1, world)
     save_final(model, adapter, tokenizer, cfg)  # Appendix C
-    announce_end(cfg, world)
+    announce_end(cfg)
     return run["history"]
 
 
@@ -1406,11 +1406,11 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
-def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list[dict], device, rank: int = 0,
+def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list[dict], device,
               world: int = 1) -> dict:
     """The run's state — step, data order, shuffler, metrics so far — fresh, or restored from `resume_from` with
     the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept (rank 0)."""
-    run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[], rank=rank,
+    run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[],
                metrics_path=os.path.join(cfg.output_dir, "metrics.jsonl"))
     if resume_from:
         state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)
@@ -1419,7 +1419,7 @@ def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list
         run["shuffler"].setstate(state["shuffler"])
         set_rng_states(state["rng"])
         run["history"] = [r for r in read_metrics(run["metrics_path"]) if r["step"] < run["step"]]  # later: redone
-    if rank > 0:
+    if rank_of() > 0:
         return run
     if not resume_from:
         with open(os.path.join(cfg.output_dir, "config.json"), "w", encoding="utf-8") as f:
@@ -1458,7 +1458,7 @@ def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, l
 def log_step(record: dict, run: dict, progress):
     """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl (rank 0)."""
     run["history"].append(record)
-    if run.get("rank", 0) > 0:
+    if rank_of() > 0:
         return
     with open(run["metrics_path"], "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -1473,7 +1473,7 @@ def save_resumable(model, adapter, tokenizer, optimizer, run: dict, step: int, c
     weights = full_state_dict(model) if adapter is None else None  # Appendix E: None when nothing is sharded
     state = dict(step=step, optimizer=full_optimizer_state(model, optimizer), order=run["order"],
                  shuffler=run["shuffler"].getstate(), rng=rng_states())
-    if run.get("rank", 0) == 0:
+    if rank_of() == 0:
         save_checkpoint(unwrap(model), tokenizer, os.path.join(cfg.output_dir, f"step_{step}"), state,
                         adapter=adapter, state_dict=weights)
         for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
@@ -1493,10 +1493,9 @@ def save_final(model, adapter, tokenizer, cfg: Config):
 
 def resume_command(cfg: Config, world: int = 1) -> str:
     """The command line that continues this run: every flag that differs from its default, plus --resume."""
-    words = ["python", "sdpg.py"] if world == 1 else ["torchrun", "--nproc_per_node",
-                                                      os.environ.get("LOCAL_WORLD_SIZE", str(world)), "sdpg.py"]
-    if world > 1 and os.environ.get("LOCAL_WORLD_SIZE", str(world)) == str(world):
-        words.insert(1, "--standalone")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # ranks on this machine (torchrun's --nproc_per_node)
+    words = (["python"] if world == 1 else
+             ["torchrun", *(["--standalone"] if local == world else []), "--nproc_per_node", str(local)]) + ["sdpg.py"]
     for field in dataclasses.fields(Config):
         value = getattr(cfg, field.name)
         if field.name not in ("resume", "overwrite") and value != field.default:
@@ -1511,13 +1510,13 @@ def resume_command(cfg: Config, world: int = 1) -> str:
 def stop_run(cfg: Config, progress, signum: int, step: int, world: int = 1):
     progress.close()  # so the bar is not redrawn under the last line
     if rank_of() == 0:
-        several = " (on every node, with the same launch flags)" if world > int(os.environ.get("LOCAL_WORLD_SIZE",
-                                                                                               world)) else ""
+        several_nodes = world > int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        several = " (on every node, with the same launch flags)" if several_nodes else ""
         print(f"interrupted at step {step}; resume with: {resume_command(cfg, world)}{several}", file=sys.stderr)
     raise SystemExit(128 + signum)
 
 
-def announce_end(cfg: Config, world: int = 1):
+def announce_end(cfg: Config):
     if rank_of() > 0:
         return
     final = os.path.join(cfg.output_dir, "final")
@@ -2038,10 +2037,10 @@ def load_optimizer_state(model, optimizer, state: dict):
 def gathered_for_generation(model):
     """FSDP2: every decoder layer's weights gathered once for the whole generate() call instead of once per token
     (the root's stay gathered anyway); yields whether generate must keep the ranks in step (synced_gpus)."""
-    layers = [m for m in model.modules() if m is not model and sharded(m)] if sharded(model) else []
     if not sharded(model):
         yield False
         return
+    layers = [m for m in model.modules() if m is not model and sharded(m)]
     for layer in layers:
         layer.unshard()
         layer.set_reshard_after_forward(False, recurse=False)
