@@ -2069,3 +2069,61 @@ def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_
         (folder / "sdpg.py").write_text(source.replace(stub, body.lstrip()), encoding="utf-8")
         _, lines = grade(folder)
         assert "FAILED" in lines["E3"] and message in lines["E3"], lines["E3"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Seed table: experiments/seed_table.py (the README's mean ± sd over seeds and the difference intervals)
+
+
+def import_seed_table():
+    sys.path.insert(0, os.path.join(HERE, "experiments"))
+    try:
+        import seed_table
+    finally:
+        sys.path.pop(0)
+    return seed_table
+
+
+def test_seed_table_t_quantiles_and_welch_interval_match_textbook_values():
+    seed_table = import_seed_table()
+    for dof, quantile in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)]:  # two-sided 95 % t table
+        assert abs(seed_table.student_t_quantile(0.975, dof) - quantile) < 2e-3, f"t(0.975, {dof})"
+    a, b = [0.90, 0.95, 0.98], [0.86, 0.96, 0.90]
+    difference, low, high = seed_table.welch_interval(a, b)
+    va, vb = 0.0016333 / 3, 0.0025333 / 3  # sample variances by hand, over n
+    dof = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    half = seed_table.student_t_quantile(0.975, dof) * (va + vb) ** 0.5
+    assert difference == pytest.approx(0.036667, abs=1e-5)
+    assert (low, high) == pytest.approx((difference - half, difference + half), abs=1e-4)
+    assert 3.7 < dof < 3.9 and low < 0 < high  # three seeds this close: the interval holds 0
+
+
+def write_fake_run(results, name, greedy, blob="b" * 40, trained_by=True):
+    folder = results / name
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": step, "reward": step / 10, "response_len": 100 - step, "opd_kl": None, "ref_kl": 0.1, "step_time": 60}
+    ) + "\n" for step in range(12)))
+    if trained_by:
+        (folder / "trained_by").write_text(f"commit {'c' * 40} sdpg.py {blob}\n")
+    for key in ("greedy", "mean4-t0.3", "mean4-t1"):
+        (results / f"{name}-{key}.summary.json").write_text(json.dumps(
+            {"accuracy": greedy, "strict_accuracy": greedy / 2, "format_rate": 0.5}))
+
+
+def test_seed_table_groups_seeds_by_arm_and_refuses_runs_of_two_sdpg_versions(tmp_path):
+    seed_table = import_seed_table()
+    for seed, (grpo, sdpg_accuracy) in enumerate([(0.80, 0.90), (0.90, 0.94), (0.85, 0.92)]):
+        write_fake_run(tmp_path, f"grpo-s{seed}", grpo)
+        write_fake_run(tmp_path, f"sdpg-s{seed}", sdpg_accuracy)
+    write_fake_run(tmp_path, "grpo-s7", 0.1, trained_by=False)  # an older run: listed, not compared
+    runs, older = seed_table.read_runs(str(tmp_path))
+    assert sorted(runs) == ["grpo", "sdpg"] and sorted(runs["grpo"]) == [0, 1, 2] and older == ["grpo-s7"]
+    table = seed_table.tables(runs)
+    assert "| grpo | 0, 1, 2 | 0.850 ± 0.050 | 0.425 ± 0.025 |" in table, table
+    difference, low, high = seed_table.welch_interval([0.90, 0.94, 0.92], [0.80, 0.90, 0.85])
+    assert f"| sdpg − grpo | {difference:+.3f} [{low:+.3f}, {high:+.3f}]" in table, table
+    assert "| grpo-s0 | 0.800 | 0.400 |" in seed_table.per_run_table(runs)
+    write_fake_run(tmp_path, "sdpg-s3", 0.5, blob="d" * 40)
+    with pytest.raises(SystemExit, match="different sdpg.py versions: .*sdpg-s3"):
+        seed_table.one_trainer(seed_table.read_runs(str(tmp_path))[0])
