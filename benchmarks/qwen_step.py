@@ -5,7 +5,8 @@ prompt, the paper's teacher context with the worked solution), the default micro
 projection and decoder-layer recompute: the peak memory says what device the default run needs. Random weights
 rarely emit an EOS, so every response runs to the full 512 tokens: the worst case. On CUDA the peak is
 torch.cuda.max_memory_allocated; elsewhere the process's peak resident set (ru_maxrss), which also counts Python,
-torch and the allocator's slack.
+torch and the allocator's slack; the random checkpoint is built in a child process, so building it (about twice
+the weights) is not counted.
 
 Uses ../shared/qwen2.5-0.5b-instruct/ (Qwen's config.json, tokenizer and generation_config.json) when it is
 there, else the same numbers typed in below with the byte-level tokenizer of `tiny` (prompts then differ in length).
@@ -18,6 +19,7 @@ there, else the same numbers typed in below with the byte-level tokenizer of `ti
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import sys
@@ -32,13 +34,36 @@ import torch  # noqa: E402
 import sdpg  # noqa: E402
 
 QWEN = os.path.join(HERE, "..", "..", "shared", "qwen2.5-0.5b-instruct")
-QWEN25_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, max_position_embeddings=32_768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                  tie_word_embeddings=True)  # Qwen2.5-0.5B-Instruct config.json
+QWEN25_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32_768,
+                  rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)  # its config.json
 GSM8K_FIRST = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
                            "May. How many clips did Natalia sell altogether in April and May?",
                "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
                          "altogether in April and May.\n#### 72"}  # GSM8K train, row 0
+
+
+def write_random_checkpoint(path: str, layers: int) -> None:
+    """Qwen2.5-0.5B-Instruct's shape with random weights (cut to `layers` decoder layers if > 0), saved to path."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if os.path.isfile(os.path.join(QWEN, "tokenizer.json")):
+        config, tokenizer = AutoConfig.from_pretrained(QWEN), AutoTokenizer.from_pretrained(QWEN)
+        model = Qwen2ForCausalLM(config)
+        model.generation_config = GenerationConfig.from_pretrained(QWEN)  # Qwen's sampling defaults, which sdpg ignores
+        source = "real Qwen config, tokenizer and generation config"
+    else:
+        _, tokenizer = sdpg.build_tiny_model()  # byte-level: prompt ids are < 259, the model has V = 151 936
+        model = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0]))
+        source = "typed-in config, byte-level tokenizer (../shared not found)"
+    if layers:
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M ({source})", flush=True)
+    sdpg.save_checkpoint(model, tokenizer, path)
 
 
 def main():
@@ -52,27 +77,14 @@ def main():
     parser.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun one prompt per rank
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
     work = tempfile.mkdtemp()
-    torch.manual_seed(0)
-    if os.path.isfile(os.path.join(QWEN, "tokenizer.json")):
-        config, tokenizer = AutoConfig.from_pretrained(QWEN), AutoTokenizer.from_pretrained(QWEN)
-        model = Qwen2ForCausalLM(config)
-        model.generation_config = GenerationConfig.from_pretrained(QWEN)  # Qwen's sampling defaults, which sdpg ignores
-        source = "real Qwen config, tokenizer and generation config"
-    else:
-        _, tokenizer = sdpg.build_tiny_model()  # byte-level: prompt ids are < 259, the model has V = 151 936
-        model = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0]))
-        source = "typed-in config, byte-level tokenizer (../shared not found)"
-    if args.layers:
-        model.model.layers = model.model.layers[:args.layers]
-        model.config.num_hidden_layers = args.layers
-        if getattr(model.config, "layer_types", None):
-            model.config.layer_types = model.config.layer_types[:args.layers]
-    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M ({source})")
-    sdpg.save_checkpoint(model, tokenizer, os.path.join(work, "model"))
-    del model
+    # the random checkpoint is built and saved by a child process: building it costs more memory than loading it
+    # (about 2x the weights), and the parent's peak RSS must be the training run's alone
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(write_random_checkpoint, (os.path.join(work, "model"), args.layers))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(work, "model"))
     rows = os.path.join(work, "rows.jsonl")
     with open(rows, "w") as f:
         f.write(json.dumps(GSM8K_FIRST) + "\n")
@@ -94,8 +106,8 @@ def main():
     kind = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
     rank = f"rank {os.environ['RANK']} of {world}, {'FSDP2' if args.fsdp else 'DDP'}: " if world > 1 else ""
     lora = f"LoRA rank {args.lora_rank}, " if args.lora_rank else "full fine-tuning, "
-    print(f"{rank}{lora}device={device}: one SDPG step, G={args.group_size}, {record['response_len']:.0f} new tokens, micro-batch "
-          f"{args.micro_batch_size}: {kind} {peak:.2f} GiB; step {record['step_time']:.0f} s "
+    print(f"{rank}{lora}device={device}: one SDPG step, G={args.group_size}, {record['response_len']:.0f} new tokens, "
+          f"micro-batch {args.micro_batch_size}: {kind} {peak:.2f} GiB; step {record['step_time']:.0f} s "
           f"(run {time.time() - started:.0f} s incl. loading and saving)")
 
 
