@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank (needs peft)")
     parser.add_argument("--layers", type=int, default=0, help="keep only this many decoder layers (0: all 24)")
     parser.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP2 instead of DDP")
+    parser.add_argument("--steps", type=int, default=1, help="steps to run: from the second on, full fine-tuning also "
+                        "holds AdamW's two moments during the backward (a first step creates them at its end)")
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun one prompt per rank
     work = tempfile.mkdtemp()
@@ -94,20 +96,21 @@ def main():
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
-    cfg = sdpg.parse_config(["--model", os.path.join(work, "model"), "--dataset", rows, "--steps", "1", "--batch-size",
-                             str(world), "--mini-batch-size", str(world), "--group-size", str(args.group_size),
-                             "--micro-batch-size", str(args.micro_batch_size), "--max-new-tokens",
-                             str(args.max_new_tokens), "--device", str(device), "--output-dir",
-                             os.path.join(work, "run"), "--no-gate", "--lora-rank", str(args.lora_rank)]
+    cfg = sdpg.parse_config(["--model", os.path.join(work, "model"), "--dataset", rows, "--steps", str(args.steps),
+                             "--batch-size", str(world), "--mini-batch-size", str(world),
+                             "--group-size", str(args.group_size), "--micro-batch-size", str(args.micro_batch_size),
+                             "--max-new-tokens", str(args.max_new_tokens), "--device", str(device),
+                             "--output-dir", os.path.join(work, "run"), "--no-gate", "--lora-rank", str(args.lora_rank)]
                             + (["--fsdp"] if args.fsdp else []))  # the teacher on every row
-    record = sdpg.main(cfg)[0]
+    record = sdpg.main(cfg)[-1]
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     kind = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
     rank = f"rank {os.environ['RANK']} of {world}, {'FSDP2' if args.fsdp else 'DDP'}: " if world > 1 else ""
     lora = f"LoRA rank {args.lora_rank}, " if args.lora_rank else "full fine-tuning, "
-    print(f"{rank}{lora}device={device}: one SDPG step, G={args.group_size}, {record['response_len']:.0f} new tokens, "
-          f"micro-batch {args.micro_batch_size}: {kind} {peak:.2f} GiB; step {record['step_time']:.0f} s "
+    print(f"{rank}{lora}device={device}: {args.steps} SDPG step(s), G={args.group_size}, "
+          f"{record['response_len']:.0f} new tokens, micro-batch {args.micro_batch_size}: {kind} {peak:.2f} GiB; "
+          f"last step {record['step_time']:.0f} s "
           f"(run {time.time() - started:.0f} s incl. loading and saving)")
 
 

@@ -48,6 +48,7 @@ evaluate() {  # MODEL_PATH NAME
       --batch-size 25 --output "$RUNS/$2-$3.jsonl" "${@:4}" > "$RUNS/$2-$3.eval.log" 2>&1
     cp "$RUNS/$2-$3.jsonl.summary.json" $RESULTS/$2-$3.summary.json
   done
+  cp "$RUNS/$2-greedy.jsonl" $RESULTS/ 2> /dev/null || true  # what the model writes: every greedy answer (~30 KB)
 }
 job() {  # NAME = ARM-sSEED, or smollm2-base (evaluations only)
   name=$1
