@@ -27,6 +27,7 @@ EVALS = [("greedy", "greedy"), ("mean4-t0.3", "mean@4 τ=0.3"), ("mean4-t1", "me
 CURVES = [("reward", "training reward (5-step mean)", "linear"), ("response_len", "response length", "linear"),
           ("opd_kl", "opd_kl (E3, gated tokens)", "log"), ("ref_kl", "ref_kl (E6)", "log")]
 RUN_NAME = re.compile(r"(?P<arm>.+)-s(?P<seed>\d+)")
+ARM_ORDER = ["grpo", "sdpg", "sdpg-beta0.1-nogate", "sdpg-lora16"]  # experiments/smollm2_arithmetic.sh's arms
 
 
 def student_t_quantile(probability: float, dof: float) -> float:
@@ -79,7 +80,8 @@ def read_runs(results: str) -> tuple[dict, list[str]]:
                 with open(path) as file:
                     run[key] = json.load(file)
         runs.setdefault(match["arm"], {})[int(match["seed"])] = run
-    return runs, older
+    ordered = sorted(runs, key=lambda arm: (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm))
+    return {arm: runs[arm] for arm in ordered}, older
 
 
 def one_trainer(runs: dict) -> str:
@@ -98,8 +100,8 @@ def one_trainer(runs: dict) -> str:
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f} (1 seed)"
+    if len(values) == 1:  # the seeds column says there is one
+        return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
@@ -183,7 +185,7 @@ def figure(runs: dict, output: str):
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if steps:  # the arm's mean over seeds, at the steps every seed logged
                 axis.plot(steps, [statistics.mean(c[s] for c in curves) for s in steps], color=f"C{index}",
-                          linewidth=2.2, label=f"{arm} ({len(curves)} seeds)")
+                          linewidth=2.2, label=f"{arm} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
         axis.set_yscale(scale)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step")
