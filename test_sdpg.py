@@ -2119,7 +2119,11 @@ def test_seed_table_groups_seeds_by_arm_and_refuses_runs_of_two_sdpg_versions(tm
     write_fake_run(tmp_path, "grpo-s7", 0.1, trained_by=False)  # an older run: listed, not compared
     runs, older = seed_table.read_runs(str(tmp_path))
     assert sorted(runs) == ["grpo", "sdpg"] and sorted(runs["grpo"]) == [0, 1, 2] and older == ["grpo-s7"]
-    table = seed_table.tables(runs)
+    for key in ("greedy", "mean4-t0.3", "mean4-t1"):
+        (tmp_path / f"smollm2-base-{key}.summary.json").write_text(json.dumps(
+            {"accuracy": 0.08, "strict_accuracy": 0.05, "format_rate": 0.38}))
+    table = seed_table.tables(runs, seed_table.read_base(str(tmp_path)))
+    assert "| base model, before training | – | 0.080 | 0.050 | 0.080 |" in table, table
     assert "| grpo | 0, 1, 2 | 0.850 ± 0.050 | 0.425 ± 0.025 |" in table, table
     difference, low, high = seed_table.welch_interval([0.90, 0.94, 0.92], [0.80, 0.90, 0.85])
     assert f"| sdpg − grpo | {difference:+.3f} [{low:+.3f}, {high:+.3f}]" in table, table

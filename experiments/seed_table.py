@@ -84,6 +84,17 @@ def read_runs(results: str) -> tuple[dict, list[str]]:
     return {arm: runs[arm] for arm in ordered}, older
 
 
+def read_base(results: str, name: str = "smollm2-base") -> dict:
+    """The untrained model's summaries {eval: summary}: the table's "before" row."""
+    base = {}
+    for key, _ in EVALS:
+        path = os.path.join(results, f"{name}-{key}.summary.json")
+        if os.path.isfile(path):
+            with open(path) as file:
+                base[key] = json.load(file)
+    return base
+
+
 def one_trainer(runs: dict) -> str:
     """The sdpg.py blob that trained every run; exits with one line when two versions are mixed."""
     versions = {}
@@ -109,16 +120,24 @@ def accuracies(seeds: dict, key: str, field: str) -> list[float]:
     return [run[key][field] for _, run in sorted(seeds.items()) if key in run and field in run[key]]
 
 
-def tables(runs: dict, baseline: str = "grpo") -> str:
+def tables(runs: dict, base: dict | None = None, baseline: str = "grpo") -> str:
     lines = ["| arm | seeds | " + " | ".join(f"{label} | strict" for _, label in EVALS) + " | format rate (greedy) |",
              "| --- | --- | " + " | ".join("--- | ---" for _ in EVALS) + " | --- |"]
+    if base:
+        cells = [mean_sd([base[key][field]] if field in base.get(key, {}) else [])
+                 for key, _ in EVALS for field in ("accuracy", "strict_accuracy")]
+        cells.append(mean_sd([base["greedy"]["format_rate"]] if "greedy" in base else []))
+        lines.append("| base model, before training | – | " + " | ".join(cells) + " |")
     for arm, seeds in runs.items():
         cells = []
         for key, _ in EVALS:
             cells += [mean_sd(accuracies(seeds, key, "accuracy")), mean_sd(accuracies(seeds, key, "strict_accuracy"))]
         cells.append(mean_sd(accuracies(seeds, "greedy", "format_rate")))
         lines.append(f"| {arm} | {', '.join(map(str, sorted(seeds)))} | " + " | ".join(cells) + " |")
-    if baseline in runs:
+    if baseline in runs and (len(runs[baseline]) < 2 or all(len(seeds) < 2 for seeds in runs.values())):
+        lines += ["", f"No difference from {baseline} with an interval yet: that needs two seeds of an arm and of "
+                  f"{baseline}."]
+    elif baseline in runs:
         lines += ["", f"Difference from {baseline}, mean over seeds and 95 % Welch t-interval over seeds:", "",
                   "| arm | " + " | ".join(f"{label} | strict" for _, label in EVALS) + " |",
                   "| --- | " + " | ".join("--- | ---" for _ in EVALS) + " |"]
@@ -209,7 +228,7 @@ def main():
     print(f"Runs trained by sdpg.py blob {blob[:10]} (commits: "
           f"{', '.join(sorted({run['trained_by'][1][:7] for seeds in runs.values() for run in seeds.values()}))})"
           + (f"; left out (trained before the seed protocol): {', '.join(older)}" if older else "") + "\n")
-    print(tables(runs) + "\n\nPer run:\n\n" + per_run_table(runs))
+    print(tables(runs, read_base(args.results)) + "\n\nPer run:\n\n" + per_run_table(runs))
     if args.figure:
         figure(runs, args.figure)
 
