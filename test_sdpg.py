@@ -2122,7 +2122,7 @@ def test_seed_table_groups_seeds_by_arm_and_refuses_runs_of_two_sdpg_versions(tm
     for key in ("greedy", "mean4-t0.3", "mean4-t1"):
         (tmp_path / f"smollm2-base-{key}.summary.json").write_text(json.dumps(
             {"accuracy": 0.08, "strict_accuracy": 0.05, "format_rate": 0.38}))
-    table = seed_table.tables(runs, seed_table.read_base(str(tmp_path)))
+    table = seed_table.tables(runs, seed_table.read_summaries(str(tmp_path), "smollm2-base"))
     assert "| base model, before training | – | 0.080 | 0.050 | 0.080 |" in table, table
     assert "| grpo | 0, 1, 2 | 0.850 ± 0.050 | 0.425 ± 0.025 |" in table, table
     difference, low, high = seed_table.welch_interval([0.90, 0.94, 0.92], [0.80, 0.90, 0.85])

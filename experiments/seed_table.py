@@ -74,25 +74,21 @@ def read_runs(results: str) -> tuple[dict, list[str]]:
             run = {"trained_by": file.read().split()}
         with open(os.path.join(folder, "metrics.jsonl")) as file:
             run["metrics"] = [json.loads(line) for line in file if line.strip()]
-        for key, _ in EVALS:
-            path = os.path.join(results, f"{name}-{key}.summary.json")
-            if os.path.isfile(path):
-                with open(path) as file:
-                    run[key] = json.load(file)
+        run.update(read_summaries(results, name))
         runs.setdefault(match["arm"], {})[int(match["seed"])] = run
     ordered = sorted(runs, key=lambda arm: (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm))
     return {arm: runs[arm] for arm in ordered}, older
 
 
-def read_base(results: str, name: str = "smollm2-base") -> dict:
-    """The untrained model's summaries {eval: summary}: the table's "before" row."""
-    base = {}
+def read_summaries(results: str, name: str) -> dict:
+    """{eval: summary} of the model NAME (a run, or smollm2-base: the table's "before" row), those that exist."""
+    summaries = {}
     for key, _ in EVALS:
         path = os.path.join(results, f"{name}-{key}.summary.json")
         if os.path.isfile(path):
             with open(path) as file:
-                base[key] = json.load(file)
-    return base
+                summaries[key] = json.load(file)
+    return summaries
 
 
 def one_trainer(runs: dict) -> str:
@@ -228,7 +224,7 @@ def main():
     print(f"Runs trained by sdpg.py blob {blob[:10]} (commits: "
           f"{', '.join(sorted({run['trained_by'][1][:7] for seeds in runs.values() for run in seeds.values()}))})"
           + (f"; left out (trained before the seed protocol): {', '.join(older)}" if older else "") + "\n")
-    print(tables(runs, read_base(args.results)) + "\n\nPer run:\n\n" + per_run_table(runs))
+    print(tables(runs, read_summaries(args.results, "smollm2-base")) + "\n\nPer run:\n\n" + per_run_table(runs))
     if args.figure:
         figure(runs, args.figure)
 
