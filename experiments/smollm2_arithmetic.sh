@@ -11,9 +11,9 @@
 # Jobs run two at a time with one thread each (two torch jobs with 2 threads each ran 3.5x slower here; each
 # training takes up to ~8 GB of RAM with --no-gradient-checkpointing, three at once were OOM-killed on 24 GB).
 # A finished job is skipped and an interrupted training resumes from its newest step_N/, so the command can be run
-# again after a stop (a session's end, a reboot) and carries on. Wall time on the 2-core machine: a training is
-# 40 steps at ~75-110 s/step with two jobs side by side, each model's three evaluations ~15-20 min; the whole table
-# is about 9 hours of this machine (see docs/results.md for what was measured).
+# again after a stop (a session's end, a reboot) and carries on. Wall time on the 2-core machine with two jobs side
+# by side: a training 36-54 min (median 47-82 s/step), each model's three evaluations ~20 min; the whole table
+# about 6 hours (docs/results.md: what was measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
