@@ -10,7 +10,7 @@
 #        JOBS="grpo-s3 sdpg-s3" PARALLEL=1 bash experiments/...  these jobs (ARM-sSEED or smollm2-base), one at a time
 # Jobs run two at a time with one thread each (two torch jobs with 2 threads each ran 3.5x slower here; each
 # training takes up to ~8 GB of RAM with --no-gradient-checkpointing, three at once were OOM-killed on 24 GB).
-# A finished job is skipped and an interrupted training resumes from its newest step_N/, so the command can be run
+# A finished job (its three summaries in docs/results/) is skipped and an interrupted training resumes from its newest step_N/, so the command can be run
 # again after a stop (a session's end, a reboot) and carries on. Wall time on the 2-core machine with two jobs side
 # by side: a training 36-54 min (median 47-82 s/step), each model's three evaluations ~20 min; the whole table
 # about 6 hours (docs/results.md: what was measured).
@@ -54,6 +54,10 @@ job() {  # NAME = ARM-sSEED, or smollm2-base (evaluations only)
   name=$1
   if [ "$name" = smollm2-base ]; then evaluate "$base" smollm2-base; return; fi
   arm=${name%-s*} seed=${name##*-s}
+  # committed with all three summaries: done, even where its checkpoints are gone (a new machine)
+  if [ -f $RESULTS/$name/trained_by ] && [ "$(ls $RESULTS/$name-*.summary.json 2> /dev/null | wc -l)" = 3 ]; then
+    echo "$name: done (its results are in $RESULTS)"; return
+  fi
   if [ ! -f "$RUNS/$name/final/config.json" ]; then
     # which code trained it: the table refuses to compare runs whose sdpg.py differs (a later commit that leaves
     # sdpg.py alone trains the same runs)
