@@ -8,6 +8,8 @@
 #        SEEDS="0" ARMS="grpo sdpg" bash experiments/...      a subset (arms: grpo sdpg sdpg-beta0.1-nogate sdpg-lora16)
 #        RUNS=/somewhere/big bash experiments/...             where checkpoints go (default runs/, ~2 GB per run)
 #        JOBS="grpo-s3 sdpg-s3" PARALLEL=1 bash experiments/...  these jobs (ARM-sSEED or smollm2-base), one at a time
+#        OMP_NUM_THREADS=2 PARALLEL=1 bash experiments/...      one job at a time on both cores (threads change only
+#                                                               the order of float sums, not the settings)
 # Jobs run two at a time with one thread each (two torch jobs with 2 threads each ran 3.5x slower here; each
 # training takes up to ~8 GB of RAM with --no-gradient-checkpointing, three at once were OOM-killed on 24 GB).
 # A finished job (its three summaries in docs/results/) is skipped and an interrupted training resumes from its newest step_N/, so the command can be run
@@ -16,7 +18,7 @@
 # about 6 hours (docs/results.md: what was measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false  # threads per job
 export RUNS=${RUNS:-runs} RESULTS=docs/results
 SEEDS=${SEEDS:-0 1 2}
 ARMS=${ARMS:-grpo sdpg sdpg-beta0.1-nogate}
