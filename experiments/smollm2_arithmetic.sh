@@ -14,8 +14,8 @@
 # training takes up to ~8 GB of RAM with --no-gradient-checkpointing, three at once were OOM-killed on 24 GB).
 # A finished job (its three summaries in docs/results/) is skipped and an interrupted training resumes from its newest step_N/, so the command can be run
 # again after a stop (a session's end, a reboot) and carries on. Wall time on the 2-core machine with two jobs side
-# by side: a training 36-54 min (median 47-82 s/step), each model's three evaluations ~20 min; the whole table
-# about 6 hours (docs/results.md: what was measured).
+# by side: a training 36-59 min (median 41-82 s/step), each model's three evaluations 12-24 min; the whole table
+# 639 min of jobs, about 5-6 hours of the machine (docs/results.md: what was measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false  # threads per job
