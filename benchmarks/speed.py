@@ -64,7 +64,7 @@ def ours(args, beta, alpha, output_dir, gate="0 %"):
                              "--batch-size", str(args.prompts), "--group-size", str(args.group_size),
                              "--micro-batch-size", str(args.prompts * args.group_size), "--max-new-tokens", str(args.tokens),
                              "--beta", str(beta), "--alpha", str(alpha), "--beta-warmup-steps", "0",
-                             "--beta-decay-steps", "0", "--device", "cpu", "--output-dir", output_dir]
+                             "--beta-decay-steps", "0", "--device", args.device, "--output-dir", output_dir]
                             + (["--no-gate"] if gate == "100 %" else []))
     history = sdpg.main(cfg)[1:]
     return (statistics.median(r["step_time"] for r in history),
@@ -128,7 +128,11 @@ def main():
     parser.add_argument("--vocab", type=int, default=0, help="grow the tiny model's 259-entry vocabulary to this; 151936 = Qwen's")
     parser.add_argument("--hidden", type=int, default=0, help="give the tiny model's two layers this width; 896 = Qwen2.5-0.5B's")
     parser.add_argument("--skip-trl", action="store_true", help="only our SDPG vs GRPO-mode step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast, as sdpg.py's default there); "
+                        "TRL runs only on the CPU here, so --device cuda needs --skip-trl")
     args = parser.parse_args()
+    if args.device != "cpu" and not args.skip_trl:
+        parser.error("--device cuda compares sdpg.py with itself only: add --skip-trl")
 
     work = tempfile.mkdtemp()
     args.model_dir = save_model(args.vocab, args.hidden, os.path.join(work, "model"))  # TRL builds its reference model from a path
@@ -149,7 +153,8 @@ def main():
         results["TRL SDPOTrainer (full_logits, live teacher)"] = trl_run(args, "sdpo", os.path.join(work, "trl-sdpo"))
         results["TRL GRPOTrainer"] = trl_run(args, "grpo", os.path.join(work, "trl-grpo"))
 
-    print(f"\nCPU, {torch.get_num_threads()} threads; tiny Qwen2 (H={model.config.hidden_size}, 2 layers, V={vocab}); B={args.prompts} prompts × "
+    where = f"CPU, {torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name()
+    print(f"\n{where}; tiny Qwen2 (H={model.config.hidden_size}, 2 layers, V={vocab}); B={args.prompts} prompts × "
           f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; median of steps 2..{args.steps}")
     print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ SDPG 100 %':>13}")
     for name, (seconds, length) in results.items():

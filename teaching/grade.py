@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # the reference tests: the repository's (teaching/../) or, in a handed-out copy, the ones beside this file
 SOURCE = os.path.dirname(HERE) if os.path.basename(HERE) == "teaching" else HERE
 EQUATIONS = {"E1": "group_advantages", "E2": "clipped_pg_loss", "E3": "reverse_kl", "E4": "sdpg_loss (gate)",
-             "E5": "beta_schedule", "E6": "ref_kl", "E7": "sdpg_loss"}
+             "E5": "beta_schedule", "E6": "ref_kl", "E7": "sdpg_loss", "RLSD": "rlsd_advantages"}  # RLSD: optional
 
 
 def run_equation_tests(student_sdpg: str) -> dict[str, list[tuple[str, str | None]]]:
@@ -30,6 +30,7 @@ def run_equation_tests(student_sdpg: str) -> dict[str, list[tuple[str, str | Non
         shutil.copy(student_sdpg, os.path.join(scratch, "sdpg.py"))
         for name in ("test_sdpg.py", "eval.py", "pytest.ini"):
             shutil.copy(os.path.join(SOURCE, name), os.path.join(scratch, name))
+        check_imports(scratch)
         report = os.path.join(scratch, "report.xml")
         selection = " or ".join(f"test_{tag.lower()}_" for tag in EQUATIONS)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -40,13 +41,33 @@ def run_equation_tests(student_sdpg: str) -> dict[str, list[tuple[str, str | Non
             raise SystemExit("error: the tests did not run (does sdpg.py import? try: python -c 'import sdpg')")
         results = {tag: [] for tag in EQUATIONS}
         for case in ElementTree.parse(report).iter("testcase"):
-            tag = re.match(r"test_(e\d)_", case.get("name", ""))
+            tag = re.match(r"test_(e\d|rlsd)_", case.get("name", ""))
             if tag is None or tag.group(1).upper() not in results:
                 continue
             problem = case.find("failure") if case.find("failure") is not None else case.find("error")
             message = None if problem is None else first_line(problem.get("message") or problem.text or "failed")
             results[tag.group(1).upper()].append((case.get("name"), message))
     return results
+
+
+def check_imports(scratch: str):
+    """One line on what stops the tests from running at all: no pytest here, or a student sdpg.py that does not
+    parse or import (its error and line, not seven "no test ran")."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        raise SystemExit("error: grading runs the tests with pytest, which is not installed: pip install pytest")
+    path = os.path.join(scratch, "sdpg.py")
+    try:
+        compile(open(path, encoding="utf-8").read(), "sdpg.py", "exec")
+    except SyntaxError as error:
+        raise SystemExit(f"error: sdpg.py line {error.lineno}: {error.msg}: {(error.text or '').strip()!r}; "
+                         f"fix it, then grade again") from None
+    result = subprocess.run([sys.executable, "-c", "import sdpg"], cwd=scratch, capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode:
+        last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"error: sdpg.py does not import: {last}")
 
 
 def first_line(message: str) -> str:

@@ -2,6 +2,7 @@
 
     python teaching/make_assignment.py OUT_DIR                     # blank E1–E7 (every function below)
     python teaching/make_assignment.py OUT_DIR --blank E3,E5       # only these equations
+    python teaching/make_assignment.py OUT_DIR --blank E1,E2,E3,E5,E6,E7,RLSD   # with the optional RLSD problem
 
 Generated from the reference sdpg.py by its syntax tree, never kept by hand: each blanked function keeps its
 signature and docstring (the tag's formula) and its body becomes `raise NotImplementedError("E3: …")`.
@@ -23,8 +24,11 @@ EQUATIONS = {"E1": ("group_advantages", "group-relative advantages"),
              "E3": ("reverse_kl", "the exact full-vocabulary reverse KL to the teacher"),
              "E5": ("beta_schedule", "the β warm-up/decay schedule"),
              "E6": ("ref_kl", "the reference-policy anchor"),
-             "E7": ("sdpg_loss", "the gated (E4), token-mean total loss")}
-COPIED = ["eval.py", "test_sdpg.py", "pytest.ini", "requirements.txt", "docs/algorithm.md", "testdata"]
+             "E7": ("sdpg_loss", "the gated (E4), token-mean total loss"),
+             "RLSD": ("rlsd_advantages", "RLSD's token advantage (optional, Appendix B)")}
+OPTIONAL = ("RLSD",)  # blanked only when asked for
+COPIED = ["eval.py", "test_sdpg.py", "pytest.ini", "requirements.txt", "docs/algorithm.md", "docs/metrics.md",
+          "testdata"]
 
 
 def blank_functions(source: str, tags: list[str]) -> str:
@@ -49,6 +53,8 @@ def blank_functions(source: str, tags: list[str]) -> str:
 
 
 def write_assignment(out_dir: str, tags: list[str]):
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise SystemExit(f"error: {out_dir!r} is a file; pass a new or empty folder for the student version")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise SystemExit(f"error: {out_dir!r} is not empty; pass a new folder (a student version is never written "
                          f"over existing work)")
@@ -72,8 +78,9 @@ def write_assignment(out_dir: str, tags: list[str]):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("out_dir", help="an empty or new folder for the student version")
-    parser.add_argument("--blank", default=",".join(EQUATIONS),
-                        help=f"comma-separated tags to blank, of {', '.join(EQUATIONS)} (E4 lives in E7's sdpg_loss)")
+    parser.add_argument("--blank", default=",".join(tag for tag in EQUATIONS if tag not in OPTIONAL),
+                        help=f"comma-separated tags to blank, of {', '.join(EQUATIONS)} (E4 lives in E7's sdpg_loss; "
+                             f"default: all but the optional {', '.join(OPTIONAL)})")
     args = parser.parse_args(argv)
     tags = [tag.strip().upper() for tag in args.blank.split(",") if tag.strip()]
     unknown = [tag for tag in tags if tag not in EQUATIONS]
