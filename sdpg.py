@@ -155,6 +155,11 @@ class Config:
     save_every: int = 0  # write a resumable checkpoint step_N/ every N steps; 0 = only final/ (and one on interrupt)
     keep_checkpoints: int = 2  # how many step_N/ checkpoints to keep, oldest deleted first; 0 = all; final/ is always
         # kept
+    eval_every: int = 0  # every N steps (and after the last) log `heldout_accuracy`: greedy, strict accuracy on
+        # held-out problems (the paper's accuracy during training); 0 = never
+    eval_problems: int = 100  # how many held-out problems: the first of --eval-dataset
+    eval_dataset: str | None = None  # held-out problems; default the test split of --dataset (a local file has
+        # none: name one)
     resume: bool = False  # --resume continues the run in --output-dir from its latest step_N/ (pass the run's other
         # flags unchanged)
     overwrite: bool = False  # --overwrite deletes the run already in --output-dir and starts a new one
@@ -810,6 +815,7 @@ def main(cfg: Config) -> list[dict]:
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = start_run(cfg, model, optimizer, resume_from, rows, device, world)  # Appendix C
     windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
+    heldout = heldout_rows(cfg, tokenizer)  # Appendix C: [] without --eval-every
 
     with stop_at_step_end(rank) as stop_signal:
         progress = tqdm(range(run["step"], cfg.steps), initial=run["step"], total=cfg.steps, desc="sdpg",
@@ -826,6 +832,8 @@ def main(cfg: Config) -> list[dict]:
             sums, grad_norms = update(model, optimizer, batch, cfg, beta, autocast, step, world, rlsd_weight)  # 5
             record = step_record(step, all_reduce_sums({**info["counts"], **sums}), grad_norms, beta, lr, cfg,
                                  rlsd_weight)
+            if heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):  # the policy after step
+                record["heldout_accuracy"] = heldout_accuracy(model, tokenizer, heldout, cfg, autocast)
             log_step(dict(record, rollout_time=info["rollout_time"], step_time=time.time() - started), run, progress)
             stop = any_rank(bool(stop_signal))  # a signal stops every rank at the same step
             if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
@@ -1304,7 +1312,8 @@ def chunk_token_stats(hidden, teacher_hidden, tokens, weight, bias, temperature,
 # A first reading skips this appendix.
 
 RUN_ARTEFACT = re.compile(r"config\.json|metrics\.jsonl|final|step_\d+(?:\.tmp|\.old)?")
-RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "device", "dtype", "micro_batch_size",
+RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "eval_every", "eval_problems",
+                     "eval_dataset", "device", "dtype", "micro_batch_size",
                      "logits_chunk_size", "gradient_checkpointing"}  # memory and bookkeeping, never the result
 
 
@@ -1511,7 +1520,38 @@ def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, l
                 rlsd_weight=rlsd_weight if cfg.rlsd_weight > 0 else None,
                 rlsd_clip_frac=totals["rlsd_clip_frac"] / totals["rlsd_tokens"] if reweighted else None,
                 rlsd_shift=totals["rlsd_shift"] / totals["rlsd_tokens"] if reweighted else None,
-                verifier_errors=int(totals["verifier_errors"]))
+                verifier_errors=int(totals["verifier_errors"]), heldout_accuracy=None)  # set by --eval-every
+
+
+def heldout_rows(cfg: Config, tokenizer) -> list[dict]:
+    """The held-out problems of --eval-every, tokenized with the training prompt; [] when it is off."""
+    if not cfg.eval_every:
+        return []
+    name = cfg.eval_dataset or cfg.dataset
+    rows = load_rows(name, cfg.question_field, cfg.answer_field, split="test")[:cfg.eval_problems]
+    for row in rows:
+        row["prompt_ids"] = build_prompt(tokenizer, row["question"], style=cfg.student_prompt)
+    return rows
+
+
+@torch.no_grad()
+def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config, autocast) -> float:
+    """Greedy accuracy of the current policy on held-out rows, strict (only an explicit final answer counts, as the
+    authors' scorer). Greedy decoding draws no random number, so the run's RNG, and with it resume, is untouched;
+    under torchrun every rank decodes the same rows (FSDP2 needs every rank in generate)."""
+    plain = unwrap(model)
+    device, eos_ids, pad_id = next(plain.parameters()).device, eos_token_ids(plain, tokenizer), tokenizer.pad_token_id
+    set_layer_recompute(plain, False)
+    correct, size = 0.0, cfg.micro_batch_size * cfg.group_size
+    for start in range(0, len(rows), size):
+        batch = rows[start:start + size]
+        prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in batch], pad_id, device)
+        response_ids, response_mask = sample_responses(plain, prompt_ids, prompt_mask, eos_ids, pad_id,
+                                                       cfg.max_new_tokens, 0.0, autocast)
+        completions = decode_responses(tokenizer, response_ids, response_mask)
+        correct += sum(score_responses(completions, [row["answer"] for row in batch], [True] * len(batch))[0])
+    set_layer_recompute(plain, cfg.gradient_checkpointing)
+    return correct / len(rows)
 
 
 def log_step(record: dict, run: dict, progress):
@@ -1707,6 +1747,11 @@ def check_config(cfg: Config):
         if getattr(cfg, flag) < -1:
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)}: -1 (the paper's proportion), 0 (off) or a number "
                  f"of steps")
+    if cfg.eval_every < 0 or cfg.eval_problems < 1:
+        fail(f"--eval-every {cfg.eval_every} must be ≥ 0 and --eval-problems {cfg.eval_problems} ≥ 1")
+    if cfg.eval_every and not cfg.eval_dataset and os.path.splitext(cfg.dataset)[1]:
+        fail(f"--eval-every on the local file {cfg.dataset!r}: it has no test split; pass --eval-dataset with "
+             f"held-out problems")
     if cfg.resume and cfg.overwrite:
         fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
     resolve_device(cfg.device)

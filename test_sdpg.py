@@ -1566,7 +1566,8 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
                 "response_len", "beta", "lr", "grad_norm", "clip_frac", "step_time"}
     for record in lines:
         assert required <= set(record) and all(math.isfinite(v) for v in record.values() if v is not None)
-        assert [k for k, v in record.items() if v is None] == ["rlsd_weight", "rlsd_clip_frac", "rlsd_shift"]
+        assert [k for k, v in record.items() if v is None] == ["rlsd_weight", "rlsd_clip_frac", "rlsd_shift",
+                                                               "heldout_accuracy"]
         assert record["opd_kl"] > 0 and record["entropy"] > 0
     assert json.load(open(tmp_path / "config.json"))["group_size"] == 4
     assert (tmp_path / "step_1").is_dir()
@@ -2003,6 +2004,33 @@ def test_a_run_folder_as_model_trains_on_its_own_dataset(tmp_path):
     train(tmp_path / "run", "--steps", "1", "--dataset", "arithmetic-easy")
     assert sdpg.Config(model=str(tmp_path / "run")).dataset == "arithmetic-easy"
     assert sdpg.parse_config(["--model", str(tmp_path / "run"), "--dataset", "arithmetic"]).dataset == "arithmetic"
+
+
+def test_eval_every_logs_greedy_strict_heldout_accuracy_without_touching_the_run(tmp_path, monkeypatch):
+    """--eval-every 2: the policy after steps 2 and 3 (the last) is graded greedily and strictly on held-out
+    problems (the test split), logged as heldout_accuracy, null on other steps; greedy decoding draws no random
+    number, so the run's rewards and losses are the same as without it."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    graded = []
+    original = sdpg.score_responses
+    monkeypatch.setattr(sdpg, "score_responses", lambda c, a, t, strict=False: graded.append((len(c), all(t), strict))
+                        or original(c, a, t, strict))
+    flags = ("--steps", "3", "--lr", "1e-3", "--warmup-steps", "0")
+    _, plain = train(tmp_path / "plain", *flags)
+    graded.clear()
+    _, evaluated = train(tmp_path / "eval", *flags, "--eval-every", "2", "--eval-problems", "5")
+    assert [r["heldout_accuracy"] is None for r in evaluated] == [True, False, False] and 0 <= evaluated[1][
+        "heldout_accuracy"] <= 1
+    drop = lambda r: {k: v for k, v in r.items() if not k.endswith("_time") and k != "heldout_accuracy"}  # noqa: E731
+    assert [drop(r) for r in plain] == [drop(r) for r in evaluated]
+    heldout = [g for g in graded if g[0] == 5]
+    assert len(heldout) == 2 and all(cut for _, cut, _ in heldout)  # graded strictly (as if cut: no last number)
+    test_questions = {row["question"] for row in sdpg.load_rows("arithmetic", split="test")[:5]}
+    assert test_questions.isdisjoint(row["question"] for row in sdpg.load_rows("arithmetic"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n')
+    with pytest.raises(SystemExit, match="has no test split; pass --eval-dataset"):
+        sdpg.parse_config(["--model", "tiny", "--dataset", str(rows), "--eval-every", "5"])
 
 
 def test_a_batch_larger_than_the_dataset_is_said(tmp_path, capsys):
@@ -2515,6 +2543,88 @@ def test_teaching_kit_rlsd_is_optional_and_a_broken_student_file_is_one_line(tmp
     result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"),
                              str(tmp_path / "a_file")], capture_output=True, text=True)
     assert result.returncode == 1 and "is a file" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# eval.py --inspect: what the teacher view knows, token by token, on a page a browser renders
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def test_inspect_numbers_are_the_training_functions_on_unpadded_forwards(tiny, monkeypatch):
+    """--inspect: each token's ℓ_t equals E3 (a float64 loop over the vocabulary) on the two views' own unpadded
+    forwards, Δ_t = log q(y_t) − log p(y_t), p and q are those log-probs; rewards, A (E1) and gate (E4) follow;
+    the vocabulary projection never sees more than one chunk of positions at a time."""
+    model, tokenizer = tiny
+    row = sdpg.arithmetic_rows(5, split="test")[1]
+    projections = record_vocabulary_projections(monkeypatch, model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        data = evaluation.inspect_tokens(model, tokenizer, row, 3, 0.7, 10, "paper", "qwen", False, 4,
+                                         contextlib.nullcontext(), "cpu")
+    assert max(out.reshape(-1, out.shape[-1]).shape[0] for out in projections if out.numel()) <= 4
+    prompt = sdpg.build_prompt(tokenizer, row["question"])
+    teacher = sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "paper"))
+    assert data["teacher_prompt"] == tokenizer.decode(teacher) and data["context"] in data["teacher_prompt"]
+    rewards = [r["reward"] for r in data["responses"]]
+    expected = sdpg.group_advantages(torch.tensor(rewards), 3).tolist()
+    for response, advantage in zip(data["responses"], expected):
+        assert response["advantage"] == pytest.approx(advantage) and response["gate"] == (advantage > 0)
+        ids = [token["id"] for token in response["tokens"]]
+        logps, kls = unpadded_reference(model, [prompt], [teacher], [ids], 0.7)
+        with torch.no_grad():
+            logits = model(torch.tensor([teacher + ids])).logits[0, len(teacher) - 1: len(teacher) - 1 + len(ids)]
+        logq = (logits.double() / 0.7).log_softmax(-1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+        for t, token in enumerate(response["tokens"]):
+            assert token["kl"] == pytest.approx(kls[0][t].item(), abs=1e-5), f"ℓ at token {t} is not E3"
+            assert token["logp"] == pytest.approx(logps[0][t].item(), abs=1e-5)
+            assert token["logq"] == pytest.approx(logq[t].item(), abs=1e-5)
+            assert token["delta"] == pytest.approx(token["logq"] - token["logp"], abs=1e-6)
+            assert token["p"] == pytest.approx(math.exp(token["logp"]), rel=1e-5) and len(token["teacher_top"]) == 5
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium for the real-browser test: apt-get install "
+                                             "chromium (.ci/run installs it)")
+def test_inspect_page_renders_in_headless_chromium_with_one_element_per_token(tmp_path):
+    """eval.py --inspect tiny writes one self-contained page (no http(s) resource) and its JSON; headless Chromium
+    runs its script without an error, its DOM holds one focusable element per response token carrying that token's
+    numbers as text, and its screenshot is not blank (token colours and text)."""
+    from matplotlib.image import imread
+
+    data = evaluation.main(evaluation.parse_args([
+        "--inspect", "tiny", "--dataset", "arithmetic", "--index", "2", "--n", "3", "--max-new-tokens", "12",
+        "--output", str(tmp_path / "page.html")]))
+    assert json.loads((tmp_path / "page.json").read_text()) == json.loads(json.dumps(data))
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']?https?:""", page) and "@import" not in page
+    browser = [CHROMIUM, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400"]
+    url = (tmp_path / "page.html").as_uri()
+    dom = subprocess.run(browser + ["--enable-logging=stderr", "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0 and "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    spans = re.findall(r'<span class="tok" tabindex="0" data-r="(\d+)" data-t="(\d+)"[^>]*aria-label="([^"]*)"',
+                       dom.stdout)
+    tokens = [(r, t, token) for r, response in enumerate(data["responses"]) for t, token in enumerate(response["tokens"])]
+    assert len(spans) == len(tokens) == 3 * 12 - sum(12 - len(r["tokens"]) for r in data["responses"])
+    for (r, t, label), (r2, t2, token) in zip(spans, tokens):
+        assert (int(r), int(t)) == (r2, t2) and f"ℓ = KL(p‖q) {token['kl']:.3f} nats" in label
+        assert f"Δ = log q − log p {token['delta']:+.3f} nats" in label
+    shot = subprocess.run(browser + [f"--screenshot={tmp_path / 'page.png'}", url], capture_output=True, text=True,
+                          timeout=120)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    pixels = imread(tmp_path / "page.png")[..., :3]
+    assert pixels.shape[:2] == (1400, 1100) and pixels.std() > 0.05
+    reddish = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.85) & (pixels[..., 2] < 0.85)
+    assert reddish.sum() > 100, "no token is coloured by ℓ"
+
+
+def test_inspect_refuses_a_group_of_one_and_a_problem_out_of_range():
+    with pytest.raises(SystemExit, match="--n 1 must be ≥ 2"):
+        evaluation.main(evaluation.parse_args(["--inspect", "tiny", "--dataset", "arithmetic", "--n", "1"]))
+    with pytest.raises(SystemExit, match="--index 5000: arithmetic has 2000 problems"):
+        evaluation.main(evaluation.parse_args(["--inspect", "tiny", "--dataset", "arithmetic", "--index", "5000"]))
 
 
 # ----------------------------------------------------------------------------------------------
