@@ -254,12 +254,15 @@ def response_tokens(model, tokenizer, prompt: list[int], teacher: list[int], ids
 
 
 def inspect_colours(data: dict) -> tuple[float, float]:
-    """The legend's scale: ℓ from 0 to the page's largest (at least 0.05 nats); Δ symmetric to ±(largest |Δ|),
-    between 0.5 and 5 nats."""
+    """The legend's scale: ℓ from 0 to the page's 97th percentile (at least 0.05 nats), Δ symmetric to ±(97th
+    percentile of |Δ|, between 0.5 and 5 nats): one 16-nat token must not wash every other colour out."""
     tokens = [token for response in data["responses"] for token in response["tokens"]]
-    kl_max = max([0.05] + [token["kl"] for token in tokens])
-    delta_max = min(5.0, max([0.5] + [abs(token["delta"]) for token in tokens]))
-    return kl_max, delta_max
+
+    def high(values):
+        values = sorted(values) or [0.0]
+        return values[min(len(values) - 1, int(0.97 * len(values)))]
+
+    return max(0.05, high([t["kl"] for t in tokens])), min(5.0, max(0.5, high([abs(t["delta"]) for t in tokens])))
 
 
 def colour(value: float, scale: float, diverging: bool) -> str:
@@ -290,11 +293,12 @@ pre, .box { white-space: pre-wrap; background: #f6f6f6; padding: .6em .8em; bord
            padding: .5em 1.5em; font-size: 14px; min-height: 9em; box-shadow: 0 -2px 8px rgba(0,0,0,.15); }
 #details table { border-collapse: collapse; display: inline-table; margin-right: 2em; vertical-align: top; }
 #details td, #details th { padding: 0 .6em; text-align: left; font-family: ui-monospace, monospace; }
+#details caption { white-space: nowrap; text-align: left; font-weight: 600; }
 .meta { color: #333; } .open { color: #075; font-weight: 600; } .closed { color: #777; }
 fieldset { border: 1px solid #ccc; border-radius: 6px; display: inline-block; }
 """
 
-PAGE_SCRIPT = """
+PAGE_SCRIPT = r"""
 const data = JSON.parse(document.getElementById('numbers').textContent);
 const details = document.getElementById('details');
 function table(title, rows) {
@@ -324,6 +328,11 @@ function recolour(by) {
 }
 document.querySelectorAll('input[name=colour]').forEach(input =>
   input.addEventListener('change', () => recolour(input.value)));
+const linked = /^#r(\d+)t(\d+)$/.exec(location.hash);  // page.html#r0t12: response 1's 13th token, focused
+if (linked) {
+  const span = document.querySelector('.tok[data-r="' + linked[1] + '"][data-t="' + linked[2] + '"]');
+  if (span) { span.focus(); show(span); }
+}
 """
 
 
@@ -363,7 +372,8 @@ def render_page(data: dict, title: str) -> str:
 context below. At every token of a sampled response, ℓ = KL(p‖q) over the whole vocabulary is what SDPG's E3
 pulls the student by (on responses whose gate is open), and Δ = log q(y) − log p(y) is how much more (blue) or
 less (red) the teacher likes the sampled token, which RLSD reads. Hover or focus a token (Tab, then ← →) for its
-numbers and both views' five likeliest next tokens. Sampled at τ = {data['temperature']}.</p>
+numbers and both views' five likeliest next tokens (a link to <code>#r0t12</code> opens on response 1's 13th
+token). Sampled at τ = {data['temperature']}.</p>
 <h2>Problem</h2><div class="box">{escape(data['problem'])}</div>
 <p>Reference answer: <b>{escape(str(data['answer']))}</b></p>
 <details open><summary>Privileged context the teacher saw</summary>

@@ -755,6 +755,32 @@ def test_a_method_flag_sets_the_papers_settings_and_an_explicit_flag_wins(method
     assert "overridden: alpha, clip_high" in sdpg.method_summary(overridden)
 
 
+# (reward, loss, opd_kl) per step of `tiny` with the committed seed study's settings, as sdpg.py logged them before
+# --method existed (commit 48e8f04): that study's three arms must still train exactly so
+SEED_STUDY_BEFORE_METHODS = {
+    'grpo': [(0.375, -0.0036705504072473403, None), (0.5, -0.17867430497644546, None), (0.3125, 0.020748487082860805, None)],
+    'sdpg': [(0.375, -0.0034882333865643997, 0.48361864397602694), (0.5, -0.1785077727242802, 0.41861388968221797), (0.3125, 0.020796663017683133, 0.4687016579957135)],
+    'sdpg-beta0.1-nogate': [(0.375, 0.045993045470634854, 0.4966361558908387), (0.3125, -0.017023541710593483, 0.3879070281982422), (0.1875, 0.017106208329399426, 0.5131637454032898)],
+}
+
+
+@pytest.mark.parametrize("arm, flags", [("grpo", ["--beta", "0", "--alpha", "0"]), ("sdpg", []),
+                                        ("sdpg-beta0.1-nogate", ["--beta", "0.1", "--no-gate"])])
+def test_the_seed_study_settings_train_as_before_the_methods_existed(tmp_path, monkeypatch, arm, flags):
+    """Behaviour preserved: experiments/smollm2_arithmetic.sh's flags on `tiny` (3 steps, 24 tokens, rewards from the
+    text) give the same rewards step for step, and the same losses and E3 to 1e-6, as before --method."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    cfg = sdpg.parse_config(["--model", "tiny", "--dataset", "arithmetic-easy", "--steps", "3", "--batch-size", "2",
+                             "--group-size", "8", "--max-new-tokens", "24", "--temperature", "0.3", "--lr", "1e-5",
+                             "--warmup-steps", "0", "--no-gradient-checkpointing", *flags, "--output-dir",
+                             str(tmp_path)])
+    history = sdpg.main(cfg)
+    expected = SEED_STUDY_BEFORE_METHODS[arm]
+    assert [r["reward"] for r in history] == [e[0] for e in expected]
+    assert [r["loss"] for r in history] == pytest.approx([e[1] for e in expected], abs=1e-6)
+    assert [r["opd_kl"] for r in history] == pytest.approx([e[2] for e in expected], abs=1e-6)
+
+
 def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch):
     """SDPG-URKL stays the default: a run with no --method and one with --method sdpg are the same step for step."""
     monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
