@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 export RUNS=${RUNS:-runs/paper} RESULTS=docs/results/paper
 # chosen by the pilot (docs/results/paper/pilot.md), before any method was compared
-export TASK=${TASK:-arithmetic} STEPS=${STEPS:-40} TEMPERATURE=${TEMPERATURE:-0.3}
+export TASK=${TASK:-arithmetic-easy} STEPS=${STEPS:-40} TEMPERATURE=${TEMPERATURE:-0.3}
 SEEDS=${SEEDS:-0 1 2}
 METHODS=${METHODS:-grpo rlsd opcd sdpg sdpg-ufkl}
 export base=runs/smollm2-base
@@ -49,6 +49,7 @@ evaluate() {  # MODEL_PATH NAME: 100 held-out problems, greedy (lenient and stri
 }
 train() {  # NAME = METHOD-sSEED
   name=$1 method=${1%-s*} seed=${1##*-s}
+  mkdir -p "$RUNS" $RESULTS
   if [ -f $RESULTS/$name/trained_by ] && [ "$(ls $RESULTS/$name-*.summary.json 2> /dev/null | wc -l)" = 2 ]; then
     echo "$name: done (its results are in $RESULTS)"; return
   fi
@@ -81,8 +82,9 @@ pilot() {  # the base model's strict greedy accuracy per candidate task and prom
 export -f method_flags evaluate train pilot
 
 start=$(date +%s)
-if [ "${1:-}" = pilot ]; then
-  pilot & RESULTS=$RESULTS/pilot train grpo-s0; wait
+if [ "${1:-}" = pilot ]; then  # PILOT_TASK: the candidate whose one-seed GRPO curve is measured
+  export TASK=${PILOT_TASK:-$TASK}
+  pilot & RUNS=$RUNS/pilot-$TASK RESULTS=$RESULTS/pilot/$TASK train grpo-s0; wait
   echo "pilot done in $(( ($(date +%s) - start) / 60 )) min"; exit
 fi
 if [ -z "${JOBS:-}" ]; then
