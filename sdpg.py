@@ -598,7 +598,7 @@ def rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip=0.2):
 
 
 def rlsd_weight_schedule(step: int, total_steps: int, weight: float, decay_steps: int = -1) -> float:
-    """λ(k) = λ₀ · max(0, 1 − k / T_λ); T_λ = −1: the paper's proportion, steps/8 (50 of 400); 0: constant   (RLSD)"""
+    """λ(k) = λ₀ · max(0, 1 − k / T_λ); T_λ = −1: steps/8 (50 of 400); 0: constant   (RLSD, the paper's App. B)"""
     decay = max(1, round(total_steps / 8)) if decay_steps < 0 else decay_steps
     return weight * max(0.0, 1 - step / decay) if decay > 0 else weight
 
@@ -1562,6 +1562,8 @@ def log_step(record: dict, run: dict, progress):
     with open(run["metrics_path"], "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     shown = {"reward": ".3f", "opd_kl": ".4f", "ref_kl": ".2e", "response_len": ".0f"}
+    if record.get("rlsd_weight") is not None:  # RLSD's own: how far the teacher moved A (|Â/A − 1|)
+        shown["rlsd_shift"] = ".3f"
     progress.set_postfix({key.replace("response_", ""): "–" if record[key] is None else format(record[key], spec)
                           for key, spec in shown.items()})
 

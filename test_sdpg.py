@@ -2571,6 +2571,21 @@ def test_teaching_kit_rlsd_is_optional_and_a_broken_student_file_is_one_line(tmp
     assert result.returncode == 1 and "is a file" in result.stderr and "Traceback" not in result.stderr
 
 
+@in_repository("teaching")
+def test_grading_without_pytest_says_to_install_it(monkeypatch, tmp_path):
+    """teaching/grade.py on a machine without pytest: one line naming the fix, not "does sdpg.py import?"."""
+    sys.path.insert(0, os.path.join(HERE, "teaching"))
+    try:
+        import grade
+    finally:
+        sys.path.pop(0)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
+    shutil.copy(os.path.join(HERE, "sdpg.py"), tmp_path / "sdpg.py")
+    with pytest.raises(SystemExit, match="pytest, which is not installed: pip install pytest"):
+        grade.check_imports(str(tmp_path))
+
+
 # ----------------------------------------------------------------------------------------------
 # eval.py --inspect: what the teacher view knows, token by token, on a page a browser renders
 
