@@ -15,6 +15,8 @@ weights shown x plus privileged context c (answer and worked solution). Per trai
            + β(k) · 1[A > 0] · KL(p_student ‖ SG p_teacher) over the vocab (E3, E4, E5)
            + α · f(log π_θ − log π_ref)                                    (E6)
      token-mean over the mini-batch (E7), clip grad-norm, AdamW step.
+The paper's baselines run the same loop (--method): grpo, rlsd (App. B: the teacher's view of the sampled token
+reweights A, `rlsd_advantages`) and opcd (App. C: E3 alone, rewards unused); SDPG-UFKL is --kl-mode ufkl.
 
 Symbols → names:  π_θ → `logp`,  π_old → `old_logp`,  π_ref → `ref_logp`,  G → `group_size`,
 B → `batch_size`,  A → `advantages`,  τ → `temperature`,  β → `beta`,  α → `alpha`,
@@ -28,7 +30,7 @@ says what it is for; a first reading skips them.
 
 Where this file departs from the paper (docs/implementation.md, `# [impl]` where they happen):
   - no dynamic sampling and no overlong penalty (as the authors' shipped code);
-  - the teacher runs only for rollouts whose gate is open;
+  - the teacher runs only for rollouts that use it (E4's open gates; RLSD's A ≠ 0);
   - the vocabulary projection is chunked over response positions and recomputed in backward (autograd through
     reverse_kl, Appendix B), so (B, T, V) logits never exist; decoder layers are recomputed too;
   - with one update per rollout batch old_logp is logp detached (ratio ≡ 1);
