@@ -409,7 +409,7 @@ def training_settings(model: str) -> dict:
 def inspect_main(args):
     """--inspect MODEL: inspect_tokens on problem --index of --dataset, written as PATH.html and PATH.json."""
     settings = training_settings(args.inspect)
-    n = args.n or settings["group_size"]
+    n = settings["group_size"] if args.n is None else args.n
     temperature = settings["temperature"] if args.temperature is None else args.temperature
     if n < 2 or temperature <= 0:
         fail(f"--inspect samples a group as training does: --n {n} must be ≥ 2 and --temperature {temperature} > 0 "
@@ -488,9 +488,12 @@ def parse_args(argv=None):
     if args.teacher_context not in (None, *sdpg.TEACHER_CONTEXTS):
         fail(f"--teacher-context {args.teacher_context!r} is unknown; choose one of {', '.join(sdpg.TEACHER_CONTEXTS)}")
     if args.inspect:
+        if args.max_new_tokens is not None and args.max_new_tokens < 1:
+            fail(f"--max-new-tokens {args.max_new_tokens} must be ≥ 1")
         return args  # inspect_main resolves n, τ and the length from the run
-    args.n, args.temperature = args.n or 1, args.temperature or 0.0
-    args.max_new_tokens = args.max_new_tokens or 512
+    args.n = 1 if args.n is None else args.n  # an explicit 0 stays 0 and is refused below
+    args.temperature = 0.0 if args.temperature is None else args.temperature
+    args.max_new_tokens = 512 if args.max_new_tokens is None else args.max_new_tokens
     if not args.plot and not args.models:
         fail("nothing to do: pass --model M, --compare A B, --inspect MODEL or --plot RUN_DIR")
     if len(args.models) > 2:
