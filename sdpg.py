@@ -1601,10 +1601,12 @@ def resume_command(cfg: Config, world: int = 1) -> str:
              ["torchrun", *(["--standalone"] if local == world else []), "--nproc_per_node", str(local)]) + ["sdpg.py"]
     # the defaults as this run resolved them (the method's settings, the dataset, lr, mini-batch): only flags that
     # differ from those are needed
-    defaults = Config(method=cfg.method, model=cfg.model, batch_size=cfg.batch_size, lora_rank=cfg.lora_rank)
+    given = ("method", "model", "batch_size", "lora_rank")  # the fields the others' defaults are resolved from
+    defaults = Config(**{name: getattr(cfg, name) for name in given})
     for field in dataclasses.fields(Config):
         value = getattr(cfg, field.name)
-        if field.name not in ("resume", "overwrite") and value != getattr(defaults, field.name):
+        default = field.default if field.name in given else getattr(defaults, field.name)
+        if field.name not in ("resume", "overwrite") and value != default:
             flag = "--" + field.name.replace("_", "-")
             if field_kind(field) is bool:
                 words.append(flag if value else "--no-" + flag[2:])

@@ -1961,6 +1961,25 @@ def test_sigterm_writes_a_checkpoint_and_prints_one_resume_line(tmp_path):
     assert (tmp_path / f"step_{step}" / "trainer_state.pt").is_file()
     resumed = sdpg.parse_config(shlex.split(last.split("resume with: python sdpg.py ")[1]))
     assert resumed.resume and (resumed.output_dir, resumed.steps, resumed.group_size) == (str(tmp_path), 500, 2)
+    assert resumed.model == "tiny"
+
+
+@pytest.mark.parametrize("flags", [["--model", "tiny", "--method", "rlsd", "--clip-c", "5", "--no-gate"],
+                                   ["--model", "tiny", "--method", "opcd", "--batch-size", "4", "--lr", "1e-3"],
+                                   ["--model", "tiny", "--lora-rank", "4", "--eval-every", "5", "--beta", "0"]])
+def test_the_resume_command_rebuilds_the_same_config(flags, tmp_path):
+    """What an interrupted run prints: every flag that makes the run (model and method included) is in it, and it
+    parses back to the same Config."""
+    cfg = sdpg.parse_config(flags + ["--output-dir", str(tmp_path)])
+    command = sdpg.resume_command(cfg)
+    again = sdpg.parse_config(shlex.split(command.split("python sdpg.py ")[1]))
+    assert dataclasses_as_dict(again) == dict(dataclasses_as_dict(cfg), resume=True), command
+
+
+def dataclasses_as_dict(cfg):
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
 
 
 def test_an_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
