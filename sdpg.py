@@ -1685,8 +1685,10 @@ def parse_config(argv=None) -> Config:
         flag, help_text = "--" + field.name.replace("_", "-"), comments.get(field.name, "")
         kind = field_kind(field)
         if field.name in METHODS["sdpg"]:
-            by_method = ", ".join(f"{method} {settings[field.name]}" for method, settings in METHODS.items())
-            help_text += f" [by --method: {by_method}]"
+            values = [settings[field.name] for settings in METHODS.values()]
+            values = [("on" if value else "off") if isinstance(value, bool) else value for value in values]
+            by_method = ", ".join(f"{method} {value}" for method, value in zip(METHODS, values))
+            help_text = help_text.replace(" (by --method)", "") + f" [by --method: {by_method}]"
         elif kind is not bool and field.default is not None:
             help_text += f" (default: {field.default})"
         help_text = help_text.replace("%", "%%")
