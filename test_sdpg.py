@@ -948,6 +948,21 @@ def test_student_prompt_is_the_chat_template_of_question_and_boxed_instruction(t
         "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_the_papers_student_prompt_is_figure_4_word_for_word_and_the_teacher_adds_the_context(tiny):
+    """--student-prompt paper: Figure 4's instruction before the question and its reminder after; the teacher's
+    message is that same text followed by the privileged context."""
+    _, tokenizer = tiny
+    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
+    student = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], style="paper"))
+    assert student == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nSolve the following math "
+        "problem step by step. Present your final answer inside \\boxed{}, for example \\boxed{42}.\nWhat is 2 + 3?\n"
+        "Remember to put your final answer inside \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+    context = sdpg.privileged_context(row, "paper")
+    teacher = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], context, style="paper"))
+    assert teacher == student.replace("inside \\boxed{}.<|im_end|>", f"inside \\boxed{{}}.\n\n{context}<|im_end|>")
+
+
 def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
     """Spec "Data and privileged context": same template, same user message, context appended."""
     _, tokenizer = tiny
