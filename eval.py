@@ -234,9 +234,10 @@ def response_tokens(model, tokenizer, prompt: list[int], teacher: list[int], ids
         view_ids = torch.tensor([view], device=ids.device)
         return sdpg._response_hidden(model, view_ids, torch.ones_like(view_ids), ids, torch.ones_like(ids))[0]
 
-    def top_tokens(logits, j) -> list:
-        best = sdpg.tempered_log_softmax(logits[j], temperature).exp().topk(top)
-        return [[tokenizer.decode([t]), v] for t, v in zip(best.indices.tolist(), best.values.tolist())]
+    def top_tokens(logits) -> list:  # per position: the view's `top` likeliest next tokens at τ, with p
+        best = sdpg.tempered_log_softmax(logits, temperature).exp().topk(top, dim=-1)  # one pass for the chunk
+        return [[[tokenizer.decode([t]), v] for t, v in zip(token_ids, values)]
+                for token_ids, values in zip(best.indices.tolist(), best.values.tolist())]
 
     student_hidden, teacher_hidden, tokens = hidden(prompt), hidden(teacher), []
     lm_head = model.get_output_embeddings()
@@ -245,11 +246,12 @@ def response_tokens(model, tokenizer, prompt: list[int], teacher: list[int], ids
         student_logits, teacher_logits = lm_head(student_hidden[chunk]), lm_head(teacher_hidden[chunk])  # (N, V)
         logp, kl, entropy, teacher_logp = sdpg.token_stats(student_logits, teacher_logits, ids[0, chunk],
                                                            temperature, with_entropy=True)
+        student_top, teacher_top = top_tokens(student_logits), top_tokens(teacher_logits)
         for j, token in enumerate(ids[0, chunk].tolist()):
             tokens.append(dict(text=tokenizer.decode([token]), id=token, p=logp[j].exp().item(),
                                q=teacher_logp[j].exp().item(), logp=logp[j].item(), logq=teacher_logp[j].item(),
                                delta=(teacher_logp[j] - logp[j]).item(), kl=kl[j].item(), entropy=entropy[j].item(),
-                               student_top=top_tokens(student_logits, j), teacher_top=top_tokens(teacher_logits, j)))
+                               student_top=student_top[j], teacher_top=teacher_top[j]))
     return tokens
 
 
@@ -399,7 +401,7 @@ token). Sampled at τ = {data['temperature']}.</p>
 def training_settings(model: str) -> dict:
     """What a sdpg.py run folder was trained with (its config.json), else sdpg.py's defaults: the prompt, the
     teacher's context, τ, the response length, the scorer and G, so --inspect sees what training saw."""
-    saved = sdpg.read_json(os.path.join(model, "config.json")) if sdpg.run_dataset(model) else {}
+    saved = sdpg.run_config(model)
     defaults = sdpg.Config(model="tiny")
     keys = ("student_prompt", "teacher_context", "temperature", "max_new_tokens", "strict_format", "group_size",
             "logits_chunk_size")

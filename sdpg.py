@@ -179,7 +179,7 @@ class Config:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.dataset is None:
-            self.dataset = "arithmetic" if self.model == "tiny" else run_dataset(self.model) or "gsm8k"
+            self.dataset = "arithmetic" if self.model == "tiny" else run_config(self.model).get("dataset") or "gsm8k"
         if self.lr is None:
             self.lr = 1e-5 if self.lora_rank else 1e-6
         if self.mini_batch_size is None:
@@ -316,25 +316,6 @@ def extract_answer(completion: str, strict: bool = False) -> str | None:
     return find_answer(completion, strict)[0]
 
 
-def normalize_answer(text: str) -> str:
-    """LaTeX spacing and sizing dropped, \\text{} unwrapped, outer braces, units, `x =` prefixes and thousands
-    commas cut: "$\\$1{,}000$ dollars" → "1000", "x = \\dfrac{3}{4}" → "\\frac{3}{4}"."""
-    for old, new in _SPELLINGS:
-        text = text.replace(old, new)
-    text = re.sub(r"(?<!\\)\\ ", " ", text)  # "\ " is a space; "\\ " (a matrix row break) is not
-    for _ in range(3):  # nested \text{\textbf{…}}
-        text = _UNBRACE.sub(r"\1", text)
-    text = text.strip().rstrip(".").strip()
-    while len(text) > 1 and text[0] == "{" and closing_brackets(text).get(0) == len(text) - 1:  # {5} → 5, not {a}{b}
-        text = text[1:-1].strip()
-    text = _PREFIX.sub("", _UNIT.sub("", text)).strip()
-    if number := _NUMBER_AND_WORDS.fullmatch(text):
-        text = number.group(1)
-    if _THOUSANDS.fullmatch(text):
-        text = text.replace(",", "").replace(" ", "")
-    return re.sub(r"\s+", " ", text)
-
-
 def parse_number(text: str) -> Fraction | None:
     """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
     text = text.replace(" ", "")
@@ -352,7 +333,8 @@ def parse_number(text: str) -> Fraction | None:
 
 
 def answers_match(predicted: str, truth: str) -> bool:
-    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (Appendix A)."""
+    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal. Both sides are
+    normalized first (normalize_answer: LaTeX spacing, units, `x =`, thousands commas; Appendix A)."""
     numbers = parse_number(normalize_answer(predicted)), parse_number(normalize_answer(truth))
     if None not in numbers:
         return numbers[0] == numbers[1]
@@ -594,9 +576,14 @@ def rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip=0.2):
     code; = π_θ with one update per batch) and under the teacher view (q). Returns (B, T), detached: Â replaces A
     in E2. The teacher's evidence only rescales A, by at most λε_w, never flips its sign; λ = 0 is GRPO exactly.
     """
-    evidence = torch.sign(advantages)[:, None] * (teacher_logp - old_logp).detach().clamp(-20.0, 20.0)  # (B, T)
-    scale = (1 - weight) + weight * torch.exp(evidence).clamp(1 - clip, 1 + clip)  # [impl] ±20: exp stays finite
+    scale = (1 - weight) + weight * rlsd_evidence(advantages, old_logp, teacher_logp).clamp(1 - clip, 1 + clip)
     return (advantages[:, None] * scale).detach()
+
+
+def rlsd_evidence(advantages, old_logp, teacher_logp):
+    """u_t = exp(sign(A) · SG[log q(y_t) − log p(y_t)]) = (q(y_t) / p(y_t))^sign(A): (B, T), detached   (RLSD)"""
+    # [impl] the log-ratio clamped to ±20 nats, as E2's: exp stays finite, far outside any clip of u anyway
+    return torch.exp(torch.sign(advantages)[:, None] * (teacher_logp - old_logp).detach().clamp(-20.0, 20.0))
 
 
 def rlsd_weight_schedule(step: int, total_steps: int, weight: float, decay_steps: int = -1) -> float:
@@ -952,6 +939,25 @@ _NUMBER_AND_WORDS = re.compile(r"(-?[\d.,]+(?:/\d+)?)(?:\s+[a-zA-Z]|[a-zA-Z]{2})
 _PREFIX = re.compile(r"^(?:[a-zA-Z]\w*(?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})"
                      r"\s*(?:=|\\in)(?!=)\s*")  # x =, total =, f(x) =, \angle ABC =, x \in
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?")  # 10,080 and 11, 111, 100 are one number each
+
+
+def normalize_answer(text: str) -> str:
+    """LaTeX spacing and sizing dropped, \\text{} unwrapped, outer braces, units, `x =` prefixes and thousands
+    commas cut: "$\\$1{,}000$ dollars" → "1000", "x = \\dfrac{3}{4}" → "\\frac{3}{4}"."""
+    for old, new in _SPELLINGS:
+        text = text.replace(old, new)
+    text = re.sub(r"(?<!\\)\\ ", " ", text)  # "\ " is a space; "\\ " (a matrix row break) is not
+    for _ in range(3):  # nested \text{\textbf{…}}
+        text = _UNBRACE.sub(r"\1", text)
+    text = text.strip().rstrip(".").strip()
+    while len(text) > 1 and text[0] == "{" and closing_brackets(text).get(0) == len(text) - 1:  # {5} → 5, not {a}{b}
+        text = text[1:-1].strip()
+    text = _PREFIX.sub("", _UNIT.sub("", text)).strip()
+    if number := _NUMBER_AND_WORDS.fullmatch(text):
+        text = number.group(1)
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "").replace(" ", "")
+    return re.sub(r"\s+", " ", text)
 
 
 def math_equal(predicted: str, truth: str) -> bool:
@@ -1478,7 +1484,7 @@ def loss_sums(per_token, pg, kl, anchor, logp, old_logp, token_advantages, advan
                 clip_frac=clipped * mask, dual_clip_frac=dual_clipped * mask, tokens=mask, gate_tokens=gated)
     if teacher_logp is not None:  # RLSD: how often u_t hits its clip, and how far Â moved from A
         signed = mask * (advantages != 0)[:, None]
-        evidence = torch.exp(torch.sign(advantages)[:, None] * (teacher_logp - old_logp).clamp(-20.0, 20.0))
+        evidence = rlsd_evidence(advantages, old_logp, teacher_logp)  # u_t, as rlsd_advantages clips it
         shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
         sums.update(rlsd_clip_frac=((evidence - 1).abs() > rlsd_clip) * signed, rlsd_shift=shift * signed,
                     rlsd_tokens=signed)
@@ -1860,15 +1866,15 @@ def read_local_table(name: str, question_field: str, answer_field: str):
     return table, question_field
 
 
-def run_dataset(model: str) -> str | None:
-    """The dataset a sdpg.py run folder was trained on (its config.json), for `--model RUN_FOLDER`; else None."""
+def run_config(model: str) -> dict:
+    """The config.json of a sdpg.py run folder given as `--model RUN_FOLDER` (what it was trained with); else {}."""
     path = os.path.join(model, "config.json")
     if not (os.path.isfile(os.path.join(model, "metrics.jsonl")) and os.path.isfile(path)):
-        return None
+        return {}
     try:
-        return read_json(path).get("dataset")
+        return read_json(path)
     except (OSError, ValueError):
-        return None
+        return {}
 
 
 def resolve_model_path(name: str) -> tuple[str, dict]:

@@ -725,15 +725,9 @@ def test_opcd_trains_with_the_same_reverse_kl_and_no_reward(tmp_path, monkeypatc
     for key in ("loss", "opd_kl", "ref_kl", "grad_norm"):
         assert [r[key] for r in runs[0]] == pytest.approx([r[key] for r in runs[1]], rel=1e-6), key
     assert runs[0][0]["pg_loss"] == 0 and runs[0][0]["gate_frac"] == 1.0 and runs[0][0]["opd_kl"] > 0
-    weights = [saved_weights(tmp_path / name / "final") for name in "ab"]
+    weights = [final_weights(tmp_path / name) for name in "ab"]
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key])
-
-
-def saved_weights(folder):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
 
 
 @pytest.mark.parametrize("method, expected", [
@@ -1988,13 +1982,7 @@ def test_the_resume_command_rebuilds_the_same_config(flags, tmp_path):
     cfg = sdpg.parse_config(flags + ["--output-dir", str(tmp_path)])
     command = sdpg.resume_command(cfg)
     again = sdpg.parse_config(shlex.split(command.split("python sdpg.py ")[1]))
-    assert dataclasses_as_dict(again) == dict(dataclasses_as_dict(cfg), resume=True), command
-
-
-def dataclasses_as_dict(cfg):
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
+    assert sdpg.dataclasses.asdict(again) == dict(sdpg.dataclasses.asdict(cfg), resume=True), command
 
 
 def test_an_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
