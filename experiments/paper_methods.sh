@@ -14,6 +14,7 @@
 # newest step_N/. Every run records the sdpg.py blob that trained it (trained_by); the table refuses two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/resumable.sh
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 export RUNS=${RUNS:-runs/paper} RESULTS=docs/results/paper
 # TASK is chosen by the pilot (docs/results/paper/pilot.md) before any method is compared; until its §3 fixes it
@@ -55,12 +56,7 @@ train() {  # NAME = METHOD-sSEED
     echo "$name: done (its results are in $RESULTS)"; return
   fi
   if [ ! -f "$RUNS/$name/final/config.json" ]; then
-    mkdir -p "$RUNS/$name"
-    [ -f "$RUNS/$name/trained_by" ] || echo "commit $(git rev-parse HEAD) sdpg.py $(git hash-object sdpg.py)" \
-      > "$RUNS/$name/trained_by"
-    resume=""
-    [ -f "$RUNS/$name/config.json" ] && resume=--overwrite
-    ls -d "$RUNS/$name"/step_* > /dev/null 2>&1 && resume=--resume
+    resume=$(start_or_resume "$RUNS/$name")  # experiments/resumable.sh
     # shellcheck disable=SC2046,SC2086
     python3 sdpg.py $COMMON --dataset $TASK --steps $STEPS --temperature $TEMPERATURE --seed "$seed" \
       --output-dir "$RUNS/$name" $resume $(method_flags "$method") >> "$RUNS/$name.log" 2>&1 \
@@ -80,7 +76,7 @@ pilot() {  # the base model's strict greedy accuracy per candidate task and prom
       > $RUNS/pilot-base-$task-$prompt.log 2>&1
   done; done
 }
-export -f method_flags evaluate train pilot
+export -f method_flags evaluate train pilot start_or_resume
 
 start=$(date +%s)
 if [ "${1:-}" = pilot ]; then  # PILOT_TASK: the candidate whose one-seed GRPO curve is measured

@@ -18,6 +18,7 @@
 # 639 min of jobs, about 5-6 hours of the machine (docs/results.md: what was measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/resumable.sh
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false  # threads per job
 export RUNS=${RUNS:-runs} RESULTS=docs/results
 SEEDS=${SEEDS:-0 1 2}
@@ -61,14 +62,7 @@ job() {  # NAME = ARM-sSEED, or smollm2-base (evaluations only)
     echo "$name: done (its results are in $RESULTS)"; return
   fi
   if [ ! -f "$RUNS/$name/final/config.json" ]; then
-    # which code trained it: the table refuses to compare runs whose sdpg.py differs (a later commit that leaves
-    # sdpg.py alone trains the same runs)
-    mkdir -p "$RUNS/$name"
-    [ -f "$RUNS/$name/trained_by" ] || echo "commit $(git rev-parse HEAD) sdpg.py $(git hash-object sdpg.py)" \
-      > "$RUNS/$name/trained_by"
-    resume=""  # resume from the newest checkpoint; a run stopped before its first one starts again
-    [ -f "$RUNS/$name/config.json" ] && resume=--overwrite
-    ls -d "$RUNS/$name"/step_* > /dev/null 2>&1 && resume=--resume
+    resume=$(start_or_resume "$RUNS/$name")  # trained_by, and --resume / --overwrite (experiments/resumable.sh)
     # shellcheck disable=SC2046,SC2086
     python3 sdpg.py $COMMON --seed "$seed" --output-dir "$RUNS/$name" $resume $(arm_flags "$arm") \
       >> "$RUNS/$name.log" 2>&1 || { echo "training $name failed: see $RUNS/$name.log" >&2; return 1; }
@@ -78,7 +72,7 @@ job() {  # NAME = ARM-sSEED, or smollm2-base (evaluations only)
   cp "$RUNS/$name/trained_by" $RESULTS/$name/
   evaluate "$RUNS/$name/final" "$name"
 }
-export -f arm_flags evaluate job
+export -f arm_flags evaluate job start_or_resume
 export base
 
 # 1. every job, seed by seed so that a partial table already has all arms; two at a time
