@@ -50,9 +50,9 @@ evaluate() {  # MODEL_PATH NAME: 100 held-out problems, greedy (lenient and stri
     [ -f $RESULTS/$2-$3.summary.json ] && continue
     python3 eval.py --model "$1" --dataset $TASK --split test --limit 100 --max-new-tokens 160 --batch-size 25 \
       --student-prompt paper --output "$RUNS/$2-$3.jsonl" $DEVICE_FLAGS "${@:4}" > "$RUNS/$2-$3.eval.log" 2>&1
+    [ "$3" = greedy ] && cp "$RUNS/$2-greedy.jsonl" $RESULTS/  # every answer: what each method learned to write
     cp "$RUNS/$2-$3.jsonl.summary.json" $RESULTS/$2-$3.summary.json
   done
-  cp "$RUNS/$2-greedy.jsonl" $RESULTS/ 2> /dev/null || true
 }
 train() {  # NAME = METHOD-sSEED
   name=$1 method=${1%-s*} seed=${1##*-s}
@@ -69,6 +69,10 @@ train() {  # NAME = METHOD-sSEED
   fi
   mkdir -p $RESULTS/$name
   cp "$RUNS/$name/config.json" "$RUNS/$name/metrics.jsonl" "$RUNS/$name/trained_by" $RESULTS/$name/
+  python3 -c "import os, platform, torch, transformers; print(platform.machine(), os.cpu_count(), 'cores,',
+    torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU', '| torch', torch.__version__,
+    '| transformers', transformers.__version__, '| OMP_NUM_THREADS', os.environ['OMP_NUM_THREADS'],
+    '| DEVICE_FLAGS', repr(os.environ['DEVICE_FLAGS']))" > $RESULTS/$name/machine
   evaluate "$RUNS/$name/final" "$name"
   rm -rf "$RUNS/$name"/step_*  # ~1.6 GB each with AdamW state; final/ stays
 }
