@@ -2752,3 +2752,83 @@ def test_seed_table_groups_seeds_by_arm_and_refuses_runs_of_two_sdpg_versions(tm
     write_fake_run(tmp_path, "sdpg-s3", 0.5, blob="d" * 40)
     with pytest.raises(SystemExit, match="different sdpg.py versions: .*sdpg-s3"):
         seed_table.one_trainer(seed_table.read_runs(str(tmp_path))[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's comparison in miniature: experiments/paper_methods.sh and experiments/paper_table.py
+
+
+def import_paper_table():
+    sys.path.insert(0, os.path.join(HERE, "experiments"))
+    try:
+        import paper_table
+    finally:
+        sys.path.pop(0)
+    return paper_table
+
+
+def write_paper_run(results, name, heldout, rewards, greedy=None, blob="b" * 40):
+    """A fake grid run: held-out accuracy after every 10th step, one training reward per step."""
+    folder = results / name
+    folder.mkdir(parents=True)
+    records = [{"step": step, "reward": reward, "response_len": 90.0 + step, "entropy": 0.2, "truncated_frac": 0.1,
+                "format_rate": 0.8, "heldout_accuracy": heldout[(step + 1) // 10 - 1] if (step + 1) % 10 == 0
+                else None} for step, reward in enumerate(rewards)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "trained_by").write_text(f"commit {'c' * 40} sdpg.py {blob}\n")
+    if greedy is not None:
+        (results / f"{name}-greedy.summary.json").write_text(json.dumps({"accuracy": greedy + 0.1,
+                                                                         "strict_accuracy": greedy}))
+
+
+@in_repository("experiments/paper_table.py")
+def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
+    """Table 1 in miniature: last = the held-out accuracy after the last step, best = its maximum over the evaluations
+    during training; mean ± sd over finished seeds; differences from GRPO with the Welch interval; an unfinished run
+    stays out of the table; the first step whose rollouts differ from GRPO's of the same seed."""
+    paper_table = import_paper_table()
+    grpo = {0: [0.1, 0.3, 0.2, 0.2], 1: [0.1, 0.1, 0.2, 0.3], 2: [0.0, 0.2, 0.2, 0.1]}
+    rlsd = {0: [0.2, 0.4, 0.5, 0.4], 1: [0.1, 0.3, 0.3, 0.5], 2: [0.2, 0.2, 0.4, 0.6]}
+    base_rewards = [0.0] * 40
+    for seed in range(3):
+        write_paper_run(tmp_path, f"grpo-s{seed}", grpo[seed], base_rewards, greedy=0.1 * seed)
+        rewards = base_rewards[:7 + seed] + [0.5] * (33 - seed)  # RLSD's rollouts differ from step 7 + seed
+        write_paper_run(tmp_path, f"rlsd-s{seed}", rlsd[seed], rewards, greedy=0.2 + 0.1 * seed)
+    write_paper_run(tmp_path, "opcd-s0", [0.0, 0.0], base_rewards[:20])  # stopped at step 20 of 40
+    runs = paper_table.read_runs(str(tmp_path))
+    assert list(runs) == ["grpo", "rlsd", "opcd"] and sorted(runs["rlsd"]) == [0, 1, 2]
+    assert paper_table.last_best(runs["grpo"][0]) == (0.2, 0.3)
+    table = paper_table.table_one(runs, steps=40)
+    last, best = [0.2, 0.3, 0.1], [0.3, 0.3, 0.2]
+    assert f"| GRPO | 0, 1, 2 | {paper_table.mean_sd(last)} | {paper_table.mean_sd(best)} |" in table, table
+    assert "| 0.200 ± 0.100 | 0.267 ± 0.058 |" in table, table  # by hand: last 0.2 0.3 0.1; best 0.3 0.3 0.2
+    difference, low, high = paper_table.welch_interval([0.4, 0.5, 0.6], last)
+    assert f"| RLSD − GRPO | {difference:+.3f} [{low:+.3f}, {high:+.3f}] |" in table, table
+    assert "OPCD" not in table  # unfinished: drawn, not tabled
+    assert [paper_table.first_divergence(runs["rlsd"][s], runs["grpo"][s]) for s in range(3)] == [7, 8, 9]
+    assert paper_table.first_divergence(runs["grpo"][1], runs["grpo"][1]) is None
+    assert "| RLSD | 3 | 0.100 ± 0.050 → 0.500 ± 0.000 |" in paper_table.dynamics(runs, steps=40)  # 3, 2, 1 of 10 at 0.5
+    write_paper_run(tmp_path, "sdpg-s0", [0.1] * 4, base_rewards, blob="d" * 40)
+    with pytest.raises(SystemExit, match="different sdpg.py versions: .*sdpg-s0"):
+        paper_table.one_trainer(paper_table.read_runs(str(tmp_path)))
+
+
+@in_repository("experiments/paper_methods.sh")
+def test_paper_grid_trains_each_method_with_the_settings_it_states(tmp_path):
+    """experiments/paper_methods.sh's shared flags and per-method flags parse into the Configs the README promises:
+    the paper's prompt and strict reward, 2 × 8 rollouts, held-out accuracy every 10 steps on 50 problems, and each
+    method's own settings (sdpg-ufkl: SDPG with the forward KL); an unknown method is refused."""
+    script = open(os.path.join(HERE, "experiments", "paper_methods.sh")).read()
+    shared = script[script.index("export COMMON="):script.index("evaluate() {")]  # COMMON and method_flags
+    for method, expected in [("grpo", sdpg.METHODS["grpo"]), ("rlsd", sdpg.METHODS["rlsd"]),
+                             ("opcd", sdpg.METHODS["opcd"]), ("sdpg", sdpg.METHODS["sdpg"]),
+                             ("sdpg-ufkl", {**sdpg.METHODS["sdpg"], "kl_mode": "ufkl"})]:
+        flags = subprocess.run(["bash", "-c", f'base=tiny DEVICE_FLAGS=""\n{shared}\necho $COMMON $(method_flags '
+                                f'{method})'], capture_output=True, text=True, check=True).stdout.split()
+        cfg = sdpg.parse_config([*flags, "--dataset", "arithmetic", "--steps", "40", "--output-dir", str(tmp_path)])
+        assert (cfg.student_prompt, cfg.strict_format, cfg.batch_size, cfg.group_size) == ("paper", True, 2, 8)
+        assert (cfg.eval_every, cfg.eval_problems, cfg.max_new_tokens, cfg.lr) == (10, 50, 160, 1e-5)
+        assert {key: getattr(cfg, key) for key in expected} == expected, method
+        assert cfg.kl_mode == ("ufkl" if method == "sdpg-ufkl" else "urkl")
+    refused = subprocess.run(["bash", "-c", f'base=tiny\n{shared}\nmethod_flags sdgp'], capture_output=True, text=True)
+    assert refused.returncode != 0 and "unknown method sdgp" in refused.stderr

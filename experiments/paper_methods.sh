@@ -33,6 +33,8 @@ fi
 # DEVICE_FLAGS go to sdpg.py and eval.py alike: empty on a laptop; on a GPU "--device cuda --dtype float32" keeps the
 # laptop's float32 (auto would train under bf16 autocast there)
 export DEVICE_FLAGS=${DEVICE_FLAGS:-}
+# problems per generate call of the final evaluations (a GPU takes all 100 at once: 2 calls instead of 8)
+export EVAL_BATCH=${EVAL_BATCH:-25}
 # what every run shares; held-out accuracy every 10 steps on 50 test problems (greedy, strict)
 export COMMON="--model $base --student-prompt paper --strict-format --batch-size 2 --group-size 8
                --max-new-tokens 160 --lr 1e-5 --warmup-steps 0 --no-gradient-checkpointing --save-every 5
@@ -48,7 +50,7 @@ evaluate() {  # MODEL_PATH NAME: 100 held-out problems, greedy (lenient and stri
   for setting in "greedy --temperature 0" "mean4 --temperature $TEMPERATURE --n 4"; do
     set -- "$1" "$2" $setting
     [ -f $RESULTS/$2-$3.summary.json ] && continue
-    python3 eval.py --model "$1" --dataset $TASK --split test --limit 100 --max-new-tokens 160 --batch-size 25 \
+    python3 eval.py --model "$1" --dataset $TASK --split test --limit 100 --max-new-tokens 160 --batch-size $EVAL_BATCH \
       --student-prompt paper --output "$RUNS/$2-$3.jsonl" $DEVICE_FLAGS "${@:4}" > "$RUNS/$2-$3.eval.log" 2>&1
     [ "$3" = greedy ] && cp "$RUNS/$2-greedy.jsonl" $RESULTS/  # every answer: what each method learned to write
     cp "$RUNS/$2-$3.jsonl.summary.json" $RESULTS/$2-$3.summary.json

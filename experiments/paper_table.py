@@ -1,0 +1,238 @@
+"""The paper's Table 1 and Figure 3 in miniature, from what experiments/paper_methods.sh writes under
+docs/results/paper/: one folder per run named METHOD-sSEED (config.json, metrics.jsonl, trained_by, machine) and its
+summaries METHOD-sSEED-{greedy,mean4}.summary.json (100 held-out problems, eval.py).
+
+Table 1's "last" and "best" are the held-out accuracy measured during training (--eval-every 10: greedy, strict, the
+first 50 test problems) after the last step and at its best evaluation; the final columns are eval.py's 100
+problems. Mean ± sd over seeds; each method's difference from GRPO with a 95 % Welch t-interval over seeds (every
+model answers the same problems, so what varies between runs of a method is the training seed). Figure 3: held-out
+accuracy, training reward, entropy and response length against step, a colour per method, every seed thin and the
+mean over seeds thick. The dynamics table carries the numbers the paper's claims are read against.
+
+  python experiments/paper_table.py docs/results/paper --base docs/results/paper/pilot/base-arithmetic-paper.jsonl \
+      --figure docs/paper_curves.png
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+from seed_table import RUN_NAME, moving_mean, one_trainer, welch_interval
+
+METHODS = {"grpo": "GRPO", "rlsd": "RLSD", "opcd": "OPCD", "sdpg": "SDPG-URKL", "sdpg-ufkl": "SDPG-UFKL"}
+CURVES = [("heldout_accuracy", "held-out accuracy (greedy, strict, 50)"), ("reward", "training reward (5-step mean)"),
+          ("entropy", "entropy (5-step mean)"), ("response_len", "response length (5-step mean)")]
+
+
+def read_runs(results: str) -> dict:
+    """{method: {seed: run}} for every METHOD-sSEED folder with metrics.jsonl and trained_by, in METHODS' order."""
+    runs = {}
+    for name in sorted(os.listdir(results)):
+        folder, match = os.path.join(results, name), RUN_NAME.fullmatch(name)
+        if not (match and match["arm"] in METHODS and os.path.isfile(os.path.join(folder, "trained_by"))):
+            continue
+        with open(os.path.join(folder, "trained_by")) as file:
+            run = {"trained_by": file.read().split(), "name": name}
+        with open(os.path.join(folder, "metrics.jsonl")) as file:
+            run["metrics"] = [json.loads(line) for line in file if line.strip()]
+        machine = os.path.join(folder, "machine")
+        run["machine"] = open(machine).readline().strip() if os.path.isfile(machine) else ""
+        for key in ("greedy", "mean4"):
+            path = os.path.join(results, f"{name}-{key}.summary.json")
+            if os.path.isfile(path):
+                with open(path) as file:
+                    run[key] = json.load(file)
+        runs.setdefault(match["arm"], {})[int(match["seed"])] = run
+    return {method: runs[method] for method in METHODS if method in runs}
+
+
+def base_heldout(path: str | None, problems: int) -> float | None:
+    """The base model's strict greedy accuracy on the first PROBLEMS test problems (the step-0 point of the curves),
+    from its eval.py answers; None without them."""
+    if not path:
+        return None
+    with open(path) as file:
+        rows = [json.loads(line) for line in file if line.strip()][:problems]
+    return statistics.mean(row["strict_correct"][0] for row in rows)
+
+
+def heldout_curve(run: dict) -> dict:
+    """{steps trained: held-out accuracy}: a record's step is 0-based, its evaluation follows that step's update."""
+    return {m["step"] + 1: m["heldout_accuracy"] for m in run["metrics"] if m.get("heldout_accuracy") is not None}
+
+
+def finished(run: dict, steps: int) -> bool:
+    return len(run["metrics"]) >= steps
+
+
+def last_best(run: dict) -> tuple[float, float]:
+    curve = heldout_curve(run)
+    return curve[max(curve)], max(curve.values())
+
+
+def window_mean(run: dict, key: str, start: int, stop: int) -> float:
+    values = [m[key] for m in run["metrics"][start:stop] if m.get(key) is not None]
+    return statistics.mean(values) if values else float("nan")
+
+
+def first_divergence(run: dict, grpo: dict | None) -> int | None:
+    """The first step whose rollouts differ from GRPO's of the same seed (reward or mean length differs); the same
+    seed draws the same problems and the same sampling noise, so until the weights differ enough to change one
+    sampled token, the two runs sample the same responses. None: identical for every step both logged."""
+    if grpo is None:
+        return None
+    for mine, theirs in zip(run["metrics"], grpo["metrics"]):
+        if (mine["reward"], round(mine["response_len"], 6)) != (theirs["reward"], round(theirs["response_len"], 6)):
+            return mine["step"]
+    return None
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def columns(run: dict) -> dict:
+    """Table 1's numbers of one run (None where its evaluation is missing)."""
+    last, best = last_best(run)
+    greedy, mean4 = run.get("greedy", {}), run.get("mean4", {})
+    return {"last": last, "best": best, "greedy strict": greedy.get("strict_accuracy"),
+            "greedy lenient": greedy.get("accuracy"), "mean@4 strict": mean4.get("strict_accuracy")}
+
+
+def table_one(runs: dict, steps: int, baseline: str = "grpo") -> str:
+    done = {method: {seed: run for seed, run in seeds.items() if finished(run, steps)}
+            for method, seeds in runs.items()}
+    done = {method: seeds for method, seeds in done.items() if seeds}  # a method with no finished run: not tabled
+    keys = ["last", "best", "greedy strict", "greedy lenient", "mean@4 strict"]
+    lines = ["| method | seeds | held-out last (50) | held-out best (50) | final greedy strict (100) | "
+             "final greedy lenient (100) | final mean@4 strict, τ 0.3 (100) |", "| --- | --- |" + " --- |" * 5]
+    values = {}
+    for method, seeds in done.items():
+        values[method] = {key: [columns(run)[key] for _, run in sorted(seeds.items()) if columns(run)[key] is not None]
+                          for key in keys}
+        cells = [mean_sd(values[method][key]) + (f" (seeds {len(values[method][key])} of {len(seeds)})"
+                                                 if values[method][key] and len(values[method][key]) < len(seeds)
+                                                 else "") for key in keys]
+        lines.append(f"| {METHODS[method]} | {', '.join(map(str, sorted(seeds)))} | " + " | ".join(cells) + " |")
+    if baseline not in values:
+        return "\n".join(lines)
+    lines += ["", f"Difference from {METHODS[baseline]}: mean over seeds [95 % Welch t-interval over seeds]", "",
+              "| method | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+    for method in values:
+        if method == baseline:
+            continue
+        cells = []
+        for key in keys:
+            a, b = values[method][key], values[baseline][key]
+            if len(a) < 2 or len(b) < 2:
+                cells.append("– (needs 2 seeds each)")
+                continue
+            difference, low, high = welch_interval(a, b)
+            cells.append(f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]")
+        lines.append(f"| {METHODS[method]} − {METHODS[baseline]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def dynamics(runs: dict, steps: int) -> str:
+    """The numbers the claims are read against, per method (mean ± sd over its finished seeds)."""
+    late, last = f"{steps - 9}–{steps}", f"{steps - 4}–{steps}"
+    lines = [f"| method | seeds | reward, steps 1–10 → {late} | entropy, steps 1–5 → {last} | response length, 1–5 → "
+             f"{last} | cut at the limit, {last} | explicit answer, {last} | first step unlike GRPO's (same seed) |",
+             "| --- | --- |" + " --- |" * 6]
+    grpo = runs.get("grpo", {})
+    for method, seeds in runs.items():
+        done = [run for _, run in sorted(seeds.items()) if finished(run, steps)]
+        if not done:
+            continue
+
+        def span(key, start, stop, digits=3):
+            return mean_sd([window_mean(run, key, start, stop) for run in done], digits)
+
+        divergence = [first_divergence(run, grpo.get(seed)) for seed, run in sorted(seeds.items())
+                      if finished(run, steps) and seed in grpo] if method != "grpo" else []
+        lines.append(f"| {METHODS[method]} | {len(done)} | {span('reward', 0, 10)} → "
+                     f"{span('reward', steps - 10, steps)} | "
+                     f"{span('entropy', 0, 5)} → {span('entropy', steps - 5, steps)} | "
+                     f"{span('response_len', 0, 5, 0)} → {span('response_len', steps - 5, steps, 0)} | "
+                     f"{span('truncated_frac', steps - 5, steps, 2)} | {span('format_rate', steps - 5, steps, 2)} | "
+                     + (", ".join("never" if d is None else str(d) for d in divergence) or "–") + " |")
+    return "\n".join(lines)
+
+
+def per_run(runs: dict) -> str:
+    lines = ["| run | steps | held-out after 10 / 20 / 30 / 40 steps | final greedy strict | mean@4 strict | machine |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for method, seeds in runs.items():
+        for seed, run in sorted(seeds.items()):
+            curve = heldout_curve(run)
+            lines.append(f"| {method}-s{seed} | {len(run['metrics'])} | "
+                         + " / ".join(f"{curve[s]:.2f}" for s in sorted(curve)) + " | "
+                         + (f"{run['greedy']['strict_accuracy']:.2f}" if "greedy" in run else "–") + " | "
+                         + (f"{run['mean4']['strict_accuracy']:.3f}" if "mean4" in run else "–") + " | "
+                         + (run["machine"].split("|")[0].strip() or "–") + " |")
+    return "\n".join(lines)
+
+
+def figure(runs: dict, output: str, base: float | None, steps: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.3 * len(CURVES), 3.5))
+    for axis, (key, title) in zip(axes, CURVES):
+        for index, (method, seeds) in enumerate(runs.items()):
+            curves = []
+            for run in seeds.values():
+                if key == "heldout_accuracy":
+                    values = dict(sorted({0: base, **heldout_curve(run)}.items())) if base is not None \
+                        else heldout_curve(run)
+                else:
+                    logged = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]
+                    values = dict(zip([s for s, _ in logged], moving_mean([v for _, v in logged])))
+                axis.plot(list(values), list(values.values()), color=f"C{index}", alpha=0.3, linewidth=0.8)
+                curves.append(values)
+            common = sorted(set.intersection(*(set(c) for c in curves)))
+            axis.plot(common, [statistics.mean(c[s] for c in curves) for s in common], color=f"C{index}",
+                      linewidth=2.2, label=f"{METHODS[method]} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("step")
+        axis.set_xlim(0, steps)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="the folder experiments/paper_methods.sh wrote (docs/results/paper)")
+    parser.add_argument("--base", help="the base model's eval.py answers (JSONL) on the same test problems: the "
+                        "held-out curve's step-0 point")
+    parser.add_argument("--steps", type=int, default=40, help="the grid's steps; shorter runs are unfinished and "
+                        "stay out of the tables (they are drawn)")
+    parser.add_argument("--figure", help="also write Figure 3 in miniature (PNG) here; needs matplotlib")
+    args = parser.parse_args()
+    if not os.path.isdir(args.results):
+        sys.exit(f"error: {args.results!r} is not a folder; pass the folder experiments/paper_methods.sh wrote")
+    runs = read_runs(args.results)
+    if not runs:
+        sys.exit(f"error: no METHOD-sSEED run with trained_by in {args.results!r}; run experiments/paper_methods.sh")
+    blob = one_trainer(runs)
+    base = base_heldout(args.base, 50)
+    print(f"Runs trained by sdpg.py blob {blob[:10]}" + (f"; the base model's held-out accuracy (the same 50 "
+                                                         f"problems): {base:.2f}" if base is not None else "") + "\n")
+    print(table_one(runs, args.steps) + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
+          + per_run(runs))
+    if args.figure:
+        figure(runs, args.figure, base, args.steps)
+
+
+if __name__ == "__main__":
+    main()
