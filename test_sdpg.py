@@ -2805,6 +2805,9 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     difference, low, high = paper_table.welch_interval([0.4, 0.5, 0.6], last)
     assert f"| RLSD − GRPO | {difference:+.3f} [{low:+.3f}, {high:+.3f}] |" in table, table
     assert "OPCD" not in table  # unfinished: drawn, not tabled
+    short = paper_table.readme_table(runs, steps=40)
+    assert "| GRPO | 3 | 0.20 ± 0.10 | 0.27 ± 0.06 | 0.10 ± 0.10 | – |" in short, short
+    assert f"| RLSD | 3 | 0.50 ± 0.10 | 0.53 ± 0.06 | 0.30 ± 0.10 | {difference:+.2f} [{low:+.2f}, {high:+.2f}] |" in short
     assert [paper_table.first_divergence(runs["rlsd"][s], runs["grpo"][s]) for s in range(3)] == [7, 8, 9]
     assert paper_table.first_divergence(runs["grpo"][1], runs["grpo"][1]) is None
     assert "| RLSD | 3 | 0.100 ± 0.050 → 0.500 ± 0.000 |" in paper_table.dynamics(runs, steps=40)  # 3, 2, 1 of 10 at 0.5

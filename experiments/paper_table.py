@@ -139,6 +139,26 @@ def table_one(runs: dict, steps: int, baseline: str = "grpo") -> str:
     return "\n".join(lines)
 
 
+def readme_table(runs: dict, steps: int, baseline: str = "grpo") -> str:
+    """The README's short form of Table 1: last, best and the final strict accuracy, and last − GRPO."""
+    lines = [f"| method | seeds | held-out last | held-out best | final greedy strict | last − {METHODS[baseline]} "
+             "[95 % Welch] |", "| --- | --- | --- | --- | --- | --- |"]
+    done = {method: [run for _, run in sorted(seeds.items()) if finished(run, steps)] for method, seeds in runs.items()}
+    lasts = {method: [last_best(run)[0] for run in done[method]] for method in done}
+    for method, finished_runs in done.items():
+        if not finished_runs:
+            continue
+        best = [last_best(run)[1] for run in finished_runs]
+        strict = [run["greedy"]["strict_accuracy"] for run in finished_runs if "greedy" in run]
+        difference = "–"
+        if method != baseline and len(lasts[method]) > 1 and len(lasts.get(baseline, [])) > 1:
+            mean, low, high = welch_interval(lasts[method], lasts[baseline])
+            difference = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+        lines.append(f"| {METHODS[method]} | {len(finished_runs)} | {mean_sd(lasts[method], 2)} | {mean_sd(best, 2)} | "
+                     f"{mean_sd(strict, 2)} | {difference} |")
+    return "\n".join(lines)
+
+
 def dynamics(runs: dict, steps: int) -> str:
     """The numbers the claims are read against, per method (mean ± sd over its finished seeds)."""
     late, last = f"{steps - 9}–{steps}", f"{steps - 4}–{steps}"
@@ -228,7 +248,8 @@ def main():
     base = base_heldout(args.base, 50)
     print(f"Runs trained by sdpg.py blob {blob[:10]}" + (f"; the base model's held-out accuracy (the same 50 "
                                                          f"problems): {base:.2f}" if base is not None else "") + "\n")
-    print(table_one(runs, args.steps) + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
+    print("README:\n\n" + readme_table(runs, args.steps) + "\n\nTable 1:\n\n" + table_one(runs, args.steps)
+          + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
           + per_run(runs))
     if args.figure:
         figure(runs, args.figure, base, args.steps)
