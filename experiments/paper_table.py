@@ -186,8 +186,8 @@ def dynamics(runs: dict, steps: int) -> str:
 
 
 def per_run(runs: dict) -> str:
-    lines = ["| run | steps | held-out after 10 / 20 / 30 / 40 steps | final greedy strict | mean@4 strict | machine |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| run | steps | held-out after 10 / 20 / 30 / 40 steps | final greedy strict | mean@4 strict | training "
+             "minutes | machine |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for method, seeds in runs.items():
         for seed, run in sorted(seeds.items()):
             curve = heldout_curve(run)
@@ -195,6 +195,7 @@ def per_run(runs: dict) -> str:
                          + " / ".join(f"{curve[s]:.2f}" for s in sorted(curve)) + " | "
                          + (f"{run['greedy']['strict_accuracy']:.2f}" if "greedy" in run else "–") + " | "
                          + (f"{run['mean4']['strict_accuracy']:.3f}" if "mean4" in run else "–") + " | "
+                         + f"{sum(m.get('step_time', 0) for m in run['metrics']) / 60:.0f} | "
                          + (run["machine"].split("|")[0].strip() or "–") + " |")
     return "\n".join(lines)
 
