@@ -2811,6 +2811,14 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     assert [paper_table.first_divergence(runs["rlsd"][s], runs["grpo"][s]) for s in range(3)] == [7, 8, 9]
     assert paper_table.first_divergence(runs["grpo"][1], runs["grpo"][1]) is None
     assert "| RLSD | 3 | 0.100 ± 0.050 → 0.500 ± 0.000 |" in paper_table.dynamics(runs, steps=40)  # 3, 2, 1 of 10 at 0.5
+    answers = [{"question": "2 + 3?", "answer": "5", "completions": ["2 + 3 = 5\nThe answer is \\boxed{5}"],
+                "strict_correct": [1.0], "formatted": [True]},
+               {"question": "1 + 1?", "answer": "2", "completions": ["3"], "strict_correct": [0.0], "formatted": [False]}]
+    (tmp_path / "grpo-s0-greedy.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    shown = paper_table.written(str(tmp_path), runs, None, problem=0)
+    assert "Problem 0 of the test split: 2 + 3? (answer 5)" in shown
+    assert "| grpo-s0 | 2 + 3 = 5 ⏎ The answer is \\boxed{5} | 1 | 50% | 50% |" in shown, shown
+    assert "grpo-s1" not in shown  # no answers file: not shown
     write_paper_run(tmp_path, "sdpg-s0", [0.1] * 4, base_rewards, blob="d" * 40)
     with pytest.raises(SystemExit, match="different sdpg.py versions: .*sdpg-s0"):
         paper_table.one_trainer(paper_table.read_runs(str(tmp_path)))

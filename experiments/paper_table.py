@@ -200,6 +200,28 @@ def per_run(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def written(results: str, runs: dict, base: str | None, problem: int) -> str:
+    """What each model learned to write: its greedy answer to one held-out problem (eval.py's answers, which a run
+    has once its final evaluation ran), and over all 100 how often it states an answer at all and in \\boxed{}."""
+    sources = ([("base model", base)] if base else []) + [
+        (f"{method}-s{seed}", os.path.join(results, f"{method}-s{seed}-greedy.jsonl"))
+        for method, seeds in runs.items() for seed in sorted(seeds)]
+    lines, question = [], ""
+    for name, path in sources:
+        if not os.path.isfile(path):
+            continue
+        with open(path) as file:
+            rows = [json.loads(line) for line in file if line.strip()]
+        row, boxed = rows[problem], "\\boxed"
+        question = f"Problem {problem} of the test split: {row['question']} (answer {row['answer']})"
+        text = row["completions"][0].strip().replace("\n", " ⏎ ").replace("|", "\\|")
+        explicit = statistics.mean(r["formatted"][0] for r in rows)
+        in_box = statistics.mean(boxed in r["completions"][0] for r in rows)
+        lines.append(f"| {name} | {text} | {row['strict_correct'][0]:.0f} | {explicit:.0%} | {in_box:.0%} |")
+    return "\n".join([question, "", "| model | its greedy answer (⏎: a new line) | right (strict) | explicit answers "
+                      "(all 100) | in \\boxed{} |", "| --- | --- | --- | --- | --- |", *lines])
+
+
 def figure(runs: dict, output: str, base: float | None, steps: int):
     import matplotlib
 
@@ -238,6 +260,7 @@ def main():
                         "held-out curve's step-0 point")
     parser.add_argument("--steps", type=int, default=40, help="the grid's steps; shorter runs are unfinished and "
                         "stay out of the tables (they are drawn)")
+    parser.add_argument("--problem", type=int, default=0, help="the held-out problem whose greedy answers are shown")
     parser.add_argument("--figure", help="also write Figure 3 in miniature (PNG) here; needs matplotlib")
     args = parser.parse_args()
     if not os.path.isdir(args.results):
@@ -251,7 +274,8 @@ def main():
                                                          f"problems): {base:.2f}" if base is not None else "") + "\n")
     print("README:\n\n" + readme_table(runs, args.steps) + "\n\nTable 1:\n\n" + table_one(runs, args.steps)
           + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
-          + per_run(runs))
+          + per_run(runs) + "\n\nWhat each model learned to write:\n\n" + written(args.results, runs, args.base,
+                                                                                       args.problem))
     if args.figure:
         figure(runs, args.figure, base, args.steps)
 
