@@ -59,7 +59,10 @@ evaluate() {  # MODEL_PATH NAME: 100 held-out problems, greedy (lenient and stri
 train() {  # NAME = METHOD-sSEED
   name=$1 method=${1%-s*} seed=${1##*-s}
   mkdir -p "$RUNS" $RESULTS
-  if [ -f $RESULTS/$name/trained_by ] && [ "$(ls $RESULTS/$name-*.summary.json 2> /dev/null | wc -l)" = 2 ]; then
+  # done: trained and evaluated; or trained and greedy-evaluated on another machine whose final weights are not here
+  # (seed 2's mean@4, see docs/results.md) — retraining it here would be a different run
+  if [ -f $RESULTS/$name/trained_by ] && [ -f $RESULTS/$name-greedy.summary.json ] \
+     && { [ -f $RESULTS/$name-mean4.summary.json ] || [ ! -d "$RUNS/$name/final" ]; }; then
     echo "$name: done (its results are in $RESULTS)"; return
   fi
   if [ ! -f "$RUNS/$name/final/config.json" ]; then
