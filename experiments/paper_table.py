@@ -228,11 +228,15 @@ def figure(runs: dict, output: str, base: float | None, steps: int):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # the thick line is each method's mean over the seeds every method has finished, so that no two means average
+    # different seeds (or machines) while the grid is incomplete; every run is drawn thin
+    shared = set.intersection(*({seed for seed, run in seeds.items() if finished(run, steps)}
+                                for seeds in runs.values()))
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.3 * len(CURVES), 3.5))
     for axis, (key, title) in zip(axes, CURVES):
         for index, (method, seeds) in enumerate(runs.items()):
             curves = []
-            for run in seeds.values():
+            for seed, run in sorted(seeds.items()):
                 if key == "heldout_accuracy":
                     values = dict(sorted({0: base, **heldout_curve(run)}.items())) if base is not None \
                         else heldout_curve(run)
@@ -240,14 +244,18 @@ def figure(runs: dict, output: str, base: float | None, steps: int):
                     logged = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]
                     values = dict(zip([s for s, _ in logged], moving_mean([v for _, v in logged])))
                 axis.plot(list(values), list(values.values()), color=f"C{index}", alpha=0.3, linewidth=0.8)
-                curves.append(values)
+                if seed in shared:
+                    curves.append(values)
+            if not curves:
+                continue
             common = sorted(set.intersection(*(set(c) for c in curves)))
             axis.plot(common, [statistics.mean(c[s] for c in curves) for s in common], color=f"C{index}",
-                      linewidth=2.2, label=f"{METHODS[method]} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+                      linewidth=2.2, label=f"{METHODS[method]} ({len(seeds)} run{'s' if len(seeds) > 1 else ''})")
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step")
         axis.set_xlim(0, steps)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, title=f"thick: mean of seed{'s' if len(shared) > 1 else ''} "
+                   f"{', '.join(map(str, sorted(shared))) or 'none shared yet'}", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
