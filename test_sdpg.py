@@ -2694,13 +2694,17 @@ def test_inspect_refuses_a_group_of_one_and_a_problem_out_of_range():
 # Seed table: experiments/seed_table.py (the README's mean ± sd over seeds and the difference intervals)
 
 
-def import_seed_table():
+def import_experiment(name):
+    """A script of experiments/ as a module (paper_table imports seed_table from beside it)."""
     sys.path.insert(0, os.path.join(HERE, "experiments"))
     try:
-        import seed_table
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return seed_table
+
+
+def import_seed_table():
+    return import_experiment("seed_table")
 
 
 @in_repository("experiments")
@@ -2759,12 +2763,7 @@ def test_seed_table_groups_seeds_by_arm_and_refuses_runs_of_two_sdpg_versions(tm
 
 
 def import_paper_table():
-    sys.path.insert(0, os.path.join(HERE, "experiments"))
-    try:
-        import paper_table
-    finally:
-        sys.path.pop(0)
-    return paper_table
+    return import_experiment("paper_table")
 
 
 def write_paper_run(results, name, heldout, rewards, greedy=None, blob="b" * 40):
