@@ -114,8 +114,8 @@ def table_one(runs: dict, steps: int, baseline: str = "grpo") -> str:
              "final greedy lenient (100) | final mean@4 strict, τ 0.3 (100) |", "| --- | --- |" + " --- |" * 5]
     values = {}
     for method, seeds in done.items():
-        values[method] = {key: [columns(run)[key] for _, run in sorted(seeds.items()) if columns(run)[key] is not None]
-                          for key in keys}
+        per_seed = [columns(run) for _, run in sorted(seeds.items())]
+        values[method] = {key: [row[key] for row in per_seed if row[key] is not None] for key in keys}
         cells = [mean_sd(values[method][key]) + (f" (seeds {len(values[method][key])} of {len(seeds)})"
                                                  if values[method][key] and len(values[method][key]) < len(seeds)
                                                  else "") for key in keys]
