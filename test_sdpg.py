@@ -2809,6 +2809,9 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     assert f"| RLSD | 3 | 0.50 ± 0.10 | 0.53 ± 0.06 | 0.30 ± 0.10 | {difference:+.2f} [{low:+.2f}, {high:+.2f}] |" in short
     assert [paper_table.first_divergence(runs["rlsd"][s], runs["grpo"][s]) for s in range(3)] == [7, 8, 9]
     assert paper_table.first_divergence(runs["grpo"][1], runs["grpo"][1]) is None
+    gpu = "x86_64 16 cores, NVIDIA H200 | torch 2.11.0 | DEVICE_FLAGS '--device cuda --dtype float32'"
+    assert paper_table.machine_name(gpu) == "x86_64 16 cores, NVIDIA H200, float32"  # the dtype a GPU run was given
+    assert paper_table.machine_name("x86_64 2 cores, no GPU | torch 2.13.0 | DEVICE_FLAGS ''") == "x86_64 2 cores, no GPU"
     assert "| RLSD | 3 | 0.100 ± 0.050 → 0.500 ± 0.000 |" in paper_table.dynamics(runs, steps=40)  # 3, 2, 1 of 10 at 0.5
     answers = [{"question": "2 + 3?", "answer": "5", "completions": ["2 + 3 = 5\nThe answer is \\boxed{5}"],
                 "strict_correct": [1.0], "formatted": [True]},

@@ -16,6 +16,7 @@ mean over seeds thick. The dynamics table carries the numbers the paper's claims
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -196,8 +197,16 @@ def per_run(runs: dict) -> str:
                          + (f"{run['greedy']['strict_accuracy']:.2f}" if "greedy" in run else "–") + " | "
                          + (f"{run['mean4']['strict_accuracy']:.3f}" if "mean4" in run else "–") + " | "
                          + f"{sum(m.get('step_time', 0) for m in run['metrics']) / 60:.0f} | "
-                         + (run["machine"].split("|")[0].strip() or "–") + " |")
+                         + machine_name(run["machine"]) + " |")
     return "\n".join(lines)
+
+
+def machine_name(line: str) -> str:
+    """'x86_64 16 cores, NVIDIA H200 | torch … | DEVICE_FLAGS '--device cuda --dtype float32'' -> its hardware and the
+    --dtype the run was given (a GPU would otherwise train under bf16 autocast)."""
+    dtype = re.search(r"--dtype (\w+)", line)
+    hardware = line.split("|")[0].strip() or "–"
+    return hardware + (f", {dtype.group(1)}" if dtype and dtype.group(1) not in hardware else "")
 
 
 def written(results: str, runs: dict, base: str | None, problem: int) -> str:
