@@ -2821,6 +2821,15 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     assert "Problem 0 of the test split: 2 + 3? (answer 5)" in shown
     assert "| grpo-s0 | 2 + 3 = 5 ⏎ The answer is \\boxed{5} | 1 | 50% | 50% |" in shown, shown
     assert "grpo-s1" not in shown  # no answers file: not shown
+    # an ablation is compared with the method it changes, seed by seed, and stays out of the README's table
+    write_paper_run(tmp_path, "sdpg-s1", [0.1, 0.2, 0.3, 0.4], base_rewards, greedy=0.3)
+    write_paper_run(tmp_path, "sdpg-a0-s1", [0.1, 0.2, 0.2, 0.2], base_rewards[:12] + [1.0] * 28, greedy=0.2)
+    runs = paper_table.read_runs(str(tmp_path))
+    assert list(runs) == ["grpo", "rlsd", "opcd", "sdpg", "sdpg-a0"]
+    compared = paper_table.ablation(runs, steps=40)
+    assert "| 1 | SDPG-URKL | 0.40 | 0.30 | 0.200 | 127 | 12 |" in compared, compared  # length 90 + step: 125..129
+    assert "| 1 | SDPG-URKL, α = 0 | 0.20 | 0.20 | 0.200 | 127 | 12 |" in compared, compared
+    assert "α = 0" not in paper_table.readme_table(runs, steps=40) and "α = 0" in paper_table.table_one(runs, 40)
     write_paper_run(tmp_path, "sdpg-s0", [0.1] * 4, base_rewards, blob="d" * 40)
     with pytest.raises(SystemExit, match="different sdpg.py versions: .*sdpg-s0"):
         paper_table.one_trainer(paper_table.read_runs(str(tmp_path)))
@@ -2835,13 +2844,14 @@ def test_paper_grid_trains_each_method_with_the_settings_it_states(tmp_path):
     shared = script[script.index("export COMMON="):script.index("evaluate() {")]  # COMMON and method_flags
     for method, expected in [("grpo", sdpg.METHODS["grpo"]), ("rlsd", sdpg.METHODS["rlsd"]),
                              ("opcd", sdpg.METHODS["opcd"]), ("sdpg", sdpg.METHODS["sdpg"]),
-                             ("sdpg-ufkl", {**sdpg.METHODS["sdpg"], "kl_mode": "ufkl"})]:
+                             ("sdpg-ufkl", {**sdpg.METHODS["sdpg"], "kl_mode": "ufkl"}),
+                             ("sdpg-a0", {**sdpg.METHODS["sdpg"], "alpha": 0.0})]:
         flags = subprocess.run(["bash", "-c", f'base=tiny DEVICE_FLAGS=""\n{shared}\necho $COMMON $(method_flags '
                                 f'{method})'], capture_output=True, text=True, check=True).stdout.split()
         cfg = sdpg.parse_config([*flags, "--dataset", "arithmetic", "--steps", "40", "--output-dir", str(tmp_path)])
         assert (cfg.student_prompt, cfg.strict_format, cfg.batch_size, cfg.group_size) == ("paper", True, 2, 8)
         assert (cfg.eval_every, cfg.eval_problems, cfg.max_new_tokens, cfg.lr) == (10, 50, 160, 1e-5)
         assert {key: getattr(cfg, key) for key in expected} == expected, method
-        assert cfg.kl_mode == ("ufkl" if method == "sdpg-ufkl" else "urkl")
+        assert cfg.kl_mode == ("ufkl" if method == "sdpg-ufkl" else "urkl") and cfg.alpha == expected["alpha"]
     refused = subprocess.run(["bash", "-c", f'base=tiny\n{shared}\nmethod_flags sdgp'], capture_output=True, text=True)
     assert refused.returncode != 0 and "unknown method sdgp" in refused.stderr

@@ -10,6 +10,7 @@
 #        bash experiments/paper_methods.sh            the grid: 5 methods × SEEDS, two jobs at a time
 #        SEEDS="0" METHODS="grpo sdpg" bash experiments/paper_methods.sh      a subset
 #        JOBS="rlsd-s1 opcd-s2" PARALLEL=1 bash experiments/paper_methods.sh  these jobs only
+#        JOBS="sdpg-a0-s0" PARALLEL=1 bash experiments/paper_methods.sh     the paper's α = 0 ablation (not in the grid)
 # A job whose summaries are committed under docs/results/paper/ is done; an interrupted training resumes from its
 # newest step_N/. Every run records the sdpg.py blob that trained it (trained_by); the table refuses two.
 set -euo pipefail
@@ -43,7 +44,8 @@ method_flags() {
   case $1 in
     grpo|rlsd|opcd|sdpg) echo "--method $1" ;;
     sdpg-ufkl) echo "--method sdpg --kl-mode ufkl" ;;
-    *) echo "unknown method $1 (grpo, rlsd, opcd, sdpg, sdpg-ufkl)" >&2; return 1 ;;
+    sdpg-a0) echo "--method sdpg --alpha 0" ;;  # the paper's α = 0 ablation: SDPG-URKL without the anchor E6
+    *) echo "unknown method $1 (grpo, rlsd, opcd, sdpg, sdpg-ufkl, sdpg-a0)" >&2; return 1 ;;
   esac
 }
 evaluate() {  # MODEL_PATH NAME: 100 held-out problems, greedy (lenient and strict in one summary), mean@4 at τ

@@ -22,7 +22,11 @@ import sys
 
 from seed_table import RUN_NAME, moving_mean, one_trainer, welch_interval
 
-METHODS = {"grpo": "GRPO", "rlsd": "RLSD", "opcd": "OPCD", "sdpg": "SDPG-URKL", "sdpg-ufkl": "SDPG-UFKL"}
+METHODS = {"grpo": "GRPO", "rlsd": "RLSD", "opcd": "OPCD", "sdpg": "SDPG-URKL", "sdpg-ufkl": "SDPG-UFKL",
+           "sdpg-a0": "SDPG-URKL, α = 0"}
+# the paper's ablations: an arm and the method it changes one setting of. They are not Figure 3's or the README's
+# methods; they are compared with their method seed by seed (ablation())
+ABLATIONS = {"sdpg-a0": "sdpg"}
 CURVES = [("heldout_accuracy", "held-out accuracy (greedy, strict, 50)"), ("reward", "training reward (5-step mean)"),
           ("entropy", "entropy (5-step mean)"), ("response_len", "response length (5-step mean)")]
 
@@ -147,7 +151,7 @@ def readme_table(runs: dict, steps: int, baseline: str = "grpo") -> str:
     done = {method: [run for _, run in sorted(seeds.items()) if finished(run, steps)] for method, seeds in runs.items()}
     lasts = {method: [last_best(run)[0] for run in done[method]] for method in done}
     for method, finished_runs in done.items():
-        if not finished_runs:
+        if not finished_runs or method in ABLATIONS:
             continue
         best = [last_best(run)[1] for run in finished_runs]
         strict = [run["greedy"]["strict_accuracy"] for run in finished_runs if "greedy" in run]
@@ -201,6 +205,27 @@ def per_run(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def ablation(runs: dict, steps: int) -> str:
+    """Each ablation against the method it changes, seed by seed (the same seed draws the same problems and noise):
+    the numbers the paper's ablation reads (α = 0: shorter responses, higher entropy) and where their rollouts part."""
+    late = f"{steps - 4}–{steps}"
+    lines = [f"| seed | arm | held-out last (50) | final greedy strict (100) | entropy, {late} | response length, "
+             f"{late} | first step unlike the other's |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for arm, method in ABLATIONS.items():
+        for seed, run in sorted(runs.get(arm, {}).items()):
+            other = runs.get(method, {}).get(seed)
+            if other is None or not (finished(run, steps) and finished(other, steps)):
+                continue
+            divergence = first_divergence(run, other)
+            for name, r in ((method, other), (arm, run)):
+                lines.append(f"| {seed} | {METHODS[name]} | {last_best(r)[0]:.2f} | "
+                             + (f"{r['greedy']['strict_accuracy']:.2f}" if "greedy" in r else "–") + " | "
+                             + f"{window_mean(r, 'entropy', steps - 5, steps):.3f} | "
+                             + f"{window_mean(r, 'response_len', steps - 5, steps):.0f} | "
+                             + ("never" if divergence is None else str(divergence)) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def machine_name(line: str) -> str:
     """'x86_64 16 cores, NVIDIA H200 | torch … | DEVICE_FLAGS '--device cuda --dtype float32'' -> its hardware and the
     --dtype the run was given (a GPU would otherwise train under bf16 autocast)."""
@@ -237,6 +262,7 @@ def figure(runs: dict, output: str, base: float | None, steps: int):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = {method: seeds for method, seeds in runs.items() if method not in ABLATIONS}
     # the thick line is each method's mean over the seeds every method has finished, so that no two means average
     # different seeds (or machines) while the grid is incomplete; every run is drawn thin
     shared = set.intersection(*({seed for seed, run in seeds.items() if finished(run, steps)}
@@ -293,6 +319,9 @@ def main():
           + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
           + per_run(runs) + "\n\nWhat each model learned to write:\n\n" + written(args.results, runs, args.base,
                                                                                        args.problem))
+    compared = ablation(runs, args.steps)
+    if compared:
+        print("\nAblation, seed by seed:\n\n" + compared)
     if args.figure:
         figure(runs, args.figure, base, args.steps)
 
