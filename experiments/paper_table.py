@@ -20,7 +20,7 @@ import re
 import statistics
 import sys
 
-from seed_table import RUN_NAME, moving_mean, one_trainer, welch_interval
+from seed_table import RUN_NAME, moving_mean, one_trainer, read_run, welch_interval
 
 METHODS = {"grpo": "GRPO", "rlsd": "RLSD", "opcd": "OPCD", "sdpg": "SDPG-URKL", "sdpg-ufkl": "SDPG-UFKL",
            "sdpg-a0": "SDPG-URKL, α = 0"}
@@ -38,10 +38,7 @@ def read_runs(results: str) -> dict:
         folder, match = os.path.join(results, name), RUN_NAME.fullmatch(name)
         if not (match and match["arm"] in METHODS and os.path.isfile(os.path.join(folder, "trained_by"))):
             continue
-        with open(os.path.join(folder, "trained_by")) as file:
-            run = {"trained_by": file.read().split(), "name": name}
-        with open(os.path.join(folder, "metrics.jsonl")) as file:
-            run["metrics"] = [json.loads(line) for line in file if line.strip()]
+        run = {**read_run(folder), "name": name}
         machine = os.path.join(folder, "machine")
         run["machine"] = open(machine).readline().strip() if os.path.isfile(machine) else ""
         for key in ("greedy", "mean4"):

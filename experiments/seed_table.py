@@ -70,14 +70,18 @@ def read_runs(results: str) -> tuple[dict, list[str]]:
         if not os.path.isfile(os.path.join(folder, "trained_by")):
             older.append(name)
             continue
-        with open(os.path.join(folder, "trained_by")) as file:
-            run = {"trained_by": file.read().split()}
-        with open(os.path.join(folder, "metrics.jsonl")) as file:
-            run["metrics"] = [json.loads(line) for line in file if line.strip()]
-        run.update(read_summaries(results, name))
-        runs.setdefault(match["arm"], {})[int(match["seed"])] = run
+        runs.setdefault(match["arm"], {})[int(match["seed"])] = {**read_run(folder), **read_summaries(results, name)}
     ordered = sorted(runs, key=lambda arm: (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), arm))
     return {arm: runs[arm] for arm in ordered}, older
+
+
+def read_run(folder: str) -> dict:
+    """One run's {"trained_by": [commit, C, sdpg.py, BLOB], "metrics": [one record per step]} (paper_table.py too)."""
+    with open(os.path.join(folder, "trained_by")) as file:
+        run = {"trained_by": file.read().split()}
+    with open(os.path.join(folder, "metrics.jsonl")) as file:
+        run["metrics"] = [json.loads(line) for line in file if line.strip()]
+    return run
 
 
 def read_summaries(results: str, name: str) -> dict:
