@@ -2791,7 +2791,7 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     base_rewards = [0.0] * 40
     for seed in range(3):
         write_paper_run(tmp_path, f"grpo-s{seed}", grpo[seed], base_rewards, greedy=0.1 * seed)
-        rewards = base_rewards[:7 + seed] + [0.5] * (33 - seed)  # RLSD's rollouts differ from step 7 + seed
+        rewards = base_rewards[:7 + seed] + [0.5] * (33 - seed)  # RLSD's rollouts differ from step 8 + seed
         write_paper_run(tmp_path, f"rlsd-s{seed}", rlsd[seed], rewards, greedy=0.2 + 0.1 * seed)
     write_paper_run(tmp_path, "opcd-s0", [0.0, 0.0], base_rewards[:20])  # stopped at step 20 of 40
     runs = paper_table.read_runs(str(tmp_path))
@@ -2807,7 +2807,7 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     short = paper_table.readme_table(runs, steps=40)
     assert "| GRPO | 3 | 0.20 ± 0.10 | 0.27 ± 0.06 | 0.10 ± 0.10 | – |" in short, short
     assert f"| RLSD | 3 | 0.50 ± 0.10 | 0.53 ± 0.06 | 0.30 ± 0.10 | {difference:+.2f} [{low:+.2f}, {high:+.2f}] |" in short
-    assert [paper_table.first_divergence(runs["rlsd"][s], runs["grpo"][s]) for s in range(3)] == [7, 8, 9]
+    assert [paper_table.first_divergence(runs["rlsd"][s], runs["grpo"][s]) for s in range(3)] == [8, 9, 10]
     assert paper_table.first_divergence(runs["grpo"][1], runs["grpo"][1]) is None
     gpu = "x86_64 16 cores, NVIDIA H200 | torch 2.11.0 | DEVICE_FLAGS '--device cuda --dtype float32'"
     assert paper_table.machine_name(gpu) == "x86_64 16 cores, NVIDIA H200, float32"  # the dtype a GPU run was given
@@ -2827,8 +2827,8 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     runs = paper_table.read_runs(str(tmp_path))
     assert list(runs) == ["grpo", "rlsd", "opcd", "sdpg", "sdpg-a0"]
     compared = paper_table.ablation(runs, steps=40)
-    assert "| 1 | SDPG-URKL | 0.40 | 0.30 | 0.200 | 127 | 12 |" in compared, compared  # length 90 + step: 125..129
-    assert "| 1 | SDPG-URKL, α = 0 | 0.20 | 0.20 | 0.200 | 127 | 12 |" in compared, compared
+    assert "| 1 | SDPG-URKL | 0.40 | 0.30 | 0.200 | 127 | 13 |" in compared, compared  # length 90 + step: 125..129
+    assert "| 1 | SDPG-URKL, α = 0 | 0.20 | 0.20 | 0.200 | 127 | 13 |" in compared, compared
     assert "α = 0" not in paper_table.readme_table(runs, steps=40) and "α = 0" in paper_table.table_one(runs, 40)
     write_paper_run(tmp_path, "sdpg-s0", [0.1] * 4, base_rewards, blob="d" * 40)
     with pytest.raises(SystemExit, match="different sdpg.py versions: .*sdpg-s0"):
