@@ -38,12 +38,11 @@ def k_values(n: int) -> list[int]:
 
 
 def evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=512, batch_size=16, seed=0,
-             device="cpu", autocast=None, desc="eval", strict=False, style="qwen"):
+             device="cpu", desc="eval", strict=False, style="qwen"):
     """(records, summary): one record per problem with its n completions, and the metrics over all."""
     from tqdm.auto import tqdm
 
     sdpg.seed_everything(seed)
-    autocast = autocast or torch.autocast(torch.device(device).type, enabled=False)
     eos_ids, pad_id = sdpg.eos_token_ids(model, tokenizer), tokenizer.pad_token_id
     model.to(device).eval()
     records, lengths, verifier_errors, started = [], [], 0, time.time()
@@ -52,8 +51,8 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=512, b
         # training's student prompt, token for token
         prompts = [sdpg.build_prompt(tokenizer, row["question"], style=style) for row in batch for _ in range(n)]
         prompt_ids, prompt_mask = sdpg.left_pad(prompts, pad_id, device)
-        response_ids, response_mask = sdpg.sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
-                                                            max_new_tokens, temperature, autocast)
+        response_ids, response_mask = sdpg.sample_responses(model, tokenizer, dict(prompt_ids=prompt_ids,
+                                                            prompt_mask=prompt_mask), max_new_tokens, temperature)
         completions = sdpg.decode_responses(tokenizer, response_ids, response_mask)
         truncated = sdpg.truncated_responses(response_ids, eos_ids).tolist()
         answers = [row["answer"] for row in batch for _ in range(n)]
@@ -113,7 +112,7 @@ def format_table(summaries: dict[str, dict]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
 
 
-CURVES = [("reward", "reward (mean accuracy)", "linear"), ("opd_kl", "OPD KL to teacher, gated tokens (E3)", "log"),
+CURVES = [("reward", "reward (mean accuracy)", "linear"), ("reverse_kl", "E3 reverse KL, gated tokens", "log"),
           ("ref_kl", "reference KL (E6)", "log"), ("entropy", "entropy (nats)", "linear"),
           ("response_len", "response length (tokens)", "linear")]
 
@@ -126,7 +125,7 @@ def run_labels(run_dirs: list[str]) -> list[str]:
 
 def plot_runs(run_dirs: list[str], output: str):
     """One panel per metric of metrics.jsonl, one line per run (e.g. GRPO vs SDPG). A metric a run never computed
-    (null: GRPO's opd_kl and ref_kl) is left out of its panel rather than drawn as a measured zero."""
+    (null: GRPO's reverse_kl and ref_kl) is left out of its panel rather than drawn as a measured zero."""
     try:
         import matplotlib
 
@@ -196,11 +195,11 @@ def output_path(base: str, dataset: str, model_index: int, datasets: int, models
 
 
 def inspect_tokens(model, tokenizer, row: dict, n: int, temperature: float, max_new_tokens: int, teacher_context: str,
-                   style: str, strict: bool, chunk_size: int, autocast, device, top: int = 5) -> dict:
+                   style: str, strict: bool, chunk_size: int, device, top: int = 5) -> dict:
     """G sampled responses to one problem with, at every response token: p(y_t) and q(y_t) (student and teacher
     view), Δ_t = log q(y_t) − log p(y_t), E3's ℓ_t over the full vocabulary, and both views' top next tokens; per
     response its reward, advantage (E1) and gate (E4). The numbers come from the training code itself
-    (build_prompt, privileged_context, sample_responses, score_responses, group_advantages, token_stats →
+    (build_prompt, privileged_context, sample_responses, score_responses, group_advantages, token_scores →
     reverse_kl), one response and `chunk_size` positions at a time, so no more than one chunk of (T, V) logits
     of both views exists at once."""
     context = sdpg.privileged_context(row, teacher_context)
@@ -208,8 +207,8 @@ def inspect_tokens(model, tokenizer, row: dict, n: int, temperature: float, max_
     teacher = sdpg.build_prompt(tokenizer, row["question"], context, style)
     eos_ids, pad_id = sdpg.eos_token_ids(model, tokenizer), tokenizer.pad_token_id
     prompt_ids, prompt_mask = sdpg.left_pad([prompt] * n, pad_id, device)  # (G, P)
-    response_ids, response_mask = sdpg.sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id,
-                                                        max_new_tokens, temperature, autocast)
+    response_ids, response_mask = sdpg.sample_responses(model, tokenizer, dict(prompt_ids=prompt_ids,
+                                                        prompt_mask=prompt_mask), max_new_tokens, temperature)
     completions = sdpg.decode_responses(tokenizer, response_ids, response_mask)
     truncated = sdpg.truncated_responses(response_ids, eos_ids).tolist()
     rewards, _ = sdpg.score_responses(completions, [row["answer"]] * n, truncated, strict)
@@ -217,7 +216,7 @@ def inspect_tokens(model, tokenizer, row: dict, n: int, temperature: float, max_
     responses = []
     for i in range(n):
         ids = response_ids[i:i + 1, :int(response_mask[i].sum())]  # (1, T), this response alone, unpadded
-        with autocast:
+        with sdpg.ctx:
             tokens = response_tokens(model, tokenizer, prompt, teacher, ids, temperature, chunk_size, top)
         responses.append(dict(text=completions[i], reward=rewards[i], advantage=advantages[i],
                               gate=advantages[i] > 0, truncated=truncated[i],
@@ -229,10 +228,10 @@ def inspect_tokens(model, tokenizer, row: dict, n: int, temperature: float, max_
 def response_tokens(model, tokenizer, prompt: list[int], teacher: list[int], ids, temperature: float,
                     chunk_size: int, top: int) -> list[dict]:
     """Per token of one response (1, T): both views' final hidden states, then `chunk_size` positions at a time
-    the two projections and token_stats (log p(y), E3's ℓ via reverse_kl, entropy, log q(y)) and the top tokens."""
+    the two projections and token_scores (log p(y), E3's ℓ via reverse_kl, entropy, log q(y)) and the top tokens."""
     def hidden(view: list[int]):  # (T, H): the positions that predict each response token, given this prompt
         view_ids = torch.tensor([view], device=ids.device)
-        return sdpg._response_hidden(model, view_ids, torch.ones_like(view_ids), ids, torch.ones_like(ids))[0]
+        return sdpg.response_hidden(model, view_ids, torch.ones_like(view_ids), ids, torch.ones_like(ids))[0]
 
     def top_tokens(logits) -> list:  # per position: the view's `top` likeliest next tokens at τ, with p
         best = sdpg.tempered_log_softmax(logits, temperature).exp().topk(top, dim=-1)  # one pass for the chunk
@@ -244,8 +243,8 @@ def response_tokens(model, tokenizer, prompt: list[int], teacher: list[int], ids
     for start in range(0, ids.shape[1], chunk_size):
         chunk = slice(start, start + chunk_size)
         student_logits, teacher_logits = lm_head(student_hidden[chunk]), lm_head(teacher_hidden[chunk])  # (N, V)
-        logp, kl, entropy, teacher_logp = sdpg.token_stats(student_logits, teacher_logits, ids[0, chunk],
-                                                           temperature, with_entropy=True)
+        logp, kl, entropy, teacher_logp = sdpg.token_scores(student_hidden[chunk], teacher_hidden[chunk],
+                                                            ids[0, chunk], lm_head.weight, lm_head.bias, temperature)
         student_top, teacher_top = top_tokens(student_logits), top_tokens(teacher_logits)
         for j, token in enumerate(ids[0, chunk].tolist()):
             tokens.append(dict(text=tokenizer.decode([token]), id=token, p=logp[j].exp().item(),
@@ -420,6 +419,7 @@ def inspect_main(args):
     if not 0 <= args.index < len(rows):
         fail(f"--index {args.index}: {args.datasets[0]} has {len(rows)} problems (0 … {len(rows) - 1})")
     device = sdpg.resolve_device(args.device)
+    sdpg.ctx = sdpg.make_autocast(device, args.dtype)  # the compute context of every forward, as in training
     sdpg.seed_everything(args.seed)
     model, tokenizer = sdpg.load_model(args.inspect, seed=args.seed)
     model.to(device).eval()
@@ -429,7 +429,7 @@ def inspect_main(args):
                               args.max_new_tokens or settings["max_new_tokens"], args.teacher_context or
                               settings["teacher_context"], args.student_prompt or settings["student_prompt"],
                               args.strict_format or settings["strict_format"], settings["logits_chunk_size"] or 128,
-                              sdpg.make_autocast(device, args.dtype), device)
+                              device)
     data.update(model=args.inspect, dataset=args.datasets[0], index=args.index, seconds=time.time() - started)
     base = os.path.splitext(args.output or "runs/inspect.html")[0]
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
@@ -524,6 +524,7 @@ def main(args) -> dict:
     if args.inspect:
         return inspect_main(args)
     device = sdpg.resolve_device(args.device)
+    sdpg.ctx = sdpg.make_autocast(device, args.dtype)  # the compute context of every forward, as in training
     tables = {name: sdpg.load_rows(name, args.question_field, args.answer_field, split=args.split)
               for name in args.datasets}  # every dataset read before the first model loads: errors come first
     tables = {name: rows[:args.limit] if args.limit else rows for name, rows in tables.items()}
@@ -535,7 +536,7 @@ def main(args) -> dict:
         for dataset, rows in tables.items():
             style = args.student_prompt or training_settings(name)["student_prompt"]  # the prompt it trained with
             records, summary = evaluate(model, tokenizer, rows, args.n, args.temperature, args.max_new_tokens,
-                                        args.batch_size, args.seed, device, sdpg.make_autocast(device, args.dtype),
+                                        args.batch_size, args.seed, device,
                                         desc=f"{name} · {dataset_label(dataset)}", strict=args.strict_format,
                                         style=style)
             summaries[label][dataset_label(dataset)] = summary

@@ -1,41 +1,30 @@
 """SDPG — Self-Distilled Policy Gradient, in one readable file.
 
-Liu, Zhang, Zhang, Gu. "Self-Distilled Policy Gradient", arXiv 2606.04036 (2026).
-Equation tags E1–E8 refer to docs/algorithm.md (the paper restated, with what the authors' code does).
-
-One model π_θ, two views. The student sees the problem x; the teacher is the same current
-weights shown x plus privileged context c (answer and worked solution). Per training step (E8):
-
+Liu, Zhang, Zhang, Gu. "Self-Distilled Policy Gradient", arXiv 2606.04036 (2026). Tags E1–E8: docs/algorithm.md.
+One model π_θ, two views: the student sees the problem x; the teacher is the same current weights shown x plus
+privileged context c (answer and worked solution). Per training step (E8, `main`):
   1. sample B prompts with their privileged contexts;
   2. sample G responses per prompt from the student view (temperature τ);
-  3. verifier rewards R ∈ {0,1} → group-relative advantages A            (E1)
+  3. verifier rewards R ∈ {0,1} → group-relative advantages A                      (E1)
   4. without gradient: log π_old and log π_ref of the sampled tokens;
   5. per mini-batch: student forward (grad) + teacher forward (no grad, prompt with c), then
-       L_t = DAPO dual-clip PG                                             (E2)
-           + β(k) · 1[A > 0] · KL(p_student ‖ SG p_teacher) over the vocab (E3, E4, E5)
-           + α · f(log π_θ − log π_ref)                                    (E6)
-     token-mean over the mini-batch (E7), clip grad-norm, AdamW step.
+       L_t = DAPO dual-clip PG (E2) + β(k) · 1[A > 0] · KL(p_student ‖ SG p_teacher) over the vocab (E3, E4, E5)
+           + α · f(log π_θ − log π_ref) (E6),  token-mean over the mini-batch (E7), clip grad-norm, AdamW step.
 The paper's baselines run the same loop (--method): grpo, rlsd (App. B: the teacher's view of the sampled token
-reweights A, `rlsd_advantages`) and opcd (App. C: E3 alone, rewards unused); SDPG-UFKL is --kl-mode ufkl.
+reweights A) and opcd (App. C: E3 alone, rewards unused); SDPG-UFKL is --kl-mode ufkl.
 
-Symbols → names:  π_θ → `logp`,  π_old → `old_logp`,  π_ref → `ref_logp`,  G → `group_size`,
-B → `batch_size`,  A → `advantages`,  τ → `temperature`,  β → `beta`,  α → `alpha`,
-z / z^c (student / teacher logits) → `student_logits` / `teacher_logits`,  1[A > 0] → `gate_open`.
+Symbols → names:  π_θ / π_old / π_ref → `logp` / `old_logp` / `ref_logp`,  G → `group_size`,  B → `batch_size`,
+A → `advantages`,  τ → `temperature`,  β_base / β(k) → `beta` / `beta_k`,  λ₀ / λ(k) → `rlsd_weight` /
+`rlsd_weight_k`,  α → `alpha`,  E3's ℓ_t → `reverse_kl`,  E6's f → `ref_kl`.
 
-Reading order: the paper path first (config, data, verifier, rollouts, log-probs, E1–E7, then `rollout`,
-`update` and `main` = E8). A reader who stops at `main` has read the whole algorithm. Appendices follow:
-A the verifier's rules and MATH-style equivalence, B memory and speed (chunked projection, micro-batches),
-C runs that survive, D input checks, data and models (LoRA), E several processes (torchrun, DDP, FSDP2). Each
-says what it is for; a first reading skips them.
-
-Where this file departs from the paper (docs/implementation.md, `# [impl]` where they happen):
-  - no dynamic sampling and no overlong penalty (as the authors' shipped code);
-  - the teacher runs only for rollouts that use it (E4's open gates; RLSD's A ≠ 0);
-  - the vocabulary projection is chunked over response positions and recomputed in backward (autograd through
-    reverse_kl, Appendix B), so (B, T, V) logits never exist; decoder layers are recomputed too;
-  - with one update per rollout batch old_logp is logp detached (ratio ≡ 1);
-  - rollouts ignore the checkpoint's generation_config and are drawn by inverting the CDF;
-  - a response cut at the length limit is graded strictly (its last number is not an answer).
+A reader who stops at `main` has read every line that decides a number the run reports. The appendices after it
+are engineering, and a first reading skips them: A answers that are not plain numbers (MATH), B memory, C runs
+that survive, D input checks, data and models, E torchrun (DDP, FSDP2).
+Where this file departs from the paper (docs/implementation.md; `# [impl]` where they happen): no dynamic sampling
+and no overlong penalty (as the authors' code); the teacher runs only for rollouts that use it; the vocabulary
+projection runs in chunks, again in backward, so (B, T, V) logits never exist; with one update per rollout batch
+old_logp is logp detached (ratio ≡ 1); rollouts ignore the checkpoint's generation_config; a response cut at the
+length limit is graded strictly.
 
 Run:
   python sdpg.py --model tiny --steps 40 --batch-size 8 --mini-batch-size 4 --max-new-tokens 64 \\
@@ -68,6 +57,7 @@ from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------
 # Config: the single source of defaults. Defaults = the single-GPU Qwen2.5-0.5B GSM8K run of SDPG-URKL.
@@ -88,91 +78,93 @@ METHODS = {
 }
 
 
+def arg(default, help_text: str):
+    """A Config field and its --help text (argparse is built from the fields, as HfArgumentParser does)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class Config:
     # -- the method
-    method: str = "sdpg"  # the paper's method: sdpg (SDPG) | grpo (its GRPO baseline) | rlsd (App. B) | opcd (App. C,
-        # distillation alone); sets the fields marked "by --method" unless they are given
+    method: str = arg("sdpg", "the paper's method: sdpg | grpo (its GRPO baseline) | rlsd (App. B) | opcd (App. C, "
+                      "distillation alone); sets the fields marked 'by --method' unless they are given")
     # -- model and data
-    model: str = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local directory, .gguf file, a run folder (its final/), or
-        # `tiny` (built-in, offline)
-    dataset: str | None = None  # gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet file;
-        # default gsm8k (arithmetic for --model tiny, the run's own for --model RUN_FOLDER)
-    question_field: str = "question"  # column holding the problem x
-    answer_field: str = "answer"  # column holding the ground truth (text after `####` if present)
-    student_prompt: str = "qwen"  # the instruction around x: qwen (Qwen's math instruction after x) | paper (Figure 4:
-        # "Solve the following math problem step by step…" before x, a reminder after)
-    teacher_context: str = "paper"  # privileged context c: paper (Figure 4: answer + worked solution) | answer
-        # (authors' one-line hint) | solution (worked solution, ours)
-    max_prompt_length: int = 1024  # tokens; a longer student or teacher prompt is an error, never cut
+    model: str = arg("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local directory, .gguf file, a run folder (its final/), "
+                     "or `tiny` (built-in, offline)")
+    dataset: str | None = arg(None, "gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet "
+                              "file; default gsm8k (arithmetic for --model tiny, the run's own for --model RUN_FOLDER)")
+    question_field: str = arg("question", "column holding the problem x")
+    answer_field: str = arg("answer", "column holding the ground truth (text after `####` if present)")
+    student_prompt: str = arg("qwen", "the instruction around x: qwen (Qwen's math instruction after x) | paper "
+                              "(Figure 4: 'Solve the following math problem step by step…' before x, a reminder after)")
+    teacher_context: str = arg("paper", "privileged context c: paper (Figure 4: answer + worked solution) | answer "
+                               "(authors' one-line hint) | solution (worked solution, ours)")
+    max_prompt_length: int = arg(1024, "tokens; a longer student or teacher prompt is an error, never cut")
     # -- E8 sizes
-    steps: int = 200  # T, training steps (rollout batches)
-    batch_size: int = 32  # B, prompts per step
-    group_size: int = 8  # G, responses sampled per prompt
-    mini_batch_size: int | None = None  # prompts per optimizer update; B / this = updates per step (E2's clip acts
-        # when > 1; authors: 16 of 128); default B, one update
-    micro_batch_size: int = 8  # sequences per forward/backward; memory only, never the result
-    gradient_checkpointing: bool = True  # recompute each decoder layer's activations in backward (on by default);
-        # --no-gradient-checkpointing keeps them (faster, more memory)
-    logits_chunk_size: int = 128  # response positions per vocabulary projection (and its recompute); 0 = all at once,
-        # by autograd
-    max_new_tokens: int = 512  # maximum response length in tokens
-    temperature: float = 1.0  # τ, sampling temperature; the log-probs and E3 use the same τ
+    steps: int = arg(200, "T, training steps (rollout batches)")
+    batch_size: int = arg(32, "B, prompts per step")
+    group_size: int = arg(8, "G, responses sampled per prompt")
+    mini_batch_size: int | None = arg(None, "prompts per optimizer update; B / this = updates per step (E2's clip "
+                                      "acts when > 1; authors: 16 of 128); default B, one update")
+    micro_batch_size: int = arg(8, "sequences per forward/backward; memory only, never the result")
+    gradient_checkpointing: bool = arg(True, "recompute each decoder layer in backward; --no-gradient-checkpointing "
+                                       "keeps the activations (faster, more memory)")
+    logits_chunk_size: int = arg(128, "response positions per vocabulary projection (and its recompute); 0 = all")
+    max_new_tokens: int = arg(512, "maximum response length in tokens")
+    temperature: float = arg(1.0, "τ, sampling temperature; the log-probs and E3 use the same τ")
     # -- optimizer
-    lr: float | None = None  # AdamW learning rate; default 1e-6 for full fine-tuning (the authors'), 1e-5 with
-        # --lora-rank (LoRA needs about 10× more)
-    warmup_steps: int = 10  # linear learning-rate warmup, in training steps
-    weight_decay: float = 0.1  # AdamW weight decay (authors: 0.1)
-    max_grad_norm: float = 1.0  # gradient-norm clip (authors: 1.0)
+    lr: float | None = arg(None, "AdamW learning rate; default 1e-6 for full fine-tuning (the authors'), 1e-5 with "
+                           "--lora-rank")
+    warmup_steps: int = arg(10, "linear learning-rate warmup, in training steps")
+    weight_decay: float = arg(0.1, "AdamW weight decay (authors: 0.1)")
+    max_grad_norm: float = arg(1.0, "gradient-norm clip (authors: 1.0)")
     # -- E1, E2 outcome loss
-    outcome: bool | None = None  # E2, the policy gradient on the verifier's rewards, on (by --method); --no-outcome
-        # drops it (OPCD: rewards are then only logged)
-    clip_low: float | None = None  # ε_low of the PPO ratio clip (by --method)
-    clip_high: float | None = None  # ε_high ("clip-higher", DAPO) (by --method)
-    clip_c: float | None = None  # c, dual-clip bound for negative advantages (by --method)
-    std_scale: bool = True  # E1 divides by the group's std (on by default); --no-std-scale only centers (Dr. GRPO)
-    strict_format: bool = False  # --strict-format rewards only an explicit final answer (\boxed{}, ####, "answer is"),
-        # as the authors' scorer; off: the last number also counts
+    outcome: bool | None = arg(None, "E2, the policy gradient on the rewards (by --method); --no-outcome drops it")
+    clip_low: float | None = arg(None, "ε_low of the PPO ratio clip (by --method)")
+    clip_high: float | None = arg(None, "ε_high ('clip-higher', DAPO) (by --method)")
+    clip_c: float | None = arg(None, "c, dual-clip bound for negative advantages (by --method)")
+    std_scale: bool = arg(True, "E1 divides by the group's std; --no-std-scale only centers (Dr. GRPO)")
+    strict_format: bool = arg(False, "--strict-format rewards only an explicit final answer (\\boxed{}, ####, "
+                              "'answer is'), as the authors' scorer; off: the last number also counts")
     # -- E3–E5 self-distillation
-    beta: float | None = None  # β_base, weight of the reverse KL to the teacher view (by --method); 0 = none
-    beta_warmup_steps: int | None = None  # T_warm of E5 (by --method); -1 = the paper's proportion, steps/8 (50 of
-        # 400); 0 disables the warmup factor
-    beta_decay_steps: int | None = None  # T_decay of E5 (by --method); -1 = the paper's proportion, steps − T_warm (350
-        # of 400); 0 disables the decay factor
-    gate: bool | None = None  # E4: E3 acts only on rollouts with A > 0 (by --method); --no-gate: on every rollout
+    beta: float | None = arg(None, "β_base, weight of the reverse KL to the teacher view (by --method); 0 = none")
+    beta_warmup_steps: int | None = arg(None, "T_warm of E5 (by --method); -1 = the paper's proportion, steps/8 (50 "
+                                        "of 400); 0 disables the warmup factor")
+    beta_decay_steps: int | None = arg(None, "T_decay of E5 (by --method); -1 = the paper's proportion, steps − "
+                                       "T_warm (350 of 400); 0 disables the decay factor")
+    gate: bool | None = arg(None, "E4: E3 acts only on rollouts with A > 0 (by --method); --no-gate: on every "
+                            "rollout")
     # -- RLSD (App. B): the teacher's view of the sampled token reweights A
-    rlsd_weight: float | None = None  # λ₀, the weight of the teacher's evidence in RLSD's advantage (by --method)
-    rlsd_decay_steps: int = -1  # λ falls linearly from λ₀ to 0 over this many steps; -1 = steps/8 (50 of 400)
-    rlsd_clip: float = 0.2  # ε_w, the clip of the evidence u_t to [1 − ε_w, 1 + ε_w]
+    rlsd_weight: float | None = arg(None, "λ₀, the weight of the teacher's evidence in RLSD's advantage (by --method)")
+    rlsd_decay_steps: int = arg(-1, "λ(k) falls linearly from λ₀ to 0 over this many steps; -1 = steps/8 (50 of 400)")
+    rlsd_clip: float = arg(0.2, "ε_w, the clip of the evidence u_t to [1 − ε_w, 1 + ε_w]")
     # -- E6 reference anchor
-    alpha: float | None = None  # α, weight of the KL anchor to the frozen initial policy (by --method); 0 = none
-    kl_mode: str = "urkl"  # E6 integrand: urkl | ufkl | rkl | fkl (SDPG-URKL / SDPG-UFKL)
+    alpha: float | None = arg(None, "α, weight of the KL anchor to the frozen initial policy (by --method); 0 = none")
+    kl_mode: str = arg("urkl", "E6 integrand: urkl | ufkl | rkl | fkl (SDPG-URKL / SDPG-UFKL)")
     # -- LoRA (optional: pip install peft)
-    lora_rank: int = 0  # R of a LoRA adapter on every linear layer of the decoder; 0 = full fine-tuning. π_ref is
-        # then the base with the adapter switched off, so no second copy of the weights is loaded
-    lora_alpha: float = 32.0  # LoRA's scale (the adapter's output × lora_alpha / R); not E6's --alpha
+    lora_rank: int = arg(0, "R of a LoRA adapter on every linear layer of the decoder; 0 = full fine-tuning. π_ref "
+                         "is then the base with the adapter switched off, so no second copy of the weights is loaded")
+    lora_alpha: float = arg(32.0, "LoRA's scale (the adapter's output × lora_alpha / R); not E6's --alpha")
     # -- run
-    seed: int = 0  # seeds python, numpy and torch (GPU sampling is still not bit-exact)
-    output_dir: str = "runs/sdpg"  # config.json, metrics.jsonl, checkpoints
-    save_every: int = 0  # write a resumable checkpoint step_N/ every N steps; 0 = only final/ (and one on interrupt)
-    keep_checkpoints: int = 2  # how many step_N/ checkpoints to keep, oldest deleted first; 0 = all; final/ is always
-        # kept
-    eval_every: int = 0  # every N steps (and after the last) log `heldout_accuracy`: greedy, strict accuracy on
-        # held-out problems (the paper's accuracy during training); 0 = never
-    eval_problems: int = 100  # how many held-out problems: the first of --eval-dataset
-    eval_dataset: str | None = None  # held-out problems; default the test split of --dataset (a local file has
-        # none: name one)
-    resume: bool = False  # --resume continues the run in --output-dir from its latest step_N/ (pass the run's other
-        # flags unchanged)
-    overwrite: bool = False  # --overwrite deletes the run already in --output-dir and starts a new one
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's own GPU, or cpu)
-    fsdp: bool = False  # --fsdp, under torchrun: shard weights, gradients and AdamW state with FSDP2 (fully_shard per
-        # decoder layer and the root); without it the ranks hold replicas (DDP)
-    dtype: str = "auto"  # compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32
+    seed: int = arg(0, "seeds python, numpy and torch (GPU sampling is still not bit-exact)")
+    output_dir: str = arg("runs/sdpg", "config.json, metrics.jsonl, checkpoints")
+    save_every: int = arg(0, "write a resumable step_N/ every N steps; 0 = only final/ (and one on interrupt)")
+    keep_checkpoints: int = arg(2, "step_N/ checkpoints kept, oldest deleted first; 0 = all; final/ always kept")
+    eval_every: int = arg(0, "every N steps (and after the last) log `heldout_accuracy`: greedy, strict accuracy on "
+                          "held-out problems (the paper's accuracy during training); 0 = never")
+    eval_problems: int = arg(100, "how many held-out problems: the first of --eval-dataset")
+    eval_dataset: str | None = arg(None, "held-out problems; default the test split of --dataset (a local file has "
+                                   "none: name one)")
+    resume: bool = arg(False, "--resume continues the run in --output-dir from its latest step_N/ (same flags)")
+    overwrite: bool = arg(False, "--overwrite deletes the run already in --output-dir and starts a new one")
+    device: str = arg("auto", "auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's own GPU, or cpu)")
+    fsdp: bool = arg(False, "--fsdp, under torchrun: shard weights, gradients and AdamW state with FSDP2 "
+                     "(fully_shard per decoder layer and the root); without it the ranks hold replicas (DDP)")
+    dtype: str = arg("auto", "compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
 
     def __post_init__(self):
-        """The defaults that depend on other fields, resolved here so that every field holds the value the run uses:
-        the method's settings for the fields not given, the dataset, the learning rate, the mini-batch."""
+        """The defaults that follow from other fields (the method's settings for the fields not given, the learning
+        rate, the dataset (a run folder's own), the mini-batch), so that every field holds the value the run uses."""
         if self.method not in METHODS:
             fail(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
         for name, value in METHODS[self.method].items():
@@ -189,11 +181,15 @@ class Config:
 def fail(message: str):
     """Bad input ends the program with one line naming the problem and the fix, no traceback (under torchrun
     printed by rank 0 alone; the others exit with status 1)."""
-    raise SystemExit(f"error: {message}" if rank_of() == 0 else 1)
+    raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
 
+
+# The compute context, set once by main (nanoGPT's `ctx`): the autocast every forward and generate() run under
+# (bf16 on CUDA, nothing in float32). Entered only where a model is called, never nested.
+ctx = contextlib.nullcontext()
 
 # ----------------------------------------------------------------------------------------------
-# Data and privileged context (spec: "Data and privileged context")
+# Data and privileged context (spec: "Data and privileged context"); reading datasets is in Appendix D
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # Qwen's math prompt
 PAPER_INSTRUCTION = ("Solve the following math problem step by step. Present your final answer inside \\boxed{}, "
@@ -209,13 +205,6 @@ PAPER_CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve t
                  "exists, articulate the standard approach with exceptional clarity. Do NOT state that you were given "
                  "the answer or reference.")  # the paper's Figure 4
 TEACHER_CONTEXTS = {"paper": PAPER_CONTEXT, "answer": ANSWER_CONTEXT, "solution": SOLUTION_CONTEXT}
-# Hub datasets by name: (id, config, split or None = the split asked for, question field, answer field)
-HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
-                "math500": ("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"),
-                "aime24": ("HuggingFaceH4/aime_2024", None, "train", "problem", "answer"),
-                "aime25": ("math-ai/aime25", None, "test", "problem", "answer"),
-                "amc23": ("math-ai/amc23", None, "test", "question", "answer")}
-BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
 
 
 def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
@@ -226,29 +215,6 @@ def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
         return text.strip(), None
     solution, answer = text.rsplit("####", 1)
     return answer.strip().replace(",", ""), re.sub(r"<<[^<>\n]{0,200}>>", "", solution).strip()
-
-
-def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
-    """Rows of {question, answer, solution}: a built-in task, a Hub dataset by name, or a local file."""
-    if name in BUILT_IN_DATASETS:
-        return arithmetic_rows(split="test" if split == "test" else "train", easy=name == "arithmetic-easy")
-    if name in HUB_DATASETS:
-        table, question_field, answer_field = load_hub_table(name, split)  # Appendix D
-    else:
-        table, question_field = read_local_table(name, question_field, answer_field)  # Appendix D
-    rows, dropped = [], 0
-    for row in table:
-        question, answer = (format_field(row[key]) for key in (question_field, answer_field))
-        answer, solution = split_gsm8k_answer(answer)
-        if not question or not answer:  # an empty answer would teach "\boxed{None}"; never train on it
-            dropped += 1
-            continue
-        rows.append({"question": question, "answer": answer, "solution": row.get("solution") or solution})
-    if dropped:
-        print(f"warning: dropped {dropped} of {dropped + len(rows)} rows of {name!r} with an empty question or answer")
-    if not rows:
-        fail(f"dataset {name!r} has no row with both a question and an answer")
-    return rows
 
 
 def build_prompt(tokenizer, question: str, context: str | None = None, style: str = "qwen") -> list[int]:
@@ -286,23 +252,68 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
 # Rule-based verifier: R = 1 iff the final answer equals the ground truth (E1's rewards)
 #
 # The last explicit final answer wins (a box, `####`, "the answer is"), else the last number; plain numbers compare
-# exactly as fractions. How boxes and stated answers are found, and answers that are not plain numbers (MATH),
-# are in Appendix A.
+# exactly as fractions. Every pattern is linear (or bounded) on any input: a grader that backtracks can stall
+# training for minutes on one sentence. Answers that are not plain numbers (MATH) are compared in Appendix A.
+
+BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+BOX_JOINER = re.compile(r"[\s$\\()\[\].]{0,8}(?:,|;|and|or|,\s?and|,\s?or)[\s$\\()\[\]]{0,8}"
+                        r"(?:[a-zA-Z]\s?=\s?)?[\s$\\()\[\]]{0,4}")  # "x = \boxed{-2} or x = \boxed{1}"
+SPACES = re.compile(r"\s*")
+HASHES = re.compile(r"####[ \t]*([^\n]{1,200})")
+# "answer is x" anywhere; "Answer: x" only as a line of its own ("check our answer: 17·44 = …" is no answer)
+STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{0,3}[:=]", re.I | re.M)
+STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
+VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "valid", "consistent", "reasonable"}
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def last_boxed(text: str) -> tuple[int, str] | None:
+    """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}. An empty box is usually the
+    instruction echoed back ("put it within \\boxed{}"), not an answer. Boxes just before it joined by "," / "and" /
+    "or" are one answer in several boxes ("x = \\boxed{-2} or x = \\boxed{1}")."""
+    boxes, closing = [(m.start(), m.end()) for m in BOX.finditer(text)], closing_brackets(text, "{", "}")
+    # (start, content start, end) of the closed, non-empty boxes, last first; emptiness is checked without slicing
+    # (nested boxes would make slicing each one quadratic)
+    found = ((start, end, closing[end - 1]) for start, end in reversed(boxes)
+             if end - 1 in closing and SPACES.match(text, end).end() < closing[end - 1])
+    run = [next(found, None)]
+    if run[0] is None:
+        return None
+    for box in found:
+        if not BOX_JOINER.fullmatch(text, box[2] + 1, run[-1][0]):
+            break
+        run.append(box)
+    contents = list(dict.fromkeys(text[end:close] for _, end, close in reversed(run)))  # one answer boxed twice is one
+    return run[-1][0], ", ".join(contents)
+
+
+def stated_value(text: str) -> str | None:
+    """The value in "the answer is …": the whole text if it reads as one value ("$\\frac{\\pi}{2}$", "yes"),
+    else after the last `=` ("10 bags × 5 = 50 books" → 50), else its first number ("18 dollars because …")."""
+    text = text.strip().strip("*$ ").strip()
+    if text.lower().rstrip(".!") in VERDICTS:  # "so our answer is correct": a check of the answer, not a value
+        return None
+    if "=" in text:
+        text = text.rsplit("=", 1)[1].strip().strip("*$ ")
+    if not text or len(text.split()) <= 1 or parse_number(normalize_answer(text)) is not None:
+        return text or None
+    number = NUMBER.search(text)
+    return number.group() if number else None
 
 
 def find_answer(completion: str, strict: bool = False) -> tuple[str | None, bool]:
     """(final answer text, explicit?). Explicit answers: \\boxed{}, `#### x`, "answer is x" / "Answer: x"; the one
     that starts last wins. strict=False falls back to the last number when there is no explicit answer, or when a
     number follows the sentence of a stated answer ("answer: … = 15. … so there are 35")."""
-    boxed = _last_boxed(completion)
+    boxed = last_boxed(completion)
     candidates = [(boxed[0], boxed[1], "box", boxed[0])] if boxed else []
-    candidates += [(m.start(1), m.group(1), "hashes", m.end()) for m in _HASHES.finditer(completion)]
-    for stated in reversed([m.end() for m in _STATED.finditer(completion)][-20:]):  # the last one with a value
-        span = _STATED_SPAN.match(completion, stated)
-        if span and (value := _stated_value(span.group(1))) is not None:
+    candidates += [(m.start(1), m.group(1), "hashes", m.end()) for m in HASHES.finditer(completion)]
+    for stated in reversed([m.end() for m in STATED.finditer(completion)][-20:]):  # the last one with a value
+        span = STATED_SPAN.match(completion, stated)
+        if span and (value := stated_value(span.group(1))) is not None:
             candidates.append((span.start(1), value, "stated", span.end()))
             break
-    numbers = [] if strict else list(_NUMBER.finditer(completion))
+    numbers = [] if strict else list(NUMBER.finditer(completion))
     if candidates:
         _, value, kind, sentence_end = max(candidates, key=lambda c: c[0])
         if not (kind == "stated" and numbers and numbers[-1].start() >= sentence_end):
@@ -316,29 +327,12 @@ def extract_answer(completion: str, strict: bool = False) -> str | None:
     return find_answer(completion, strict)[0]
 
 
-def parse_number(text: str) -> Fraction | None:
-    """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
-    text = text.replace(" ", "")
-    if len(text) > 100:  # no giant ints (Python refuses > 4300 digits anyway)
-        return None
-    match = (re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", text)
-             or re.fullmatch(r"(-?)(-?[\d.]+)/(-?[\d.]+)", text))
+def has_answer_format(completion: str) -> bool:
+    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
     try:
-        if match:
-            value = Fraction(match.group(2)) / Fraction(match.group(3))
-            return -value if match.group(1) else value
-        return Fraction(text) if re.fullmatch(r"-?\d*\.?\d+", text) else None
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def answers_match(predicted: str, truth: str) -> bool:
-    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal. Both sides are
-    normalized first (normalize_answer: LaTeX spacing, units, `x =`, thousands commas; Appendix A)."""
-    numbers = parse_number(normalize_answer(predicted)), parse_number(normalize_answer(truth))
-    if None not in numbers:
-        return numbers[0] == numbers[1]
-    return math_equal(predicted, truth)
+        return find_answer(completion, strict=True)[1]
+    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
+        return False
 
 
 def verify(completion: str, answer: str, strict: bool = False) -> float:
@@ -408,27 +402,28 @@ def inverse_cdf_sampler(temperature: float, uniforms=None):
 
 
 @torch.no_grad()
-def sample_responses(model, prompt_ids, prompt_mask, eos_ids, pad_id, max_new_tokens, temperature, autocast,
-                     uniforms=None):
-    """Responses with KV cache: pure temperature sampling (on-policy log-probs); temperature 0 = greedy.
-    uniforms: the sampler's source of randomness (rollout_uniforms), default the global torch RNG."""
+def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, temperature: float, uniforms=None):
+    """(response_ids, response_mask), (N, T) each, for prompts = {prompt_ids, prompt_mask} (N, P), KV-cached: pure
+    temperature sampling (on-policy log-probs); temperature 0 = greedy. uniforms: the sampler's source of
+    randomness (rollout_uniforms), default the global torch RNG."""
     from transformers import GenerationConfig, LogitsProcessorList
 
+    eos_ids = eos_token_ids(model, tokenizer)
     # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7,
     # top_k 20, top_p 0.8, repetition_penalty 1.1) into any config passed to it, and transformers 4.x even
     # overrides an explicit do_sample=False. Swapping in an all-default config for this call is the one way
     # that works on every version: nothing reshapes the logits but our sampler, so y ~ π_θ exactly.
     neutral = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
-                               pad_token_id=pad_id, use_cache=True)
+                               pad_token_id=tokenizer.pad_token_id, use_cache=True)
     processors = LogitsProcessorList([inverse_cdf_sampler(temperature, uniforms)] if temperature > 0 else [])
     checkpoint_config, model.generation_config = model.generation_config, neutral
     try:
-        with autocast, gathered_for_generation(model) as synced:  # Appendix E: FSDP2 gathers the weights once
-            output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, logits_processor=processors,
-                                    synced_gpus=synced)
+        with ctx, gathered_for_generation(model) as synced:  # Appendix E: FSDP2 gathers the weights once
+            output = model.generate(input_ids=prompts["prompt_ids"], attention_mask=prompts["prompt_mask"],
+                                    logits_processor=processors, synced_gpus=synced)
     finally:
         model.generation_config = checkpoint_config
-    response_ids = output[:, prompt_ids.shape[1]:]  # (N, T), right-padded with pad after EOS
+    response_ids = output[:, prompts["prompt_ids"].shape[1]:]  # (N, T), right-padded with pad after EOS
     return response_ids, response_mask_from_eos(response_ids, eos_ids)
 
 
@@ -444,10 +439,10 @@ def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-token log-probs and the teacher view (E3's inputs)
+# Per-token log-probs of both views and E3 (its inputs and the E3 that trains)
 
 
-def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask):
+def response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask):
     """Final hidden states at the positions that predict each response token: (B, T, H)."""
     ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T): [pad…, prompt, response, pad…]
     mask = torch.cat([prompt_mask, response_mask], dim=1)
@@ -461,74 +456,89 @@ def _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask
     return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
 
 
-def tempered_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """z/τ in float32 or wider, whatever the input dtype: the one place τ is applied to logits."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits if temperature == 1.0 else logits / temperature  # skip a pass over V at τ = 1
-
-
 def tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(z/τ) over the last (vocabulary) dim: log p for the student's logits, log q for the teacher's."""
-    return tempered_logits(logits, temperature).log_softmax(dim=-1)
+    """log softmax(z/τ) over the last (vocabulary) dim in float32 or wider: log p for the student's logits, log q
+    for the teacher's. The one place τ is applied to logits."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return (logits if temperature == 1.0 else logits / temperature).log_softmax(dim=-1)  # skip a pass at τ = 1
 
 
-def token_stats(student_logits, teacher_logits, tokens, temperature, with_entropy=False):
-    """For N positions with logits (N, V): (N,) log π_θ(y_t), E3's ℓ_t against the teacher (0 without one), the
-    student's entropy (a metric, 0 unless asked for) and the teacher's log-prob of y_t (0 without a teacher)."""
-    log_p = tempered_log_softmax(student_logits, temperature)  # (N, V)
+def reverse_kl(log_p, log_q):
+    """ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3, the paper's Eq. 3.2)
+
+    log_p, log_q: (…, V) log-probabilities of the student and the teacher view (tempered_log_softmax of each
+    view's logits). Exact over the whole vocabulary, not a sampled-token estimate; SG: the teacher gets no
+    gradient. This is the E3 that trains, value and gradient, on every code path (token_scores differentiates it
+    by autograd, in recomputed chunks).
+    """
+    return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
+
+
+def token_scores(hidden, teacher_hidden, tokens, weight, bias, temperature):
+    """For N response positions with final hidden states (N, H) and the output layer (weight, bias): (N,) each of
+    log π_θ(y_t), E3's ℓ_t against the teacher (0 without one), the student's entropy (a metric) and the teacher's
+    log q(y_t) (0 without one)."""
+    log_p = tempered_log_softmax(F.linear(hidden, weight, bias), temperature)  # (N, V)
     logp = log_p.gather(-1, tokens[:, None]).squeeze(-1)  # (N,)
     kl = teacher_logp = torch.zeros_like(logp)
-    if teacher_logits is not None:
-        log_q = tempered_log_softmax(teacher_logits.detach(), temperature)  # (N, V), SG
+    if teacher_hidden is not None:
+        with torch.no_grad():  # SG: the teacher view gets no gradient, not even through the shared output layer
+            log_q = tempered_log_softmax(F.linear(teacher_hidden, weight, bias), temperature)  # (N, V)
         kl = reverse_kl(log_p, log_q)  # E3
         teacher_logp = log_q.gather(-1, tokens[:, None]).squeeze(-1)
     with torch.no_grad():
-        entropy = -(log_p.exp() * log_p).sum(-1) if with_entropy else torch.zeros_like(logp)
+        entropy = -(log_p.exp() * log_p).sum(-1)
     return logp, kl, entropy, teacher_logp
 
 
-def projected_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
-    """token_stats from final hidden states (N, H). chunk_size 0: one projection to (N, V) logits and autograd;
-    otherwise `chunk_size` positions at a time, recomputed in backward (Appendix B: same values and gradients,
-    memory ∝ H instead of N·V)."""
-    if chunk_size:
-        return chunked_token_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy)
-    with torch.no_grad():  # SG: the teacher view gets no gradient, not even through the shared lm_head
-        teacher_logits = None if teacher_hidden is None else lm_head(teacher_hidden)
-    return token_stats(lm_head(hidden), teacher_logits, tokens, temperature, with_entropy)
+def chunked_scores(hidden, teacher_hidden, tokens, lm_head, temperature: float, chunk_size: int) -> list:
+    """token_scores over N positions, `chunk_size` at a time, each chunk under torch's activation checkpoint: its
+    forward keeps nothing V-sized, and backward projects the chunk again and differentiates token_scores (and
+    reverse_kl) by autograd, so the (N, V) logits never exist. chunk_size 0: all at once."""
+    size, head = chunk_size or len(tokens), (lm_head.weight, lm_head.bias, temperature)
+    chunks = [(hidden[i:i + size], None if teacher_hidden is None else teacher_hidden[i:i + size], tokens[i:i + size])
+              for i in range(0, len(tokens), size)]
+    # [impl] non-reentrant checkpoint restores autocast in the recompute: backward projects in the forward's dtype
+    pieces = [checkpoint(token_scores, *chunk, *head, use_reentrant=False) if chunk_size
+              else token_scores(*chunk, *head) for chunk in chunks]
+    return [torch.cat(column) for column in zip(*pieces)]
 
 
-def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
-                   temperature=1.0, chunk_size=128, full=False, teacher_rows=None):
-    """logp (B, T) = log π_θ(y_t | x, y<t) with gradient, and kl (B, T) = E3 against the teacher view.
+def policy_scores(model, batch: dict, temperature: float, chunk_size: int, teacher_rows=None) -> list:
+    """[logp, reverse_kl, entropy, teacher_logp], each (B, T) and 0 where response_mask is 0: log π_θ(y_t | x, y<t)
+    with gradient, E3 against the teacher view, the entropy, log q(y_t). teacher_rows (B,) bool: the rows whose
+    teacher view is scored (E4's open gates; RLSD's A ≠ 0), 0 elsewhere; None: no teacher forward at all."""
+    valid = batch["response_mask"].bool()  # (B, T)
+    taught = torch.zeros(len(valid), dtype=torch.bool, device=valid.device) if teacher_rows is None else \
+        teacher_rows.bool()  # (B,)
+    with ctx:
+        hidden = response_hidden(model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
+                                 batch["response_mask"])  # (B, T, H)
+        teacher_hidden = None
+        if taught.any():  # [impl] no teacher work for rows whose gate is closed: E3 is multiplied by 0 there
+            with torch.no_grad():
+                ids, mask = trim_padding(batch["teacher_ids"][taught], batch["teacher_mask"][taught], "left")
+                teacher_hidden = response_hidden(model, ids, mask, batch["response_ids"][taught],
+                                                 batch["response_mask"][taught])[valid[taught]]  # (M, H)
+        lm_head = unwrap(model).get_output_embeddings()  # Appendix E: a DDP wrapper has no lm_head of its own
+        dtype = torch.promote_types(hidden.dtype, torch.float32)  # float32 under bf16 autocast
+        scores = [torch.zeros(valid.shape, dtype=dtype, device=valid.device) for _ in range(4)]
+        for positions, teacher in ((valid & taught[:, None], teacher_hidden), (valid & ~taught[:, None], None)):
+            if positions.any():  # row-major order on both sides: row i of `hidden[positions]` is `teacher[i]`
+                values = chunked_scores(hidden[positions], teacher, batch["response_ids"][positions], lm_head,
+                                        temperature, chunk_size)
+                scores = [out.masked_scatter(positions, value) for out, value in zip(scores, values)]
+    return scores
 
-    Prompts left-padded, responses right-padded; outputs are zero where response_mask is 0.
-    teacher_ids None → kl is None (no teacher forward). teacher_rows (B,) bool: the rows that need the teacher
-    (E4's open gates; RLSD's A ≠ 0); the teacher forward and projection run for those rows only, 0 elsewhere.
-    full=True also returns the student's entropy (a metric) and the teacher's log q(y_t) (RLSD's input).
-    """
-    valid = response_mask.bool()  # (B, T)
-    hidden = _response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)  # (B, T, H)
-    taught = torch.zeros(len(valid), dtype=torch.bool, device=valid.device)  # (B,) rows that get a teacher forward
-    if teacher_ids is not None:
-        taught = torch.ones_like(taught) if teacher_rows is None else teacher_rows.bool()
-    teacher_hidden = None
-    if taught.any():  # [impl] no teacher work for rows whose gate is closed: E3 is multiplied by 0 there
-        with torch.no_grad():
-            ids, mask = trim_padding(teacher_ids[taught], teacher_mask[taught], "left")
-            teacher_hidden = _response_hidden(model, ids, mask, response_ids[taught],
-                                              response_mask[taught])[valid[taught]]  # (M, H)
-    lm_head = unwrap(model).get_output_embeddings()  # Appendix E: a DDP wrapper has no lm_head of its own
-    dtype = torch.promote_types(hidden.dtype, torch.float32)  # float32 under bf16 autocast, float64 for float64
-    stats = [torch.zeros(valid.shape, dtype=dtype, device=valid.device) for _ in range(4)]  # logp, kl, entropy, log q
-    for positions, teacher in ((valid & taught[:, None], teacher_hidden), (valid & ~taught[:, None], None)):
-        if positions.any():  # row-major order on both sides, so position i of `hidden[positions]` is `teacher[i]`
-            values = projected_stats(lm_head, hidden[positions], teacher, response_ids[positions], temperature,
-                                     chunk_size, full)
-            stats = [out.masked_scatter(positions, value) for out, value in zip(stats, values)]
-    logp, kl, entropy, teacher_logp = stats
-    kl = kl if teacher_ids is not None else None
-    return (logp, kl, entropy, teacher_logp) if full else (logp, kl)
+
+@torch.no_grad()
+def sampled_logp(policy, batch: dict, cfg: Config) -> torch.Tensor:
+    """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
+    width, pieces = batch["response_ids"].shape[1], []
+    for micro in micro_batches(batch, list(range(len(batch["response_ids"]))), cfg.micro_batch_size):
+        logp = policy_scores(policy, micro, cfg.temperature, cfg.logits_chunk_size)[0]
+        pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
+    return torch.cat(pieces)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,7 +559,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = T
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses (E2–E7)
+# Losses (E2–E7) and the baselines' advantage (RLSD)
 
 
 def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=10.0):
@@ -568,39 +578,29 @@ def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, cl
     return torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
 
 
-def rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip=0.2):
-    """Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)],  u_t = exp(sign(A) · SG[log q(y_t) − log p(y_t)])
-    (RLSD, the paper's Appendix B)
-
-    advantages (B,); old_logp, teacher_logp (B, T): the sampled token's log-prob under π_old (p, as the authors'
-    code; = π_θ with one update per batch) and under the teacher view (q). Returns (B, T), detached: Â replaces A
-    in E2. The teacher's evidence only rescales A, by at most λε_w, never flips its sign; λ = 0 is GRPO exactly.
-    """
-    scale = (1 - weight) + weight * rlsd_evidence(advantages, old_logp, teacher_logp).clamp(1 - clip, 1 + clip)
-    return (advantages[:, None] * scale).detach()
-
-
 def rlsd_evidence(advantages, old_logp, teacher_logp):
     """u_t = exp(sign(A) · SG[log q(y_t) − log p(y_t)]) = (q(y_t) / p(y_t))^sign(A): (B, T), detached   (RLSD)"""
     # [impl] the log-ratio clamped to ±20 nats, as E2's: exp stays finite, far outside any clip of u anyway
     return torch.exp(torch.sign(advantages)[:, None] * (teacher_logp - old_logp).detach().clamp(-20.0, 20.0))
 
 
-def rlsd_weight_schedule(step: int, total_steps: int, weight: float, decay_steps: int = -1) -> float:
+def rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip=0.2):
+    """Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)],  u_t = exp(sign(A) · SG[log q(y_t) − log p(y_t)])
+    (RLSD, the paper's Appendix B)
+
+    advantages (B,); old_logp, teacher_logp (B, T): the sampled token's log-prob under π_old (p, as the authors'
+    code; = π_θ with one update per batch) and under the teacher view (q); weight: λ(k). Returns (B, T), detached:
+    Â replaces A in E2. The teacher's evidence only rescales A, by at most λε_w, never flips its sign; λ = 0 is
+    GRPO exactly.
+    """
+    scale = (1 - weight) + weight * rlsd_evidence(advantages, old_logp, teacher_logp).clamp(1 - clip, 1 + clip)
+    return (advantages[:, None] * scale).detach()
+
+
+def rlsd_weight_schedule(step: int, total_steps: int, rlsd_weight: float, decay_steps: int = -1) -> float:
     """λ(k) = λ₀ · max(0, 1 − k / T_λ); T_λ = −1: steps/8 (50 of 400); 0: constant   (RLSD, the paper's App. B)"""
     decay = max(1, round(total_steps / 8)) if decay_steps < 0 else decay_steps
-    return weight * max(0.0, 1 - step / decay) if decay > 0 else weight
-
-
-def reverse_kl(log_p, log_q):
-    """ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3, the paper's Eq. 3.2)
-
-    log_p, log_q: (…, V) log-probabilities of the student and the teacher view (tempered_log_softmax of each
-    view's logits). Exact over the whole vocabulary, not a sampled-token estimate; SG: the teacher gets no
-    gradient. This is the E3 that trains, value and gradient, on every code path (Appendix B differentiates it
-    by autograd in recomputed chunks).
-    """
-    return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
+    return rlsd_weight * max(0.0, 1 - step / decay) if decay > 0 else rlsd_weight
 
 
 def paper_beta_windows(total_steps: int, warmup_steps: int = -1, decay_steps: int = -1) -> tuple[int, int]:
@@ -633,36 +633,28 @@ def ref_kl(logp, ref_logp, mode="urkl"):
     raise ValueError(f"unknown kl mode {mode!r}; valid modes: {', '.join(KL_MODES)}")
 
 
-def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", gate=True,
-              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None, outcome=True, teacher_logp=None,
-              rlsd_weight=0.0, rlsd_clip=0.2):
-    """L = Σ_t mask · [E2 + β · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens
+def sdpg_loss(terms: dict, beta_k: float, cfg: Config, num_tokens=None):
+    """L = Σ_t mask · [E2 + β(k) · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens
     (E7, the paper's Eq. 3.1 with the token mean of Eq. 3.4; gate E4, Eq. 3.5)
 
-    logp/old_logp/ref_logp/kl/mask: (B, T); advantages: (B,). ref_logp/kl may be None when α/β is 0.
-    gate=False applies E3 to every row. num_tokens: the whole mini-batch's token count under gradient accumulation
-    (default mask.sum()). The paper's other methods change the terms, not the sum: outcome=False drops E2 (OPCD);
-    teacher_logp with rlsd_weight λ > 0 puts RLSD's Â_t in E2 instead of A.
-    Returns (loss, sums): detached sums over this call's tokens, which add up across micro-batches — `loss`,
-    `pg_loss`, `ref_kl` (f(log w), without α), `clip_frac` (tokens whose ratio is clipped), `dual_clip_frac` (A < 0,
-    r > c) and `tokens` (a mean is a sum over `tokens`); `opd_kl` (ℓ_t clamped at 20, without β) summed over the
-    tokens whose gate is open, `gate_tokens` (its divisor); with RLSD `rlsd_clip_frac` (u_t clipped),
-    `rlsd_shift` (|Â/A − 1|) over `rlsd_tokens` (A ≠ 0). docs/metrics.md explains each.
+    terms: `logp`, `old_logp`, `reverse_kl` (ℓ_t), `response_mask` (B, T); `advantages` (B,) (the gate's A);
+    optionally `token_advantages` (B, T) (RLSD's Â, else A broadcast) and `ref_logp` (B, T) (E6 is 0 without it).
+    cfg gives α, the E6 mode, E4's gate, E2's clip and whether E2 counts at all (OPCD: no). num_tokens: the whole
+    mini-batch's token count under gradient accumulation (default: this call's). Returns (loss, per-token terms
+    (B, T), detached: `loss`, `pg_loss`, `reverse_kl` (without β, 0 where the gate is closed), `ref_kl` (without α)).
     """
-    mask = mask.float()
+    logp, mask, advantages = terms["logp"], terms["response_mask"].float(), terms["advantages"]
     num_tokens = mask.sum() if num_tokens is None else num_tokens
-    token_advantages = advantages[:, None].expand_as(logp)  # (B, T), A_i broadcast to every token
-    if rlsd_weight > 0:
-        token_advantages = rlsd_advantages(advantages, old_logp, teacher_logp, rlsd_weight, rlsd_clip)  # (B, T)
-    pg = clipped_pg_loss(logp, old_logp, token_advantages, clip_low, clip_high, clip_c)
-    pg = pg if outcome else torch.zeros_like(pg)  # OPCD: the rewards play no part in the loss
-    gate_open = advantages > 0 if gate else torch.ones_like(advantages, dtype=torch.bool)  # (B,)   E4
-    kl = torch.zeros_like(logp) if kl is None else kl.clamp(max=20.0)  # authors' safety valve
-    anchor = torch.zeros_like(logp) if ref_logp is None else ref_kl(logp, ref_logp, kl_mode)
-    per_token = pg + beta * gate_open[:, None] * kl + alpha * anchor  # (B, T)
+    token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(logp))  # (B, T)
+    pg = clipped_pg_loss(logp, terms["old_logp"], token_advantages, cfg.clip_low, cfg.clip_high, cfg.clip_c)
+    pg = pg if cfg.outcome else torch.zeros_like(pg)  # OPCD: the rewards play no part in the loss
+    gate_open = (advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool))[:, None]  # E4
+    kl = terms["reverse_kl"].clamp(max=20.0) * gate_open  # authors' safety valve: ℓ_t ≤ 20 nats
+    anchor = ref_kl(logp, terms["ref_logp"], cfg.kl_mode) if "ref_logp" in terms else torch.zeros_like(logp)
+    per_token = pg + beta_k * kl + cfg.alpha * anchor  # (B, T)
     loss = (per_token * mask).sum() / num_tokens
-    return loss, loss_sums(per_token, pg, kl, anchor, logp, old_logp, token_advantages, advantages, mask, gate_open,
-                           clip_low, clip_high, clip_c, teacher_logp if rlsd_weight > 0 else None, rlsd_clip)
+    return loss, {name: value.detach() for name, value in
+                  dict(loss=per_token, pg_loss=pg, reverse_kl=kl, ref_kl=anchor).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,62 +670,105 @@ def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[tuple[int
     return list(enumerate(rows[i] for i in chosen))
 
 
-def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: int, cfg: Config,
-            autocast) -> tuple[dict, dict]:
+def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: int, cfg: Config):
     """E8 steps 2–4 for this process's prompts (all B of them in one process): G responses each from the student
     view, verifier rewards, advantages (E1), and the no-gradient log-probs (π_old when several updates share the
-    batch, π_ref when α > 0). Returns (batch, info): the tensors `update` needs, one row per response, and the
+    batch, π_ref when α > 0). Returns (batch, counts): the tensors `update` needs, one row per response, and the
     step's counts for its log line (sums, so that ranks add them up)."""
     plain = unwrap(model)  # generate with the model itself, not a DDP wrapper (Appendix E)
-    device, started = next(plain.parameters()).device, time.time()
-    eos_ids, pad_id = eos_token_ids(plain, tokenizer), tokenizer.pad_token_id
+    device, pad_id = next(plain.parameters()).device, tokenizer.pad_token_id
     per_sequence = [row for _, row in prompts for _ in range(cfg.group_size)]  # groups contiguous
-    prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in per_sequence], pad_id, device)  # (B*G, P)
-    teacher_ids, teacher_mask = left_pad([row["teacher_ids"] for row in per_sequence], pad_id, device)  # (B*G, Pc)
+    batch = dict(zip(("prompt_ids", "prompt_mask"), left_pad([r["prompt_ids"] for r in per_sequence], pad_id, device)))
+    batch.update(zip(("teacher_ids", "teacher_mask"), left_pad([r["teacher_ids"] for r in per_sequence], pad_id,
+                                                               device)))  # (B*G, P) and (B*G, Pc)
     responses = torch.tensor([index * cfg.group_size + j for index, _ in prompts for j in range(cfg.group_size)])
-    uniforms = rollout_uniforms(cfg.seed, step, responses, cfg.batch_size * cfg.group_size, prompt_ids.shape[1])
+    uniforms = rollout_uniforms(cfg.seed, step, responses, cfg.batch_size * cfg.group_size,
+                                batch["prompt_ids"].shape[1])  # Appendix E: the same draws on any number of ranks
     set_layer_recompute(plain, False)
-    response_ids, response_mask = sample_responses(plain, prompt_ids, prompt_mask, eos_ids, pad_id,
-                                                   cfg.max_new_tokens, cfg.temperature, autocast, uniforms)
-    rollout_time = time.time() - started
-    completions = decode_responses(tokenizer, response_ids, response_mask)  # (B*G) texts; ids (B*G, T)
-    truncated = truncated_responses(response_ids, eos_ids)  # (B*G,)
+    batch["response_ids"], batch["response_mask"] = sample_responses(plain, tokenizer, batch, cfg.max_new_tokens,
+                                                                     cfg.temperature, uniforms)  # (B*G, T) each
+    completions = decode_responses(tokenizer, batch["response_ids"], batch["response_mask"])
+    truncated = truncated_responses(batch["response_ids"], eos_token_ids(plain, tokenizer))  # (B*G,)
     rewards, verifier_errors = score_responses(completions, [row["answer"] for row in per_sequence],
                                                truncated.tolist(), cfg.strict_format)
     rewards = torch.tensor(rewards, device=device)  # (B*G,)
-    advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale)  # (B*G,)   E1
-    batch = dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, teacher_ids=teacher_ids, teacher_mask=teacher_mask,
-                 response_ids=response_ids, response_mask=response_mask, advantages=advantages)
+    batch["advantages"] = group_advantages(rewards, cfg.group_size, cfg.std_scale)  # (B*G,)   E1
     set_layer_recompute(plain, cfg.gradient_checkpointing)
     if cfg.mini_batch_size < cfg.batch_size:  # several updates share the batch: π_old is the policy that sampled it
-        batch["old_logp"] = sampled_logp(model, batch, cfg, autocast)
+        batch["old_logp"] = sampled_logp(model, batch, cfg)
     if reference is not None:
         policy, switch = reference  # a frozen copy, or (LoRA) this model with its adapter off
         with switch():
-            batch["ref_logp"] = sampled_logp(policy, batch, cfg, autocast)
+            batch["ref_logp"] = sampled_logp(policy, batch, cfg)
     counts = dict(reward=rewards.sum(), responses=len(rewards), formatted=sum(map(has_answer_format, completions)),
                   zero_std_groups=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).sum(), groups=len(prompts),
-                  response_tokens=response_mask.sum(), truncated=truncated.sum(), verifier_errors=verifier_errors)
-    return batch, dict(counts={key: float(value) for key, value in counts.items()}, rollout_time=rollout_time)
+                  response_tokens=batch["response_mask"].sum(), truncated=truncated.sum(),
+                  verifier_errors=verifier_errors)
+    return batch, {key: float(value) for key, value in counts.items()}
 
 
-def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, step: int = 0, world: int = 1,
-           rlsd_weight: float = 0.0) -> tuple[dict, list]:
+def teacher_rows_needed(advantages, cfg: Config, beta_k: float, rlsd_weight_k: float):
+    """(B,) bool: the rollouts whose teacher view is used — E3's (every row, or E4's A > 0) when β(k) > 0, RLSD's
+    A ≠ 0 when λ(k) > 0 (Â = A = 0 elsewhere). [impl] The teacher forward runs for these rows only."""
+    rows = torch.zeros_like(advantages, dtype=torch.bool)
+    if beta_k > 0:
+        rows |= advantages > 0 if cfg.gate else torch.ones_like(rows)
+    if rlsd_weight_k > 0:
+        rows |= advantages != 0
+    return rows
+
+
+@torch.no_grad()
+def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
+    """The micro-batch's sums over its response tokens for the step's log line (docs/metrics.md): each part of E7,
+    the tokens E2 clips (`clip_frac`) and dual-clips, the entropy; E3's over the tokens whose gate is open
+    (`gate_tokens`); RLSD's clip of u_t and |Â/A − 1| over the tokens with A ≠ 0. Micro-batches and ranks add up."""
+    mask, advantages = terms["response_mask"].float(), terms["advantages"]
+    token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(mask))
+    ratio = torch.exp((terms["logp"] - terms["old_logp"]).clamp(-20.0, 20.0))
+    clipped = ((token_advantages < 0) & (ratio < 1 - cfg.clip_low)) | ((token_advantages > 0) &
+                                                                       (ratio > 1 + cfg.clip_high))
+    gated = mask * (advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool))[:, None]
+    sums = dict(parts, clip_frac=clipped, dual_clip_frac=(token_advantages < 0) & (ratio > cfg.clip_c),
+                entropy=terms["entropy"], tokens=torch.ones_like(mask))  # −A·r > −A·c exactly when r > c
+    sums = {name: (value * mask).sum() for name, value in sums.items()}
+    sums["gate_tokens"] = gated.sum()
+    if "token_advantages" in terms:  # RLSD: how often u_t hits its clip, and how far Â moved from A
+        signed = mask * (advantages != 0)[:, None]
+        evidence = rlsd_evidence(advantages, terms["old_logp"], terms["teacher_logp"])
+        shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
+        sums.update(rlsd_clip_frac=(((evidence - 1).abs() > cfg.rlsd_clip) * signed).sum(),
+                    rlsd_shift=(shift * signed).sum(), rlsd_tokens=signed.sum())
+    return sums
+
+
+def update(model, optimizer, batch: dict, cfg: Config, step: int) -> tuple[dict, dict]:
     """E8 step 5: for each mini-batch, student + teacher forward, E7 over the mini-batch's tokens, backward,
-    gradient-norm clip, AdamW step. Returns the step's sums (sdpg_loss's, plus entropy) and the gradient norms.
-    Under torchrun each rank holds its share of every mini-batch, and E7's divisor counts every rank's tokens."""
-    advantages, response_mask = batch["advantages"], batch["response_mask"]
-    taught = teacher_rows(advantages, cfg, beta, rlsd_weight)  # (B*G,) the rows that need the teacher view
-    sequences_per_update, sums, grad_norms = cfg.mini_batch_size // world * cfg.group_size, {}, []
-    for start in range(0, len(advantages), sequences_per_update):
-        indices = list(range(start, start + sequences_per_update))
-        num_tokens = all_reduce_sum(response_mask[indices].sum()).clamp(min=1)  # E7: the whole mini-batch's count
-        indices.sort(key=lambda i: not taught[i])  # [impl] teacher rows first: teacher forwards fill micro-batches
-        for micro in micro_batches(batch, indices, cfg.micro_batch_size):
-            loss, micro_sums = micro_batch_loss(model, micro, cfg, beta, num_tokens, autocast, world, rlsd_weight)
-            (loss * world).backward()  # DDP and FSDP2 average the ranks' gradients; E7 wants their sum
-            for key, value in zip(micro_sums, torch.stack(list(micro_sums.values())).tolist()):
-                sums[key] = sums.get(key, 0.0) + value
+    gradient-norm clip, AdamW step. Returns the step's sums (logged_sums') and what it used: β(k), λ(k), the mean
+    gradient norm. Under torchrun each rank holds its share of every mini-batch."""
+    windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
+    beta_k = beta_schedule(step, cfg.steps, cfg.beta, *windows)  # E5
+    rlsd_weight_k = rlsd_weight_schedule(step, cfg.steps, cfg.rlsd_weight, cfg.rlsd_decay_steps)  # RLSD's λ(k)
+    taught = teacher_rows_needed(batch["advantages"], cfg, beta_k, rlsd_weight_k)  # (B*G,)
+    if cfg.fsdp:  # [impl] FSDP2: every rank runs the same forwards (each gathers weights); the gate acts in E7
+        taught[:] = beta_k > 0 or rlsd_weight_k > 0
+    per_update = len(taught) // (cfg.batch_size // cfg.mini_batch_size)  # this rank's sequences per mini-batch
+    sums, grad_norms = collections.Counter(), []
+    for start in range(0, len(taught), per_update):
+        indices = sorted(range(start, start + per_update), key=lambda i: not taught[i])  # teacher rows first [impl]
+        num_tokens = token_divisor(batch["response_mask"][indices].sum())  # E7: the whole mini-batch's count
+        for micro in micro_batches(dict(batch, taught=taught), indices, cfg.micro_batch_size):
+            logp, kl, entropy, teacher_logp = policy_scores(model, micro, cfg.temperature, cfg.logits_chunk_size,
+                                                            micro["taught"] if taught.any() else None)
+            # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
+            terms = dict(micro, logp=logp, reverse_kl=kl, entropy=entropy, teacher_logp=teacher_logp,
+                         old_logp=micro.get("old_logp", logp.detach()))
+            if rlsd_weight_k > 0:  # RLSD: Â_t replaces A in E2
+                terms["token_advantages"] = rlsd_advantages(terms["advantages"], terms["old_logp"], teacher_logp,
+                                                            rlsd_weight_k, cfg.rlsd_clip)
+            loss, parts = sdpg_loss(terms, beta_k, cfg, num_tokens)  # E7
+            loss.backward()
+            sums.update({name: float(value) for name, value in logged_sums(terms, parts, cfg).items()})
         grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
         if not torch.isfinite(grad_norm):  # the same on every rank: all stop together
             fail(f"non-finite loss or gradient at step {step}; weights not updated, the last checkpoint in "
@@ -741,41 +776,7 @@ def update(model, optimizer, batch: dict, cfg: Config, beta: float, autocast, st
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         grad_norms.append(grad_norm.item())
-    return sums, grad_norms
-
-
-def teacher_rows(advantages, cfg: Config, beta: float, rlsd_weight: float):
-    """(B,) bool: the rollouts whose teacher view is used — E3's (every row, or E4's A > 0) when β > 0, RLSD's
-    A ≠ 0 when λ > 0 (Â = A = 0 elsewhere). [impl] The teacher forward runs for these rows only."""
-    rows = torch.zeros_like(advantages, dtype=torch.bool)
-    if beta > 0:
-        rows |= advantages > 0 if cfg.gate else torch.ones_like(rows)
-    if rlsd_weight > 0:
-        rows |= advantages != 0
-    return rows
-
-
-def micro_batch_loss(model, micro: dict, cfg: Config, beta: float, num_tokens, autocast, world: int = 1,
-                     rlsd_weight: float = 0.0):
-    """E3–E7 on one micro-batch: the student forward with gradient and the teacher forward (the rows that use it),
-    then sdpg_loss; the entropy sum is added to its sums."""
-    taught = teacher_rows(micro["advantages"], cfg, beta, rlsd_weight)
-    # [impl] under FSDP2 every rank must run the same forwards (each gathers weights): the teacher runs for every
-    # row there, and the gate acts in sdpg_loss alone (the same loss)
-    uses_teacher = beta > 0 or rlsd_weight > 0
-    with autocast:
-        logp, kl, entropy, teacher_logp = response_stats(
-            model, micro["prompt_ids"], micro["prompt_mask"], micro["teacher_ids"] if uses_teacher else None,
-            micro["teacher_mask"], micro["response_ids"], micro["response_mask"], cfg.temperature,
-            cfg.logits_chunk_size, full=True, teacher_rows=None if cfg.fsdp and world > 1 else taught)
-    # [impl] one update per batch: π_old = π_θ exactly, so the ratio is 1 without a second forward
-    old_logp = micro["old_logp"] if "old_logp" in micro else logp.detach()
-    loss, sums = sdpg_loss(logp, old_logp, micro.get("ref_logp"), kl if beta > 0 else None, micro["advantages"],
-                           micro["response_mask"], beta=beta, alpha=cfg.alpha, kl_mode=cfg.kl_mode, gate=cfg.gate,
-                           clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, num_tokens=num_tokens,
-                           outcome=cfg.outcome, teacher_logp=teacher_logp, rlsd_weight=rlsd_weight,
-                           rlsd_clip=cfg.rlsd_clip)
-    return loss, dict(sums, entropy=entropy.detach().sum())
+    return dict(sums), dict(beta=beta_k, rlsd_weight=rlsd_weight_k, grad_norm=sum(grad_norms) / len(grad_norms))
 
 
 def learning_rate(step: int, cfg: Config) -> float:
@@ -787,13 +788,14 @@ def main(cfg: Config) -> list[dict]:
     """E8 (the paper's Algorithm 1), `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line;
     returns the records. Every method (--method) runs this same loop: a method changes the loss terms, not E8.
     Under torchrun each rank runs this same function on its share of the prompts (Appendix E)."""
+    global ctx
     from tqdm.auto import tqdm
 
     check_config(cfg)  # Appendix D: a Config built in Python is checked as the command line's is
     rank, world, device = init_distributed(cfg)  # Appendix E: (0, 1, --device) in one process
     resume_from = on_rank_zero(prepare_output_dir, cfg)  # Appendix C: before anything is loaded
     seed_everything(cfg.seed)
-    autocast = make_autocast(device, cfg.dtype)
+    ctx = make_autocast(device, cfg.dtype)  # the compute context of every forward (bf16 on CUDA)
     model, adapter, tokenizer = load_policy(cfg, resume_from)
     rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
                          cfg.teacher_context, cfg.max_prompt_length, cfg.student_prompt)
@@ -802,8 +804,7 @@ def main(cfg: Config) -> list[dict]:
     model, reference = distribute(model, reference, cfg, world)  # Appendix E: DDP or FSDP2 under torchrun
     trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = start_run(cfg, model, optimizer, resume_from, rows, device, world)  # Appendix C
-    windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
+    run = start_run(cfg, model, optimizer, resume_from, rows, world)  # Appendix C
     heldout = heldout_rows(cfg, tokenizer)  # Appendix C: [] without --eval-every
 
     with stop_at_step_end(rank) as stop_signal:
@@ -812,18 +813,16 @@ def main(cfg: Config) -> list[dict]:
         for step in progress:
             started = time.time()
             prompts = rank_share(next_prompts(rows, run, cfg.batch_size), cfg, rank, world)  # 1
-            batch, info = rollout(model, reference, tokenizer, prompts, step, cfg, autocast)  # 2–4
-            beta = beta_schedule(step, cfg.steps, cfg.beta, *windows)  # E5
-            rlsd_weight = rlsd_weight_schedule(step, cfg.steps, cfg.rlsd_weight, cfg.rlsd_decay_steps)  # RLSD's λ
+            batch, counts = rollout(model, reference, tokenizer, prompts, step, cfg)  # 2–4
+            rollout_time = time.time() - started
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            sums, grad_norms = update(model, optimizer, batch, cfg, beta, autocast, step, world, rlsd_weight)  # 5
-            record = step_record(step, all_reduce_sums({**info["counts"], **sums}), grad_norms, beta, lr, cfg,
-                                 rlsd_weight)
+            sums, used = update(model, optimizer, batch, cfg, step)  # 5
+            record = step_record(step, all_reduce_sums({**counts, **sums}), dict(used, lr=lr), cfg)
             if heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):  # the policy after step
-                record["heldout_accuracy"] = heldout_accuracy(model, tokenizer, heldout, cfg, autocast)
-            log_step(dict(record, rollout_time=info["rollout_time"], step_time=time.time() - started), run, progress)
+                record["heldout_accuracy"] = heldout_accuracy(model, tokenizer, heldout, cfg)
+            log_step(dict(record, rollout_time=rollout_time, step_time=time.time() - started), run, progress)
             stop = any_rank(bool(stop_signal))  # a signal stops every rank at the same step
             if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
                 save_resumable(model, adapter, tokenizer, optimizer, run, step + 1, cfg)  # Appendix C
@@ -835,29 +834,16 @@ def main(cfg: Config) -> list[dict]:
 
 
 # ==============================================================================================
-# Appendix A — the verifier's rules: finding boxes and stated answers, MATH-style equivalence
+# Appendix A — the verifier's MATH-style equivalence: answers that are not plain numbers
 #
-# What it is for: reading a final answer out of free text, and MATH-500 / AIME-style answers (closed forms, sets,
-# intervals, matrices) that are not plain numbers (GSM8K answers never reach math_equal). A first reading skips
-# this appendix. Every pattern here is linear (or bounded) on any input: a grader that backtracks can stall
-# training for minutes on one ordinary sentence.
+# What it is for: MATH-500 / AIME-style answers (closed forms, sets, intervals, matrices) that are not plain
+# numbers; GSM8K's answers never reach math_equal. A first reading skips this appendix. Every pattern here is
+# linear (or bounded) on any input: a grader that backtracks can stall training for minutes on one sentence.
 #
 # What a careful human grader accepts: the same value written differently (closed forms are evaluated, exactly
 # where the arithmetic is rational, polynomials at fixed points, never with eval), sets and solution lists in any
 # order, tuples and intervals element by element, matrices, units, \text{}, a choice letter with or without "(…)",
 # capitalisation of words. Inputs are cut to _MAX_ANSWER characters first, so every step below is bounded.
-
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BOX_JOINER = re.compile(r"[\s$\\()\[\].]{0,8}(?:,|;|and|or|,\s?and|,\s?or)[\s$\\()\[\]]{0,8}"
-                         r"(?:[a-zA-Z]\s?=\s?)?[\s$\\()\[\]]{0,4}")
-_SPACES = re.compile(r"\s*")
-_HASHES = re.compile(r"####[ \t]*([^\n]{1,200})")
-# "answer is x" anywhere; "Answer: x" only as a line of its own ("check our answer: 17·44 = …" is no answer)
-_STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{0,3}[:=]", re.I | re.M)
-_STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
-_VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "valid", "consistent", "reasonable"}
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
 
 def closing_brackets(text: str, opens: str = "([{", closes: str = ")]}") -> dict[int, int]:
     """{index of an opening bracket: index of the bracket that closes it}, one pass with a stack, O(len). Any
@@ -871,38 +857,30 @@ def closing_brackets(text: str, opens: str = "([{", closes: str = ")]}") -> dict
     return closing
 
 
-def _last_boxed(text: str) -> tuple[int, str] | None:
-    """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}. An empty box is usually the
-    instruction echoed back ("put it within \\boxed{}"), not an answer. Boxes just before it joined by "," / "and" /
-    "or" are one answer in several boxes ("x = \\boxed{-2} or x = \\boxed{1}")."""
-    boxes, closing = [(m.start(), m.end()) for m in _BOX.finditer(text)], closing_brackets(text, "{", "}")
-    # (start, content start, end) of the closed, non-empty boxes, last first; emptiness is checked without slicing
-    # (nested boxes would make slicing each one quadratic)
-    found = ((start, end, closing[end - 1]) for start, end in reversed(boxes)
-             if end - 1 in closing and _SPACES.match(text, end).end() < closing[end - 1])
-    run = [next(found, None)]
-    if run[0] is None:
+def parse_number(text: str) -> Fraction | None:
+    """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
+    text = text.replace(" ", "")
+    if len(text) > 100:  # no giant ints (Python refuses > 4300 digits anyway)
         return None
-    for box in found:
-        if not _BOX_JOINER.fullmatch(text, box[2] + 1, run[-1][0]):
-            break
-        run.append(box)
-    contents = list(dict.fromkeys(text[end:close] for _, end, close in reversed(run)))  # one answer boxed twice is one
-    return run[-1][0], ", ".join(contents)
+    match = (re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", text)
+             or re.fullmatch(r"(-?)(-?[\d.]+)/(-?[\d.]+)", text))
+    try:
+        if match:
+            value = Fraction(match.group(2)) / Fraction(match.group(3))
+            return -value if match.group(1) else value
+        return Fraction(text) if re.fullmatch(r"-?\d*\.?\d+", text) else None
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
-def _stated_value(text: str) -> str | None:
-    """The value in "the answer is …": the whole text if it reads as one value ("$\\frac{\\pi}{2}$", "yes"),
-    else after the last `=` ("10 bags × 5 = 50 books" → 50), else its first number ("18 dollars because …")."""
-    text = text.strip().strip("*$ ").strip()
-    if text.lower().rstrip(".!") in _VERDICTS:  # "so our answer is correct": a check of the answer, not a value
-        return None
-    if "=" in text:
-        text = text.rsplit("=", 1)[1].strip().strip("*$ ")
-    if not text or len(text.split()) <= 1 or parse_number(normalize_answer(text)) is not None:
-        return text or None
-    number = _NUMBER.search(text)
-    return number.group() if number else None
+def answers_match(predicted: str, truth: str) -> bool:
+    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (Appendix A).
+    Both sides are normalized first (normalize_answer: LaTeX spacing, units, `x =`, thousands commas)."""
+    numbers = parse_number(normalize_answer(predicted)), parse_number(normalize_answer(truth))
+    if None not in numbers:
+        return numbers[0] == numbers[1]
+    return math_equal(predicted, truth)
+
 
 
 _MAX_ANSWER = 400
@@ -916,14 +894,6 @@ _FUNCTIONS = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "cot": lambd
               "exp": cmath.exp, "arcsin": cmath.asin, "arccos": cmath.acos, "arctan": cmath.atan}
 _MAX_EXACT_BITS = 20_000  # an exact power larger than this is evaluated in floating point (10^{10^9} must not hang);
 # e-notation numerals are bounded the same way (_numeral), and there is no factorial to grow without bound
-
-
-def has_answer_format(completion: str) -> bool:
-    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
-    try:
-        return find_answer(completion, strict=True)[1]
-    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
-        return False
 
 
 # One spelling per thing. Applied to both sides before any comparison, GSM8K's and MATH's alike.
@@ -1225,14 +1195,10 @@ def _function(name, tokens, shift, depth):
 
 
 # ==============================================================================================
-# Appendix B — memory and speed: the chunked vocabulary projection, layer recompute, micro-batches
+# Appendix B — memory: layer recompute, micro-batches
 #
-# What it is for: memory and speed (micro-batches with their padding trimmed, scoring passes without gradient,
-# decoder-layer recompute, and the chunked vocabulary projection). The default path (--logits-chunk-size 128)
-# projects 128 response positions at a time under torch's activation checkpoint, so (B, T, V) logits never exist:
-# backward projects each chunk again and differentiates the paper path's own token_stats and reverse_kl by autograd.
-# There is no second, hand-written copy of E3 or of its gradient: edit reverse_kl and every path trains with it.
-# A first reading skips this appendix.
+# What it is for: memory (micro-batches with their padding trimmed, decoder-layer recompute). The chunked
+# vocabulary projection is in the paper path (policy_scores). A first reading skips this appendix.
 
 
 def set_layer_recompute(model, enabled: bool):
@@ -1265,19 +1231,6 @@ def micro_batches(batch: dict, indices: list[int], size: int):
         yield micro
 
 
-@torch.no_grad()
-def sampled_logp(policy, batch: dict, cfg: Config, autocast) -> torch.Tensor:
-    """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
-    width, pieces = batch["response_ids"].shape[1], []
-    for micro in micro_batches(batch, list(range(len(batch["response_ids"]))), cfg.micro_batch_size):
-        with autocast:
-            logp, _ = response_stats(policy, micro["prompt_ids"], micro["prompt_mask"], None, None,
-                                     micro["response_ids"], micro["response_mask"], cfg.temperature,
-                                     cfg.logits_chunk_size)
-        pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
-    return torch.cat(pieces)
-
-
 def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop the columns that are padding in every row (left-padded prompts, right-padded responses)."""
     used = mask.any(dim=0).nonzero().squeeze(-1)
@@ -1285,31 +1238,6 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torc
         return ids[:, :0], mask[:, :0]
     keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
     return ids[:, keep], mask[:, keep]
-
-
-def chunked_token_stats(lm_head, hidden, teacher_hidden, tokens, temperature, chunk_size, with_entropy):
-    """(N,) logp, KL, entropy over `chunk_size` positions at a time. Each chunk is `chunk_token_stats` under
-    torch's activation checkpoint: its forward keeps nothing V-sized, and backward runs it again and differentiates
-    through `token_stats` and `reverse_kl` by autograd — so an edited E3 trains, value and gradient, on this path."""
-    from torch.utils.checkpoint import checkpoint
-
-    pieces = []
-    for start in range(0, len(tokens), chunk_size):
-        chunk = slice(start, start + chunk_size)
-        teacher = None if teacher_hidden is None else teacher_hidden[chunk]
-        # non-reentrant checkpoint restores autocast in the recompute, so backward projects in the forward's dtype
-        pieces.append(checkpoint(chunk_token_stats, hidden[chunk], teacher, tokens[chunk], lm_head.weight,
-                                 lm_head.bias, temperature, with_entropy, use_reentrant=False))
-    return [torch.cat(column) for column in zip(*pieces)]  # float32 or wider: token_stats promotes
-
-
-def chunk_token_stats(hidden, teacher_hidden, tokens, weight, bias, temperature, with_entropy):
-    """token_stats on one chunk's hidden states (N, H): the vocabulary projection of both views, then the paper
-    path's own token_stats. The teacher is projected without gradient (SG), not even through the shared weight."""
-    logits = F.linear(hidden, weight, bias)  # (N, V), in the autocast dtype
-    with torch.no_grad():
-        teacher_logits = None if teacher_hidden is None else F.linear(teacher_hidden, weight, bias)  # (N, V)
-    return token_stats(logits, teacher_logits, tokens, temperature, with_entropy)
 
 
 # ==============================================================================================
@@ -1434,12 +1362,13 @@ def read_metrics(path: str) -> list[dict]:
                 try:
                     records.append(json.loads(line))
                 except ValueError:
-                    pass
+                    continue
+                if "opd_kl" in records[-1]:  # E3's mean was logged as `opd_kl` until 2026-12: one name now
+                    records[-1]["reverse_kl"] = records[-1].pop("opd_kl")
     return records
 
 
-def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list[dict], device,
-              world: int = 1) -> dict:
+def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list[dict], world: int = 1) -> dict:
     """The run's state — step, data order, shuffler, metrics so far — fresh, or restored from `resume_from` with
     the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept (rank 0)."""
     run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[],
@@ -1464,31 +1393,13 @@ def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list
         f", {trained / 1e6:.2f} M of them in a rank-{cfg.lora_rank} LoRA adapter" if cfg.lora_rank else "")
     what = f"resuming at step {run['step']} from {resume_from}" if resume_from else f"{cfg.steps} steps"
     ranks = f" × {world} ranks ({'FSDP2' if cfg.fsdp else 'DDP'}; per rank)" if world > 1 else ""
+    device = next(model.parameters()).device
     print(f"sdpg: {method_summary(cfg)}\n{cfg.model} ({parameters}) on {device}{ranks}, {len(rows)} rows of "
           f"{cfg.dataset}, {what}; writing {cfg.output_dir}/ (config.json, metrics.jsonl, checkpoints)", flush=True)
     if len(rows) < cfg.batch_size:
         print(f"warning: --batch-size {cfg.batch_size} is more than the {len(rows)} rows of {cfg.dataset}: every step "
               f"repeats rows (a group of G responses each time)", flush=True)
     return run
-
-
-@torch.no_grad()
-def loss_sums(per_token, pg, kl, anchor, logp, old_logp, token_advantages, advantages, mask, gate_open, clip_low,
-              clip_high, clip_c, teacher_logp=None, rlsd_clip=0.2) -> dict:
-    """sdpg_loss's detached sums over one call's tokens (docs/metrics.md); micro-batches and ranks add them up."""
-    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
-    clipped = ((token_advantages < 0) & (ratio < 1 - clip_low)) | ((token_advantages > 0) & (ratio > 1 + clip_high))
-    dual_clipped = (token_advantages < 0) & (ratio > clip_c)  # −A·r > −A·c exactly when r > c
-    gated = mask * gate_open[:, None]
-    sums = dict(loss=per_token * mask, pg_loss=pg * mask, opd_kl=kl * gated, ref_kl=anchor * mask,
-                clip_frac=clipped * mask, dual_clip_frac=dual_clipped * mask, tokens=mask, gate_tokens=gated)
-    if teacher_logp is not None:  # RLSD: how often u_t hits its clip, and how far Â moved from A
-        signed = mask * (advantages != 0)[:, None]
-        evidence = rlsd_evidence(advantages, old_logp, teacher_logp)  # u_t, as rlsd_advantages clips it
-        shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
-        sums.update(rlsd_clip_frac=((evidence - 1).abs() > rlsd_clip) * signed, rlsd_shift=shift * signed,
-                    rlsd_tokens=signed)
-    return {key: value.sum() for key, value in sums.items()}
 
 
 def method_summary(cfg: Config) -> str:
@@ -1508,24 +1419,24 @@ def method_summary(cfg: Config) -> str:
     return f"method {cfg.method}: {'; '.join(terms)}; lr {cfg.lr}{overridden}"
 
 
-def step_record(step: int, totals: dict, grad_norms: list[float], beta: float, lr: float, cfg: Config,
-                rlsd_weight: float = 0.0) -> dict:
+def step_record(step: int, totals: dict, used: dict, cfg: Config) -> dict:
     """One line of metrics.jsonl (docs/metrics.md) from the step's totals (rollout's counts and update's sums, over
-    every rank): means over every response token of the step. A term the step does not compute (E3 when β = 0, E6
-    when α = 0, RLSD's reweighting when λ = 0) is null, never a measured 0."""
-    tokens, responses = totals["tokens"], totals["responses"]
-    distilled = beta > 0 and totals["gate_tokens"] > 0
-    reweighted = rlsd_weight > 0 and totals.get("rlsd_tokens", 0) > 0
+    every rank): means over every response token of the step; `used`: β(k), λ(k), lr and the mean gradient norm. A
+    term the step does not compute (E3 when β = 0, E6 when α = 0, RLSD's reweighting when λ = 0) is null, never a
+    measured 0."""
+    tokens, responses, beta_k, rlsd_weight_k = totals["tokens"], totals["responses"], used["beta"], used["rlsd_weight"]
+    distilled = beta_k > 0 and totals["gate_tokens"] > 0
+    reweighted = rlsd_weight_k > 0 and totals.get("rlsd_tokens", 0) > 0
     return dict(step=step, reward=totals["reward"] / responses, format_rate=totals["formatted"] / responses,
                 frac_zero_std=totals["zero_std_groups"] / totals["groups"], loss=totals["loss"] / tokens,
                 pg_loss=totals["pg_loss"] / tokens,
-                opd_kl=totals["opd_kl"] / totals["gate_tokens"] if distilled else None,
+                reverse_kl=totals["reverse_kl"] / totals["gate_tokens"] if distilled else None,
                 ref_kl=totals["ref_kl"] / tokens if cfg.alpha > 0 else None, entropy=totals["entropy"] / tokens,
                 response_len=totals["response_tokens"] / responses, truncated_frac=totals["truncated"] / responses,
-                beta=beta, lr=lr, grad_norm=sum(grad_norms) / len(grad_norms), clip_frac=totals["clip_frac"] / tokens,
+                beta=beta_k, lr=used["lr"], grad_norm=used["grad_norm"], clip_frac=totals["clip_frac"] / tokens,
                 dual_clip_frac=totals["dual_clip_frac"] / tokens,
-                gate_frac=totals["gate_tokens"] / tokens if beta > 0 else None,
-                rlsd_weight=rlsd_weight if cfg.rlsd_weight > 0 else None,
+                gate_frac=totals["gate_tokens"] / tokens if beta_k > 0 else None,
+                rlsd_weight=rlsd_weight_k if cfg.rlsd_weight > 0 else None,
                 rlsd_clip_frac=totals["rlsd_clip_frac"] / totals["rlsd_tokens"] if reweighted else None,
                 rlsd_shift=totals["rlsd_shift"] / totals["rlsd_tokens"] if reweighted else None,
                 verifier_errors=int(totals["verifier_errors"]), heldout_accuracy=None)  # set by --eval-every
@@ -1543,19 +1454,19 @@ def heldout_rows(cfg: Config, tokenizer) -> list[dict]:
 
 
 @torch.no_grad()
-def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config, autocast) -> float:
+def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config) -> float:
     """Greedy accuracy of the current policy on held-out rows, strict (only an explicit final answer counts, as the
     authors' scorer). Greedy decoding draws no random number, so the run's RNG, and with it resume, is untouched;
     under torchrun every rank decodes the same rows (FSDP2 needs every rank in generate)."""
     plain = unwrap(model)
-    device, eos_ids, pad_id = next(plain.parameters()).device, eos_token_ids(plain, tokenizer), tokenizer.pad_token_id
+    device = next(plain.parameters()).device
     set_layer_recompute(plain, False)
     correct, size = 0.0, cfg.micro_batch_size * cfg.group_size
     for start in range(0, len(rows), size):
         batch = rows[start:start + size]
-        prompt_ids, prompt_mask = left_pad([row["prompt_ids"] for row in batch], pad_id, device)
-        response_ids, response_mask = sample_responses(plain, prompt_ids, prompt_mask, eos_ids, pad_id,
-                                                       cfg.max_new_tokens, 0.0, autocast)
+        prompts = dict(zip(("prompt_ids", "prompt_mask"), left_pad([row["prompt_ids"] for row in batch],
+                                                                   tokenizer.pad_token_id, device)))
+        response_ids, response_mask = sample_responses(plain, tokenizer, prompts, cfg.max_new_tokens, 0.0)
         completions = decode_responses(tokenizer, response_ids, response_mask)
         correct += sum(score_responses(completions, [row["answer"] for row in batch], [True] * len(batch))[0])
     set_layer_recompute(plain, cfg.gradient_checkpointing)
@@ -1569,7 +1480,7 @@ def log_step(record: dict, run: dict, progress):
         return
     with open(run["metrics_path"], "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-    shown = {"reward": ".3f", "opd_kl": ".4f", "ref_kl": ".2e", "response_len": ".0f"}
+    shown = {"reward": ".3f", "reverse_kl": ".4f", "ref_kl": ".2e", "response_len": ".0f"}
     if record.get("rlsd_weight") is not None:  # RLSD's own: how far the teacher moved A (|Â/A − 1|)
         shown["rlsd_shift"] = ".3f"
     progress.set_postfix({key.replace("response_", ""): "–" if record[key] is None else format(record[key], spec)
@@ -1672,24 +1583,13 @@ def stop_at_step_end(rank: int = 0):
 
 
 def parse_config(argv=None) -> Config:
-    """argparse generated from Config's fields; each field's comment is its --help, with the default it takes (a
-    field set by --method lists each method's value). A switch that is on by default gets a --no-… flag, one that
-    the method sets gets both; unknown or abbreviated flags are errors."""
-    import inspect
-
-    comments, name = {}, None  # a field's comment, continued on the more deeply indented comment lines below it
-    for line in inspect.getsource(Config).splitlines():
-        if field := re.match(r"    (\w+): [\w |]+ = .*?  # (.*)$", line):
-            name, comments[field[1]] = field[1], field[2]
-        elif name and (more := re.match(r"        +# (.*)$", line)):
-            comments[name] += " " + more[1]
-        else:
-            name = None
+    """argparse generated from Config's fields and their help texts, with the default each takes (a field set by
+    --method lists each method's value). A switch that is on by default gets a --no-… flag, one that the method sets
+    gets both; unknown or abbreviated flags are errors."""
     parser = argparse.ArgumentParser(description="SDPG: Self-Distilled Policy Gradient (arXiv 2606.04036)",
                                      allow_abbrev=False)
     for field in dataclasses.fields(Config):
-        flag, help_text = "--" + field.name.replace("_", "-"), comments.get(field.name, "")
-        kind = field_kind(field)
+        flag, help_text, kind = "--" + field.name.replace("_", "-"), field.metadata["help"], field_kind(field)
         if field.name in METHODS["sdpg"]:
             values = [settings[field.name] for settings in METHODS.values()]
             values = [("on" if value else "off") if isinstance(value, bool) else value for value in values]
@@ -1707,7 +1607,7 @@ def parse_config(argv=None) -> Config:
         else:
             parser.add_argument(flag, type=kind, default=field.default, help=help_text)
     cfg = Config(**vars(parser.parse_args(argv)))
-    check_config(cfg)  # Appendix D
+    check_config(cfg)
     return cfg
 
 
@@ -1790,7 +1690,8 @@ def make_autocast(device: torch.device, dtype_name: str):
              "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype_name)
     if dtype is None:
         fail(f"--dtype {dtype_name!r} is unknown; choose auto, bfloat16 or float32")
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    # float32: no context at all (a disabled autocast would switch off one a caller entered around it)
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int):
@@ -1811,6 +1712,38 @@ def fail_to_load(name: str, what: str, error: Exception):
            "with no network pass a local file with the same fields: --dataset rows.jsonl")
     fail(f"{what} {name!r} is not a local file or folder and could not be fetched from the Hugging Face Hub "
          f"({type(error).__name__}){offline_hint()}; {fix}")
+
+
+# Hub datasets by name: (id, config, split or None = the split asked for, question field, answer field)
+HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
+                "math500": ("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"),
+                "aime24": ("HuggingFaceH4/aime_2024", None, "train", "problem", "answer"),
+                "aime25": ("math-ai/aime25", None, "test", "problem", "answer"),
+                "amc23": ("math-ai/amc23", None, "test", "question", "answer")}
+BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
+
+
+def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
+    """Rows of {question, answer, solution}: a built-in task, a Hub dataset by name, or a local file."""
+    if name in BUILT_IN_DATASETS:
+        return arithmetic_rows(split="test" if split == "test" else "train", easy=name == "arithmetic-easy")
+    if name in HUB_DATASETS:
+        table, question_field, answer_field = load_hub_table(name, split)
+    else:
+        table, question_field = read_local_table(name, question_field, answer_field)
+    rows, dropped = [], 0
+    for row in table:
+        question, answer = (format_field(row[key]) for key in (question_field, answer_field))
+        answer, solution = split_gsm8k_answer(answer)
+        if not question or not answer:  # an empty answer would teach "\boxed{None}"; never train on it
+            dropped += 1
+            continue
+        rows.append({"question": question, "answer": answer, "solution": row.get("solution") or solution})
+    if dropped:
+        print(f"warning: dropped {dropped} of {dropped + len(rows)} rows of {name!r} with an empty question or answer")
+    if not rows:
+        fail(f"dataset {name!r} has no row with both a question and an answer")
+    return rows
 
 
 def load_hub_table(name: str, split: str):
@@ -2116,6 +2049,13 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
         torch.distributed.all_reduce(value)
     return value
+
+
+def token_divisor(count: torch.Tensor) -> torch.Tensor:
+    """E7's divisor for one rank's loss: the whole mini-batch's token count over every rank (at least 1), divided by
+    the number of ranks, because DDP and FSDP2 average the ranks' gradients where E7 wants their sum."""
+    world = torch.distributed.get_world_size() if distributed() else 1
+    return all_reduce_sum(count).clamp(min=1) / world
 
 
 def all_reduce_sums(totals: dict) -> dict:

@@ -6,6 +6,7 @@ Run:  python -m pytest -q test_sdpg.py
 """
 
 import contextlib
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -29,6 +30,40 @@ import torch.nn.functional as F
 import sdpg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# The tests' short forms of two paper-path calls that take one batch dict: positional tensors in, as the tests
+# build them. They add nothing to what sdpg.py computes.
+BATCH_KEYS = ("prompt_ids", "prompt_mask", "teacher_ids", "teacher_mask", "response_ids", "response_mask")
+
+
+def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask,
+                   temperature=1.0, chunk_size=128, teacher_rows=None):
+    """(logp, reverse_kl) of sdpg.policy_scores; reverse_kl None without a teacher prompt."""
+    batch = dict(zip(BATCH_KEYS, (prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask)))
+    if teacher_ids is not None and teacher_rows is None:
+        teacher_rows = torch.ones(len(response_ids), dtype=torch.bool)
+    logp, kl, _, _ = sdpg.policy_scores(model, batch, temperature, chunk_size,
+                                        None if teacher_ids is None else teacher_rows)
+    return logp, None if teacher_ids is None else kl
+
+
+def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", gate=True,
+              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None, outcome=True, teacher_logp=None,
+              rlsd_weight=0.0, rlsd_clip=0.2):
+    """sdpg.sdpg_loss on these tensors and settings, with the sums sdpg.logged_sums logs from its parts; with
+    rlsd_weight λ > 0 RLSD's Â (sdpg.rlsd_advantages) replaces A in E2, as sdpg.update does."""
+    cfg = sdpg.Config(alpha=alpha, kl_mode=kl_mode, gate=gate, clip_low=clip_low, clip_high=clip_high,
+                      clip_c=clip_c, outcome=outcome, rlsd_clip=rlsd_clip)
+    terms = dict(logp=logp, old_logp=old_logp, reverse_kl=torch.zeros_like(logp) if kl is None else kl,
+                 advantages=advantages, response_mask=mask, entropy=torch.zeros_like(logp))
+    if ref_logp is not None:
+        terms["ref_logp"] = ref_logp
+    if rlsd_weight > 0:
+        terms.update(teacher_logp=teacher_logp, token_advantages=sdpg.rlsd_advantages(
+            advantages, old_logp, teacher_logp, rlsd_weight, rlsd_clip))
+    loss, parts = sdpg.sdpg_loss(terms, beta, cfg, num_tokens)
+    return loss, sdpg.logged_sums(terms, parts, cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,14 +506,14 @@ def test_e3_bfloat16_input_is_computed_in_float32():
 
 def test_training_takes_e3_from_reverse_kl_on_the_default_path(tmp_path, monkeypatch):
     """E3 as read is E3 as run: with default flags (chunked projection, gradient by hand) the KL a training step
-    logs comes from sdpg.reverse_kl — doubling what it returns doubles opd_kl."""
+    logs comes from sdpg.reverse_kl — doubling what it returns doubles reverse_kl."""
     args = ("--steps", "1", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0", "--beta-decay-steps", "0")
     _, plain = train(tmp_path / "plain", *args)
     original, calls = sdpg.reverse_kl, []
     monkeypatch.setattr(sdpg, "reverse_kl", lambda log_p, log_q: calls.append(log_p.shape) or 2 * original(log_p, log_q))
     _, doubled = train(tmp_path / "doubled", *args)
     assert calls and all(shape[-1] == 259 for shape in calls)  # full-vocabulary rows of the tiny model
-    assert doubled[0]["opd_kl"] == pytest.approx(2 * plain[0]["opd_kl"], rel=1e-5) and plain[0]["opd_kl"] > 0
+    assert doubled[0]["reverse_kl"] == pytest.approx(2 * plain[0]["reverse_kl"], rel=1e-5) and plain[0]["reverse_kl"] > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,7 +694,7 @@ def test_rlsd_sends_no_gradient_to_the_teacher_or_through_its_weights():
     teacher_logp.requires_grad_()
     hat = sdpg.rlsd_advantages(advantages, old_logp.clone().requires_grad_(), teacher_logp, 0.5)
     assert not hat.requires_grad, "RLSD's Â must be detached (SG): a weight on A, not a term to differentiate"
-    loss, _ = sdpg.sdpg_loss(logp, old_logp, None, None, advantages, torch.ones(4, 5), beta=0.0, alpha=0.0,
+    loss, _ = sdpg_loss(logp, old_logp, None, None, advantages, torch.ones(4, 5), beta=0.0, alpha=0.0,
                              teacher_logp=teacher_logp, rlsd_weight=0.5)
     loss.backward()
     assert teacher_logp.grad is None, "RLSD: a gradient reached the teacher view"
@@ -680,14 +715,15 @@ def test_rlsd_runs_the_teacher_only_where_a_is_nonzero_and_never_holds_its_full_
     projection chunk by chunk; the (B, T, V) teacher logits never exist."""
     model, _ = tiny
     tensors, _ = mixed_batch(seed=7)
-    cfg = sdpg.Config(model="tiny", method="rlsd", logits_chunk_size=4)
+    # one update of one micro-batch: the 3 rows are one prompt's group
+    cfg = sdpg.Config(model="tiny", method="rlsd", logits_chunk_size=4, batch_size=1, group_size=3, micro_batch_size=3)
     micro = dict(zip(("prompt_ids", "prompt_mask", "teacher_ids", "teacher_mask", "response_ids", "response_mask"),
                      tensors), advantages=torch.tensor([0.0, 1.0, -1.0]))
-    widths, original = [], sdpg._response_hidden
-    monkeypatch.setattr(sdpg, "_response_hidden", lambda m, ids, *a: widths.append(len(ids)) or original(m, ids, *a))
+    widths, original = [], sdpg.response_hidden
+    monkeypatch.setattr(sdpg, "response_hidden", lambda m, ids, *a: widths.append(len(ids)) or original(m, ids, *a))
     projections = record_vocabulary_projections(monkeypatch, model)
-    loss, sums = sdpg.micro_batch_loss(model, micro, cfg, 0.0, tensors[5].sum(), contextlib.nullcontext(),
-                                       rlsd_weight=0.5)
+    sums, used = sdpg.update(model, torch.optim.SGD(model.parameters(), lr=0.0), micro, cfg, 0)
+    assert used["rlsd_weight"] == 0.5
     assert widths == [3, 2], "RLSD: one student forward of 3 rows, one teacher forward of the 2 rows with A ≠ 0"
     assert max(out.reshape(-1, out.shape[-1]).shape[0] for out in projections) <= 4
     assert sums["rlsd_tokens"] == tensors[5][1:].sum() and 0 < sums["rlsd_shift"] / sums["rlsd_tokens"] <= 0.1
@@ -699,7 +735,7 @@ def test_opcd_ignores_rewards_entirely():
     x = random_loss_inputs()
     results = []
     for advantages in (x["advantages"], x["advantages"][[3, 0, 2, 1]], torch.zeros(4, dtype=torch.float64)):
-        loss, _ = sdpg.sdpg_loss(**dict(x, advantages=advantages), beta=1.0, alpha=0.1, gate=False, outcome=False)
+        loss, _ = sdpg_loss(**dict(x, advantages=advantages), beta=1.0, alpha=0.1, gate=False, outcome=False)
         results.append((loss, torch.autograd.grad(loss, x["logp"])[0]))
     for loss, gradient in results[1:]:
         torch.testing.assert_close(loss, results[0][0])
@@ -722,9 +758,9 @@ def test_opcd_trains_with_the_same_reverse_kl_and_no_reward(tmp_path, monkeypatc
         runs.append(history)
     assert calls, "OPCD must use sdpg.reverse_kl"
     assert [r["reward"] for r in runs[0]] != [r["reward"] for r in runs[1]]
-    for key in ("loss", "opd_kl", "ref_kl", "grad_norm"):
+    for key in ("loss", "reverse_kl", "ref_kl", "grad_norm"):
         assert [r[key] for r in runs[0]] == pytest.approx([r[key] for r in runs[1]], rel=1e-6), key
-    assert runs[0][0]["pg_loss"] == 0 and runs[0][0]["gate_frac"] == 1.0 and runs[0][0]["opd_kl"] > 0
+    assert runs[0][0]["pg_loss"] == 0 and runs[0][0]["gate_frac"] == 1.0 and runs[0][0]["reverse_kl"] > 0
     weights = [final_weights(tmp_path / name) for name in "ab"]
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key])
@@ -749,7 +785,7 @@ def test_a_method_flag_sets_the_papers_settings_and_an_explicit_flag_wins(method
     assert "overridden: alpha, clip_high" in sdpg.method_summary(overridden)
 
 
-# (reward, loss, opd_kl) per step of `tiny` with the committed seed study's settings, as sdpg.py logged them before
+# (reward, loss, reverse_kl) per step of `tiny` with the committed seed study's settings, as sdpg.py logged them before
 # --method existed (commit 48e8f04): that study's three arms must still train exactly so
 SEED_STUDY_BEFORE_METHODS = {
     'grpo': [(0.375, -0.0036705504072473403, None), (0.5, -0.17867430497644546, None), (0.3125, 0.020748487082860805, None)],
@@ -772,7 +808,7 @@ def test_the_seed_study_settings_train_as_before_the_methods_existed(tmp_path, m
     expected = SEED_STUDY_BEFORE_METHODS[arm]
     assert [r["reward"] for r in history] == [e[0] for e in expected]
     assert [r["loss"] for r in history] == pytest.approx([e[1] for e in expected], abs=1e-6)
-    assert [r["opd_kl"] for r in history] == pytest.approx([e[2] for e in expected], abs=1e-6)
+    assert [r["reverse_kl"] for r in history] == pytest.approx([e[2] for e in expected], abs=1e-6)
 
 
 def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch):
@@ -782,7 +818,7 @@ def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch
     _, plain = train(tmp_path / "plain", *flags)
     _, named = train(tmp_path / "named", "--method", "sdpg", *flags)
     drop = lambda r: {k: v for k, v in r.items() if not k.endswith("_time")}  # noqa: E731
-    assert [drop(r) for r in plain] == [drop(r) for r in named] and plain[0]["opd_kl"] > 0
+    assert [drop(r) for r in plain] == [drop(r) for r in named] and plain[0]["reverse_kl"] > 0
     config = json.load(open(tmp_path / "named" / "config.json"))
     assert {k: config[k] for k in sdpg.METHODS["sdpg"] if k != "beta"} == {
         k: v for k, v in sdpg.METHODS["sdpg"].items() if k != "beta"}
@@ -791,7 +827,7 @@ def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch
 @pytest.mark.parametrize("method", ["grpo", "rlsd", "opcd", "sdpg"])
 def test_each_method_trains_tiny_end_to_end_and_logs_what_it_uses(tmp_path, monkeypatch, capsys, method):
     """E8 is one loop for every method: tiny trains two steps; the log carries the method's own metrics (RLSD: the
-    clipped fraction of u_t and |Â/A − 1|; OPCD and SDPG: opd_kl) and nulls for the terms it does not compute;
+    clipped fraction of u_t and |Â/A − 1|; OPCD and SDPG: reverse_kl) and nulls for the terms it does not compute;
     the start line and config.json show every setting the method implied."""
     monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
     cfg, history = train(tmp_path, "--method", method, "--steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
@@ -800,7 +836,7 @@ def test_each_method_trains_tiny_end_to_end_and_logs_what_it_uses(tmp_path, monk
     first = history[0]
     assert (first["rlsd_clip_frac"] is not None) == (method == "rlsd") and (first["rlsd_shift"] is not None) == (
         method == "rlsd")
-    assert (first["opd_kl"] is not None) == (method in ("opcd", "sdpg"))
+    assert (first["reverse_kl"] is not None) == (method in ("opcd", "sdpg"))
     assert (first["pg_loss"] == 0) == (method == "opcd")
     if method == "rlsd":
         assert 0 <= first["rlsd_clip_frac"] <= 1 and 0 < first["rlsd_shift"] <= 0.5 * 0.2 + 1e-9
@@ -827,7 +863,7 @@ def random_loss_inputs(seed=0, batch=4, length=6):
 def test_e7_is_the_token_mean_of_its_three_parts():
     """E7: L = Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask, computed here term by term."""
     x = random_loss_inputs()
-    loss, metrics = sdpg.sdpg_loss(**x, beta=0.3, alpha=0.2, kl_mode="ufkl")
+    loss, metrics = sdpg_loss(**x, beta=0.3, alpha=0.2, kl_mode="ufkl")
     token_advantages = x["advantages"][:, None].expand_as(x["logp"])
     parts = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages)
              + 0.3 * (x["advantages"] > 0).double()[:, None] * x["kl"]
@@ -835,12 +871,12 @@ def test_e7_is_the_token_mean_of_its_three_parts():
     expect_shape(loss, (), "sdpg_loss's loss (one number: the token mean)")
     torch.testing.assert_close(loss, (parts * x["mask"]).sum() / x["mask"].sum(),
                                msg="E7 is not Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask")
-    keys = {"loss", "pg_loss", "opd_kl", "ref_kl", "clip_frac", "dual_clip_frac", "tokens", "gate_tokens"}
+    keys = {"loss", "pg_loss", "reverse_kl", "ref_kl", "clip_frac", "dual_clip_frac", "tokens", "gate_tokens"}
     assert set(metrics) >= keys, f"sdpg_loss must return (loss, sums) with the keys {sorted(keys)} (its docstring)"
     assert (metrics["gate_tokens"] / metrics["tokens"]).item() == pytest.approx((4 + 2) / x["mask"].sum().item())  # tokens of rows 0 and 2
     gated = x["mask"] * (x["advantages"] > 0).double()[:, None]
     ufkl = sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl")
-    for key, expected in (("tokens", x["mask"].sum()), ("opd_kl", (x["kl"] * gated).sum()),
+    for key, expected in (("tokens", x["mask"].sum()), ("reverse_kl", (x["kl"] * gated).sum()),
                           ("ref_kl", (ufkl * x["mask"]).sum()), ("loss", (parts * x["mask"]).sum())):
         torch.testing.assert_close(metrics[key].double(), expected.detach().double(),
                                    msg=f"sums[{key!r}] is not the sum over this call's tokens that training divides")
@@ -853,7 +889,7 @@ def test_e7_sums_count_pg_loss_and_the_clipped_and_dual_clipped_tokens():
     old_logp = torch.full((2, 4), -1.0, dtype=torch.float64)
     logp = (old_logp + log_ratio).requires_grad_()
     advantages, mask = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 4)
-    _, sums = sdpg.sdpg_loss(logp, old_logp, None, None, advantages, mask, beta=0.0, alpha=0.0)
+    _, sums = sdpg_loss(logp, old_logp, None, None, advantages, mask, beta=0.0, alpha=0.0)
     pg = sdpg.clipped_pg_loss(logp, old_logp, advantages[:, None].expand(2, 4))
     assert sums["pg_loss"].item() == pytest.approx(pg.sum().item()), "sums['pg_loss'] is Σ_t E2 over the tokens"
     # A > 0: r = 1.5 and 20 are clipped (> 1.28); A < 0: r = 0.5 is clipped (< 0.8), r = 20 > c = 10 is dual-clipped
@@ -866,12 +902,12 @@ def test_e4_gate_applies_distillation_only_to_positive_advantages():
     x = random_loss_inputs()
     x["advantages"][3] = 0.0  # A = 0 is not preferred: no distillation
     zero_kl = dict(x, kl=torch.zeros_like(x["kl"]))
-    gated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0)
-    base, _ = sdpg.sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
+    gated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0)
+    base, _ = sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
     positive = (x["advantages"] > 0).double()[:, None]
     torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum(),
                                msg="E4: with the gate, E3 must count only on rows with A > 0 (not A ≥ 0, not all)")
-    ungated, _ = sdpg.sdpg_loss(**x, beta=1.0, alpha=0.0, gate=False)
+    ungated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0, gate=False)
     torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum(),
                                msg="E4: gate=False must apply E3 to every row")
 
@@ -879,8 +915,8 @@ def test_e4_gate_applies_distillation_only_to_positive_advantages():
 def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_reference():
     """E7 with β = α = 0 is E2 alone (GRPO/DAPO); kl and ref_logp may then be None."""
     x = random_loss_inputs()
-    full, _ = sdpg.sdpg_loss(**x, beta=0.0, alpha=0.0)
-    bare, _ = sdpg.sdpg_loss(**dict(x, kl=None, ref_logp=None), beta=0.0, alpha=0.0)
+    full, _ = sdpg_loss(**x, beta=0.0, alpha=0.0)
+    bare, _ = sdpg_loss(**dict(x, kl=None, ref_logp=None), beta=0.0, alpha=0.0)
     token_advantages = x["advantages"][:, None].expand_as(x["logp"])
     dapo = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages) * x["mask"]).sum() / x["mask"].sum()
     torch.testing.assert_close(full, dapo)
@@ -889,21 +925,21 @@ def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_re
 
 def test_e7_clamps_the_distillation_kl_at_20_nats():
     x = random_loss_inputs()
-    huge, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, gate=False)
-    twenty, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, gate=False)
+    huge, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, gate=False)
+    twenty, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, gate=False)
     torch.testing.assert_close(huge, twenty)
-    nineteen, _ = sdpg.sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, gate=False)
+    nineteen, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, gate=False)
     assert (twenty - nineteen).item() == pytest.approx(1.0)  # below the clamp the KL passes through unchanged
 
 
 def test_e7_padding_changes_nothing():
     """E7: masked positions may hold any value without changing the loss or its gradient."""
     x = random_loss_inputs()
-    loss, _ = sdpg.sdpg_loss(**x, beta=0.5, alpha=0.5)
+    loss, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
     (grad,) = torch.autograd.grad(loss, x["logp"])
     junk = {k: torch.where(x["mask"].bool(), v.detach(), torch.full_like(v, 7.0)) if k in ("old_logp", "ref_logp", "kl") else v
             for k, v in x.items()}
-    loss_junk, _ = sdpg.sdpg_loss(**junk, beta=0.5, alpha=0.5)
+    loss_junk, _ = sdpg_loss(**junk, beta=0.5, alpha=0.5)
     (grad_junk,) = torch.autograd.grad(loss_junk, x["logp"])
     torch.testing.assert_close(loss, loss_junk)
     torch.testing.assert_close(grad, grad_junk)
@@ -912,12 +948,12 @@ def test_e7_padding_changes_nothing():
 def test_e7_micro_batches_with_num_tokens_reproduce_the_full_batch_gradient():
     """E7: summing micro-batch losses divided by the mini-batch token count = the full-batch loss."""
     x = random_loss_inputs()
-    full, _ = sdpg.sdpg_loss(**x, beta=0.5, alpha=0.5)
+    full, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
     (full_grad,) = torch.autograd.grad(full, x["logp"])
     total = 0
     for rows in ([0], [1, 2], [3]):
         part = {k: v[rows] for k, v in x.items()}
-        loss, _ = sdpg.sdpg_loss(**part, beta=0.5, alpha=0.5, num_tokens=x["mask"].sum())
+        loss, _ = sdpg_loss(**part, beta=0.5, alpha=0.5, num_tokens=x["mask"].sum())
         total = total + loss
     (micro_grad,) = torch.autograd.grad(total, x["logp"])
     torch.testing.assert_close(total, full)
@@ -1056,8 +1092,8 @@ def test_sampled_responses_stop_at_eos_and_are_right_padded(tiny):
     model, tokenizer = tiny
     prompts, mask = sdpg.left_pad([[1, 5, 6], [1, 7]], tokenizer.pad_token_id, "cpu")
     torch.manual_seed(0)
-    response_ids, response_mask = sdpg.sample_responses(model, prompts.repeat_interleave(8, 0), mask.repeat_interleave(8, 0),
-                                                        [2, 0], 0, 40, 1.0, torch.autocast("cpu", enabled=False))
+    batch = dict(prompt_ids=prompts.repeat_interleave(8, 0), prompt_mask=mask.repeat_interleave(8, 0))
+    response_ids, response_mask = sdpg.sample_responses(model, tokenizer, batch, 40, 1.0)
     assert response_ids.shape[0] == 16 and response_mask.shape == response_ids.shape
     lengths = response_mask.sum(1)
     for row, length in zip(response_ids, lengths):
@@ -1120,8 +1156,7 @@ def test_greedy_rollout_is_the_argmax_loop_whatever_the_generation_config(defaul
         eos = sdpg.eos_token_ids(candidate, tokenizer)
         prompts = [sdpg.build_prompt(tokenizer, q) for q in ("What is 2 + 3?", "Name a prime.")]
         ids, mask = sdpg.left_pad(prompts, tokenizer.pad_token_id, "cpu")
-        response, _ = sdpg.sample_responses(candidate, ids, mask, eos, tokenizer.pad_token_id, 12, 0.0,
-                                            torch.autocast("cpu", enabled=False))
+        response, _ = sdpg.sample_responses(candidate, tokenizer, dict(prompt_ids=ids, prompt_mask=mask), 12, 0.0)
         for row, prompt in zip(response.tolist(), prompts):
             expected = argmax_loop(candidate, prompt, eos, 12)
             assert row[:len(expected)] == expected
@@ -1141,7 +1176,7 @@ def test_sampled_first_tokens_follow_the_tempered_softmax_whatever_the_generatio
         probabilities = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double() / temperature, dim=-1)
     torch.manual_seed(0)
     ids, mask = sdpg.left_pad([prompt] * draws, tokenizer.pad_token_id, "cpu")
-    response, _ = sdpg.sample_responses(model, ids, mask, [2, 0], 0, 1, temperature, torch.autocast("cpu", enabled=False))
+    response, _ = sdpg.sample_responses(model, tokenizer, dict(prompt_ids=ids, prompt_mask=mask), 1, temperature)
     frequencies = torch.bincount(response[:, 0], minlength=len(probabilities)).double() / draws
     standard_error = (probabilities * (1 - probabilities) / draws).sqrt()
     assert (frequencies > 0).sum() > 50  # many distinct tokens, not top-k's two
@@ -1206,8 +1241,8 @@ def test_both_qwen_eos_ids_stop_a_rollout_and_the_mask_keeps_the_first_only(qwen
     hook = model.lm_head.register_forward_hook(force_next_token)
     try:
         ids, mask = sdpg.left_pad([sdpg.build_prompt(tokenizer, "Hi")], tokenizer.pad_token_id, "cpu")
-        response, response_mask = sdpg.sample_responses(model.eval(), ids.repeat(2, 1), mask.repeat(2, 1), eos_ids,
-                                                        tokenizer.pad_token_id, 8, 1.0, torch.autocast("cpu", enabled=False))
+        response, response_mask = sdpg.sample_responses(model.eval(), tokenizer,
+                                                        dict(prompt_ids=ids.repeat(2, 1), prompt_mask=mask.repeat(2, 1)), 8, 1.0)
     finally:
         hook.remove()
     assert response.shape[1] == 3 and response[0].tolist() == [9707, 11, eos]
@@ -1223,7 +1258,7 @@ def test_one_training_step_and_one_eval_run_on_the_qwen_shaped_checkpoint(qwen_c
                              "--steps", "1", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "6",
                              "--no-gate", "--beta", "1"])
     history = sdpg.main(cfg)
-    assert len(history) == 1 and history[0]["opd_kl"] > 0 and history[0]["response_len"] > 0
+    assert len(history) == 1 and history[0]["reverse_kl"] > 0 and history[0]["response_len"] > 0
     summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run" / "final"), "--dataset",
                                                        "arithmetic", "--limit", "2", "--max-new-tokens", "6"]))
     assert list(summaries.values())[0]["arithmetic"]["num_problems"] == 2
@@ -1248,7 +1283,7 @@ def test_a_real_gguf_model_trains_in_fp32_and_saves_a_checkpoint_automodel_reloa
                              "--steps", "1", "--batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
                              "--no-gate", "--beta", "1", "--lr", "1e-4"])
     history = sdpg.main(cfg)
-    assert history[0]["opd_kl"] > 0 and history[0]["grad_norm"] > 0
+    assert history[0]["reverse_kl"] > 0 and history[0]["grad_norm"] > 0
     assert (tmp_path / "final" / "model.safetensors").is_file()
     assert "quantization_config" not in json.load(open(tmp_path / "final" / "config.json"))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
@@ -1272,7 +1307,7 @@ def test_each_method_takes_one_step_on_smollm2(tmp_path, monkeypatch):
         (record,) = sdpg.main(cfg)
         assert math.isfinite(record["loss"]) and record["grad_norm"] > 0, method
         assert (record["rlsd_shift"] is not None) == (method == "rlsd"), method
-        assert (record["opd_kl"] is not None) == (method in ("opcd", "sdpg")), method
+        assert (record["reverse_kl"] is not None) == (method in ("opcd", "sdpg")), method
 
 
 def test_a_gguf_model_without_its_packages_is_one_line(tmp_path, monkeypatch):
@@ -1323,7 +1358,7 @@ def test_response_stats_matches_unpadded_one_sequence_forwards(tiny, chunk_size)
     as unpadded single-sequence forwards, aligned on response positions, for any chunk size."""
     model, _ = tiny
     tensors, (prompts, teachers, responses) = mixed_batch()
-    logp, kl = sdpg.response_stats(model, *tensors, temperature=0.7, chunk_size=chunk_size)
+    logp, kl = response_stats(model, *tensors, temperature=0.7, chunk_size=chunk_size)
     ref_logp, ref_kl = unpadded_reference(model, prompts, teachers, responses, 0.7)
     for i, n in enumerate(map(len, responses)):
         torch.testing.assert_close(logp[i, :n].double(), ref_logp[i], atol=1e-5, rtol=1e-5)
@@ -1345,7 +1380,7 @@ def test_response_stats_chunked_gradients_equal_naive_and_reach_the_student_only
         return {name: p.grad.clone() for name, p in model.named_parameters()}
 
     def batched(chunk_size):
-        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size)
         return ((logp + 1000 * kl) * weights).sum()
 
     def reference():
@@ -1387,7 +1422,7 @@ def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_back
             sdpg.set_layer_recompute(model, recompute)
             projections.clear()
             model.zero_grad()
-            logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+            logp, kl = response_stats(model, *tensors, chunk_size=chunk_size)
             (logp.sum() + kl.sum()).backward()
             # the model's own forward projects no position (logits_to_keep is empty): only our chunks count
             rows_per_call = [rows for out in projections if (rows := out.reshape(-1, out.shape[-1]).shape[0])]
@@ -1414,8 +1449,8 @@ def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher
 
     def loss_and_gradients(gate_open):
         model.zero_grad()
-        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size, teacher_rows=gate_open)
-        loss, _ = sdpg.sdpg_loss(logp, logp.detach(), None, kl, advantages, tensors[5], beta=0.7, alpha=0.0)
+        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size, teacher_rows=gate_open)
+        loss, _ = sdpg_loss(logp, logp.detach(), None, kl, advantages, tensors[5], beta=0.7, alpha=0.0)
         loss.backward()
         return loss.detach(), kl.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -1460,8 +1495,7 @@ def test_chunked_projection_matches_float64_formulas_and_finite_differences(with
     def chunked(hidden, weight, bias):
         head = lambda x: F.linear(x, weight, bias)  # noqa: E731
         head.weight, head.bias = weight, bias
-        return [value.double() for value in sdpg.chunked_token_stats(head, hidden, teacher, tokens, temperature, 2,
-                                                                     True)[:3]]  # logp, kl, entropy
+        return [value.double() for value in sdpg.chunked_scores(hidden, teacher, tokens, head, temperature, 2)[:3]]
 
     logp, kl, entropy = chunked(hidden, weight, bias)
     log_p = ((hidden @ weight.T + bias) / temperature).log_softmax(-1)
@@ -1498,7 +1532,7 @@ def test_an_edited_e3_trains_with_its_own_gradient_on_every_path(monkeypatch, ed
         monkeypatch.setattr(sdpg, "reverse_kl", divergence or EDITED_E3_ORIGINAL)
         sdpg.set_layer_recompute(model, recompute)
         model.zero_grad()
-        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size)
         (0.1 * logp.sum() + kl.sum()).backward()
         sdpg.set_layer_recompute(model, False)
         return kl.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -1535,7 +1569,7 @@ def test_chunked_path_under_bf16_autocast_recomputes_in_bf16_and_matches_autogra
         model.zero_grad()
         projections.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+            logp, kl = response_stats(model, *tensors, chunk_size=chunk_size)
         (logp.sum() + 10 * kl.sum()).backward()
         return [out.dtype for out in projections], {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -1551,32 +1585,32 @@ def test_no_teacher_forward_when_every_gate_is_closed(tiny, monkeypatch):
     model, _ = tiny
     tensors, _ = mixed_batch()
     seen_widths = []
-    original = sdpg._response_hidden
-    monkeypatch.setattr(sdpg, "_response_hidden", lambda m, ids, *a: seen_widths.append(ids.shape[1]) or original(m, ids, *a))
-    logp, kl = sdpg.response_stats(model, *tensors, teacher_rows=torch.zeros(3, dtype=torch.bool))
+    original = sdpg.response_hidden
+    monkeypatch.setattr(sdpg, "response_hidden", lambda m, ids, *a: seen_widths.append(ids.shape[1]) or original(m, ids, *a))
+    logp, kl = response_stats(model, *tensors, teacher_rows=torch.zeros(3, dtype=torch.bool))
     assert seen_widths == [tensors[0].shape[1]] and (kl == 0).all()  # one forward: the student's
     seen_widths.clear()
-    sdpg.response_stats(model, *tensors, teacher_rows=torch.tensor([False, True, False]))
+    response_stats(model, *tensors, teacher_rows=torch.tensor([False, True, False]))
     assert seen_widths == [tensors[0].shape[1], 10]  # row 1's teacher prompt alone, its padding trimmed
 
 
 def test_training_with_all_rewards_equal_runs_no_teacher_forward(tmp_path, monkeypatch):
     """E8 with the gate on: the random tiny model earns no reward, so A = 0 everywhere and no teacher forward
-    runs; opd_kl is logged as null (no gated rollout), not as a measured 0."""
+    runs; reverse_kl is logged as null (no gated rollout), not as a measured 0."""
     teacher_calls = []
-    original = sdpg.response_stats
-    monkeypatch.setattr(sdpg, "response_stats", lambda *a, **k: teacher_calls.append(
-        a[3] is not None and (k.get("teacher_rows") is None or bool(k["teacher_rows"].any()))) or original(*a, **k))
+    original = sdpg.policy_scores
+    monkeypatch.setattr(sdpg, "policy_scores", lambda *a: teacher_calls.append(
+        len(a) > 4 and a[4] is not None and bool(a[4].any())) or original(*a))
     monkeypatch.setattr(sdpg, "verify", lambda *a, **k: 0.0)
     _, history = train(tmp_path, "--beta", "1")
     assert teacher_calls and not any(teacher_calls)
-    assert all(r["opd_kl"] is None and r["gate_frac"] == 0 for r in history)
+    assert all(r["reverse_kl"] is None and r["gate_frac"] == 0 for r in history)
 
 
 def test_response_stats_without_teacher_returns_no_kl(tiny):
     model, _ = tiny
     tensors, _ = mixed_batch()
-    logp, kl = sdpg.response_stats(model, tensors[0], tensors[1], None, None, tensors[4], tensors[5])
+    logp, kl = response_stats(model, tensors[0], tensors[1], None, None, tensors[4], tensors[5])
     assert kl is None and logp.shape == tensors[4].shape
 
 
@@ -1597,13 +1631,13 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
     cfg, history = train(tmp_path, "--mini-batch-size", "2", "--micro-batch-size", "3", "--save-every", "1", "--no-gate")
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert lines == history and len(lines) == 2
-    required = {"step", "reward", "format_rate", "frac_zero_std", "loss", "pg_loss", "opd_kl", "ref_kl", "entropy",
+    required = {"step", "reward", "format_rate", "frac_zero_std", "loss", "pg_loss", "reverse_kl", "ref_kl", "entropy",
                 "response_len", "beta", "lr", "grad_norm", "clip_frac", "step_time"}
     for record in lines:
         assert required <= set(record) and all(math.isfinite(v) for v in record.values() if v is not None)
         assert [k for k, v in record.items() if v is None] == ["rlsd_weight", "rlsd_clip_frac", "rlsd_shift",
                                                                "heldout_accuracy"]
-        assert record["opd_kl"] > 0 and record["entropy"] > 0
+        assert record["reverse_kl"] > 0 and record["entropy"] > 0
     assert json.load(open(tmp_path / "config.json"))["group_size"] == 4
     assert (tmp_path / "step_1").is_dir()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
@@ -1657,13 +1691,13 @@ def test_micro_batch_size_changes_memory_not_the_result(tmp_path):
 
 
 def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypatch):
-    """E7 with β = 0: response_stats is never given the teacher prompt, opd_kl is 0."""
+    """E7 with β = 0: policy_scores is never asked for a teacher row, reverse_kl is null."""
     calls = []
-    original = sdpg.response_stats
-    monkeypatch.setattr(sdpg, "response_stats", lambda model, p, pm, t, *a, **k: calls.append(t) or original(model, p, pm, t, *a, **k))
+    original = sdpg.policy_scores
+    monkeypatch.setattr(sdpg, "policy_scores", lambda *a: calls.append(a[4] if len(a) > 4 else None) or original(*a))
     _, history = train(tmp_path, "--beta", "0")
     assert calls and all(t is None for t in calls)
-    assert all(r["opd_kl"] is None and r["gate_frac"] is None for r in history)  # never computed: null, not 0
+    assert all(r["reverse_kl"] is None and r["gate_frac"] is None for r in history)  # never computed: null, not 0
 
 
 def test_several_updates_per_batch_use_old_logp_and_solution_context(tmp_path):
@@ -1741,7 +1775,8 @@ def test_a_dataset_smaller_than_the_batch_still_gives_b_times_g_rollouts(tmp_pat
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"
                                                  for i in range(3)))
     widths, original = [], sdpg.sample_responses
-    monkeypatch.setattr(sdpg, "sample_responses", lambda m, ids, *a: widths.append(len(ids)) or original(m, ids, *a))
+    monkeypatch.setattr(sdpg, "sample_responses", lambda m, tok, prompts, *a: widths.append(len(prompts["prompt_ids"]))
+                        or original(m, tok, prompts, *a))
     train(tmp_path / "run", "--dataset", str(tmp_path / "rows.jsonl"), "--batch-size", "8", "--teacher-context", "answer")
     assert widths == [8 * 4, 8 * 4]
 
@@ -1831,9 +1866,9 @@ def test_the_progress_bar_shows_a_dash_for_a_term_never_computed(tmp_path):
 
     shown = {}
     run = dict(history=[], metrics_path=str(tmp_path / "metrics.jsonl"))
-    record = dict(step=0, reward=0.5, opd_kl=None, ref_kl=None, response_len=12.0)
+    record = dict(step=0, reward=0.5, reverse_kl=None, ref_kl=None, response_len=12.0)
     sdpg.log_step(record, run, types.SimpleNamespace(set_postfix=shown.update))
-    assert shown == {"reward": "0.500", "opd_kl": "–", "ref_kl": "–", "len": "12"}
+    assert shown == {"reward": "0.500", "reverse_kl": "–", "ref_kl": "–", "len": "12"}
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == record  # null in the file, as the bar says
 
 
@@ -1906,7 +1941,6 @@ def test_sdpg_reads_in_screens_functions_fit_main_is_short_and_the_paper_path_co
     lengths = {node.name: node.end_lineno - node.lineno + 1 for node in functions}
     assert not {name: n for name, n in lengths.items() if n > 60} and lengths["main"] <= 60
     assert source[:source.index("# Appendix A")].count("\n") <= 850
-    assert "opd_kl(" not in source
     tagged = [node.name for node in functions if re.search(r"\(E3\b", (ast.get_docstring(node) or "").split("\n")[0])]
     assert tagged == ["reverse_kl"], f"E3 is defined by {tagged}: reverse_kl must be the only one"
 
@@ -1944,7 +1978,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     _, resumed = train(tmp_path / "resumed", *args, "--resume")
     lines = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [r["step"] for r in lines] == [0, 1, 2, 3] and lines == resumed
-    for key in ("reward", "loss", "opd_kl", "ref_kl", "entropy"):
+    for key in ("reward", "loss", "reverse_kl", "ref_kl", "entropy"):
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-6, abs=1e-9), key
     assert len({r["reward"] for r in straight}) > 1 and straight[-1]["ref_kl"] > 0
     final = [AutoModelForCausalLM.from_pretrained(tmp_path / run / "final").state_dict() for run in ("straight", "resumed")]
@@ -2176,7 +2210,8 @@ def test_eval_prompt_is_token_identical_to_the_training_student_prompt(tiny, mon
     rows = sdpg.tokenize_rows(tokenizer, sdpg.arithmetic_rows(3), "answer", 512)
     seen = []
     original = sdpg.sample_responses
-    monkeypatch.setattr(sdpg, "sample_responses", lambda m, ids, mask, *a: seen.append((ids, mask)) or original(m, ids, mask, *a))
+    monkeypatch.setattr(sdpg, "sample_responses", lambda m, tok, prompts, *a: seen.append(
+        (prompts["prompt_ids"], prompts["prompt_mask"])) or original(m, tok, prompts, *a))
     evaluation.evaluate(model, tokenizer, rows, n=1, temperature=0.0, max_new_tokens=4, batch_size=3)
     ids, mask = seen[0]
     assert [row[m.bool()].tolist() for row, m in zip(ids, mask)] == [row["prompt_ids"] for row in rows]
@@ -2186,7 +2221,7 @@ def test_plot_writes_a_png_with_one_line_per_run(tmp_path):
     for name, offset in (("grpo", 0.0), ("sdpg", 0.1)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("".join(
-            json.dumps(dict(step=s, reward=offset + s / 10, opd_kl=0.1, ref_kl=1e-3, entropy=2.0, response_len=50)) + "\n"
+            json.dumps(dict(step=s, reward=offset + s / 10, reverse_kl=0.1, ref_kl=1e-3, entropy=2.0, response_len=50)) + "\n"
             for s in range(5)))
     output = tmp_path / "curves.png"
     evaluation.main(evaluation.parse_args(["--plot", str(tmp_path / "grpo"), str(tmp_path / "sdpg"), "--plot-output", str(output)]))
@@ -2200,12 +2235,12 @@ def write_run(folder, records):
 
 
 def test_plot_leaves_out_what_a_run_never_computed_and_draws_kl_on_a_log_axis(tmp_path, monkeypatch):
-    """GRPO logs opd_kl/ref_kl as null: absent from those panels, not a flat zero; two `…/sdpg` folders stay two
+    """GRPO logs reverse_kl/ref_kl as null: absent from those panels, not a flat zero; two `…/sdpg` folders stay two
     lines, labelled by path; a half-written last line is skipped; the output folder is created."""
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    row = lambda s, kl: dict(step=s, reward=s / 10, opd_kl=kl, ref_kl=kl, entropy=1.0, response_len=9)  # noqa: E731
+    row = lambda s, kl: dict(step=s, reward=s / 10, reverse_kl=kl, ref_kl=kl, entropy=1.0, response_len=9)  # noqa: E731
     write_run(tmp_path / "grpo", [row(s, None) for s in range(4)])
     write_run(tmp_path / "a" / "sdpg", [row(s, 10.0 ** -(s + 2)) for s in range(4)])
     write_run(tmp_path / "b" / "sdpg", [row(s, 0.01) for s in range(4)])
@@ -2217,7 +2252,7 @@ def test_plot_leaves_out_what_a_run_never_computed_and_draws_kl_on_a_log_axis(tm
     evaluation.plot_runs([str(tmp_path / "grpo"), str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")], str(output))
     assert output.read_bytes()[:4] == b"\x89PNG"
     panels = {axis.get_title(): axis for axis in figures[0].axes}
-    reward, opd = panels["reward (mean accuracy)"], panels["OPD KL to teacher, gated tokens (E3)"]
+    reward, opd = panels["reward (mean accuracy)"], panels["E3 reverse KL, gated tokens"]
     assert [line.get_label() for line in reward.get_lines()] == ["grpo", str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")]
     assert [line.get_label() for line in opd.get_lines()] == [str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")]
     assert opd.get_yscale() == "log" and list(opd.get_lines()[0].get_ydata()) == [1e-2, 1e-3, 1e-4, 1e-5]
@@ -2289,10 +2324,10 @@ def test_lora_reference_is_the_base_with_the_adapter_off_and_no_second_model_is_
     base, _ = sdpg.build_tiny_model(seed=0)
     policy, switch = sdpg.reference_policy(sdpg.Config(alpha=0.1, lora_rank=4), model, adapter, None, "cpu")
     with torch.no_grad(), switch():
-        ref_logp, _ = sdpg.response_stats(policy, *tensors[:2], None, None, *tensors[4:6])
+        ref_logp, _ = response_stats(policy, *tensors[:2], None, None, *tensors[4:6])
     with torch.no_grad():
-        base_logp, _ = sdpg.response_stats(base, *tensors[:2], None, None, *tensors[4:6])
-        adapted_logp, _ = sdpg.response_stats(model, *tensors[:2], None, None, *tensors[4:6])
+        base_logp, _ = response_stats(base, *tensors[:2], None, None, *tensors[4:6])
+        adapted_logp, _ = response_stats(model, *tensors[:2], None, None, *tensors[4:6])
     torch.testing.assert_close(ref_logp, base_logp, rtol=0, atol=1e-6)
     assert (adapted_logp - base_logp).abs().max() > 1e-3  # the adapter is on outside the switch
     loads, copies = [], []
@@ -2316,7 +2351,7 @@ def test_lora_adapter_gets_gradients_with_layer_recompute_and_the_chunked_e3_pat
     for chunk_size, recompute in ((0, False), (4, True)):
         sdpg.set_layer_recompute(model, recompute)
         model.zero_grad()
-        logp, kl = sdpg.response_stats(model, *tensors, chunk_size=chunk_size)
+        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size)
         (logp.sum() + kl.sum()).backward()
         gradients[chunk_size] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
@@ -2414,7 +2449,7 @@ def same_run(tmp_path, name, reference, steps, update_tolerance=1e-4):
     assert [r["step"] for r in records] == list(range(steps))
     assert [r["reward"] for r in records] == [r["reward"] for r in expected]  # the same rollouts
     assert len({r["reward"] for r in expected}) > 1 or expected[0]["reward"] > 0  # E1 and E2 had something to do
-    for key in ("loss", "pg_loss", "opd_kl", "ref_kl", "entropy", "grad_norm", "response_len", "clip_frac"):
+    for key in ("loss", "pg_loss", "reverse_kl", "ref_kl", "entropy", "grad_norm", "response_len", "clip_frac"):
         assert [r[key] for r in records] == pytest.approx([r[key] for r in expected], rel=1e-5, abs=1e-7), key
     ours, theirs = final_weights(tmp_path / name), final_weights(tmp_path / reference)
     initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
@@ -2498,7 +2533,7 @@ def test_an_edited_e3_trains_on_two_ranks_as_in_one_process(tmp_path, one_proces
     same_run(tmp_path, "two", "one", 2, update_tolerance=3e-4)  # two steps: a small update, so noise weighs more
     edited, original = (json.loads(open(path / "metrics.jsonl").readline()) for path in (tmp_path / "one",
                                                                                         one_process_run))
-    assert edited["reward"] == original["reward"] and edited["opd_kl"] != pytest.approx(original["opd_kl"], rel=1e-2)
+    assert edited["reward"] == original["reward"] and edited["reverse_kl"] != pytest.approx(original["reverse_kl"], rel=1e-2)
 
 
 def test_eval_under_torchrun_says_to_run_one_process_per_gpu(monkeypatch):
@@ -2625,8 +2660,7 @@ def test_inspect_numbers_are_the_training_functions_on_unpadded_forwards(tiny, m
     projections = record_vocabulary_projections(monkeypatch, model)
     torch.manual_seed(0)
     with torch.no_grad():
-        data = evaluation.inspect_tokens(model, tokenizer, row, 3, 0.7, 10, "paper", "qwen", False, 4,
-                                         contextlib.nullcontext(), "cpu")
+        data = evaluation.inspect_tokens(model, tokenizer, row, 3, 0.7, 10, "paper", "qwen", False, 4, "cpu")
     assert max(out.reshape(-1, out.shape[-1]).shape[0] for out in projections if out.numel()) <= 4
     prompt = sdpg.build_prompt(tokenizer, row["question"])
     teacher = sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "paper"))
@@ -2726,7 +2760,7 @@ def write_fake_run(results, name, greedy, blob="b" * 40, trained_by=True):
     folder = results / name
     folder.mkdir(parents=True)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(
-        {"step": step, "reward": step / 10, "response_len": 100 - step, "opd_kl": None, "ref_kl": 0.1, "step_time": 60}
+        {"step": step, "reward": step / 10, "response_len": 100 - step, "reverse_kl": None, "ref_kl": 0.1, "step_time": 60}
     ) + "\n" for step in range(12)))
     if trained_by:
         (folder / "trained_by").write_text(f"commit {'c' * 40} sdpg.py {blob}\n")

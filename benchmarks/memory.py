@@ -44,10 +44,11 @@ def measure(hidden: int, length: int, chunk_size: int, device: str, recompute_la
         baseline = torch.cuda.memory_allocated() / 2**20
     else:
         baseline = current_rss_mb()
-    logp, kl = sdpg.response_stats(model, prompt, ones(prompt), teacher, ones(teacher), response, ones(response),
-                                   chunk_size=chunk_size)
-    loss, _ = sdpg.sdpg_loss(logp, logp.detach(), None, kl, torch.ones(1, device=device), ones(response),
-                             beta=0.001, alpha=0.0)
+    batch = dict(prompt_ids=prompt, prompt_mask=ones(prompt), teacher_ids=teacher, teacher_mask=ones(teacher),
+                 response_ids=response, response_mask=ones(response), advantages=torch.ones(1, device=device))
+    logp, kl, _, _ = sdpg.policy_scores(model, batch, 1.0, chunk_size, torch.ones(1, dtype=torch.bool, device=device))
+    loss, _ = sdpg.sdpg_loss(dict(batch, logp=logp, old_logp=logp.detach(), reverse_kl=kl), 0.001,
+                             sdpg.Config(alpha=0.0))
     loss.backward()
     if device == "cuda":
         torch.cuda.synchronize()

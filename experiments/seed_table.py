@@ -25,7 +25,7 @@ import sys
 
 EVALS = [("greedy", "greedy"), ("mean4-t0.3", "mean@4 τ=0.3"), ("mean4-t1", "mean@4 τ=1")]
 CURVES = [("reward", "training reward (5-step mean)", "linear"), ("response_len", "response length", "linear"),
-          ("opd_kl", "opd_kl (E3, gated tokens)", "log"), ("ref_kl", "ref_kl (E6)", "log")]
+          ("reverse_kl", "reverse_kl (E3, gated tokens)", "log"), ("ref_kl", "ref_kl (E6)", "log")]
 RUN_NAME = re.compile(r"(?P<arm>.+)-s(?P<seed>\d+)")
 ARM_ORDER = ["grpo", "sdpg", "sdpg-beta0.1-nogate", "sdpg-lora16"]  # experiments/smollm2_arithmetic.sh's arms
 
@@ -81,6 +81,9 @@ def read_run(folder: str) -> dict:
         run = {"trained_by": file.read().split()}
     with open(os.path.join(folder, "metrics.jsonl")) as file:
         run["metrics"] = [json.loads(line) for line in file if line.strip()]
+    for record in run["metrics"]:  # E3's mean was logged as `opd_kl` until 2026-12 (sdpg.read_metrics does the same)
+        if "opd_kl" in record:
+            record["reverse_kl"] = record.pop("opd_kl")
     return run
 
 
