@@ -10,18 +10,20 @@ column per dataset.
   python eval.py --compare BASE runs/sdpg/final --dataset aime24,aime25,amc23 --n 32 --temperature 1.0 \
       --max-new-tokens 4096      # the paper's protocol
   python eval.py --plot runs/grpo runs/sdpg --plot-output runs/curves.png
-  python eval.py --inspect runs/sdpg --dataset gsm8k --index 3 --output runs/inspect.html   # the teacher, per token
+  python eval.py --inspect runs/sdpg --dataset gsm8k --index 3 --output runs/inspect.html   # inspect_page.py
 """
 
 import argparse
 import json
 import math
 import os
+import sys
 import time
 
-import torch
 
+import inspect_page
 import sdpg
+from inspect_page import training_settings
 from sdpg import fail
 
 
@@ -190,261 +192,25 @@ def output_path(base: str, dataset: str, model_index: int, datasets: int, models
     return ".".join([base, *parts, "jsonl"]) if parts else base
 
 
-# ----------------------------------------------------------------------------------------------
-# --inspect: what the teacher view knows, token by token (E3's ℓ_t and RLSD's Δ_t at every sampled position)
-
-
-def inspect_tokens(model, tokenizer, row: dict, n: int, temperature: float, max_new_tokens: int, teacher_context: str,
-                   style: str, strict: bool, chunk_size: int, device, top: int = 5) -> dict:
-    """G sampled responses to one problem with, at every response token: p(y_t) and q(y_t) (student and teacher
-    view), Δ_t = log q(y_t) − log p(y_t), E3's ℓ_t over the full vocabulary, and both views' top next tokens; per
-    response its reward, advantage (E1) and gate (E4). The numbers come from the training code itself
-    (build_prompt, privileged_context, sample_responses, score_responses, group_advantages, token_scores →
-    reverse_kl), one response and `chunk_size` positions at a time, so no more than one chunk of (T, V) logits
-    of both views exists at once."""
-    context = sdpg.privileged_context(row, teacher_context)
-    prompt = sdpg.build_prompt(tokenizer, row["question"], style=style)
-    teacher = sdpg.build_prompt(tokenizer, row["question"], context, style)
-    eos_ids, pad_id = sdpg.eos_token_ids(model, tokenizer), tokenizer.pad_token_id
-    prompt_ids, prompt_mask = sdpg.left_pad([prompt] * n, pad_id, device)  # (G, P)
-    response_ids, response_mask = sdpg.sample_responses(model, tokenizer, dict(prompt_ids=prompt_ids,
-                                                        prompt_mask=prompt_mask), max_new_tokens, temperature)
-    completions = sdpg.decode_responses(tokenizer, response_ids, response_mask)
-    truncated = sdpg.truncated_responses(response_ids, eos_ids).tolist()
-    rewards, _ = sdpg.score_responses(completions, [row["answer"]] * n, truncated, strict)
-    advantages = sdpg.group_advantages(torch.tensor(rewards), n).tolist()
-    responses = []
-    for i in range(n):
-        ids = response_ids[i:i + 1, :int(response_mask[i].sum())]  # (1, T), this response alone, unpadded
-        with sdpg.ctx:
-            tokens = response_tokens(model, tokenizer, prompt, teacher, ids, temperature, chunk_size, top)
-        responses.append(dict(text=completions[i], reward=rewards[i], advantage=advantages[i],
-                              gate=advantages[i] > 0, truncated=truncated[i],
-                              answer=sdpg.extract_answer(completions[i], strict or truncated[i]), tokens=tokens))
-    return dict(problem=row["question"], answer=row["answer"], context=context, temperature=temperature,
-                student_prompt=tokenizer.decode(prompt), teacher_prompt=tokenizer.decode(teacher), responses=responses)
-
-
-def response_tokens(model, tokenizer, prompt: list[int], teacher: list[int], ids, temperature: float,
-                    chunk_size: int, top: int) -> list[dict]:
-    """Per token of one response (1, T): both views' final hidden states, then `chunk_size` positions at a time
-    the two projections and token_scores (log p(y), E3's ℓ via reverse_kl, entropy, log q(y)) and the top tokens."""
-    def hidden(view: list[int]):  # (T, H): the positions that predict each response token, given this prompt
-        view_ids = torch.tensor([view], device=ids.device)
-        return sdpg.response_hidden(model, view_ids, torch.ones_like(view_ids), ids, torch.ones_like(ids))[0]
-
-    def top_tokens(logits) -> list:  # per position: the view's `top` likeliest next tokens at τ, with p
-        best = sdpg.tempered_log_softmax(logits, temperature).exp().topk(top, dim=-1)  # one pass for the chunk
-        return [[[tokenizer.decode([t]), v] for t, v in zip(token_ids, values)]
-                for token_ids, values in zip(best.indices.tolist(), best.values.tolist())]
-
-    student_hidden, teacher_hidden, tokens = hidden(prompt), hidden(teacher), []
-    lm_head = model.get_output_embeddings()
-    for start in range(0, ids.shape[1], chunk_size):
-        chunk = slice(start, start + chunk_size)
-        student_logits, teacher_logits = lm_head(student_hidden[chunk]), lm_head(teacher_hidden[chunk])  # (N, V)
-        logp, kl, entropy, teacher_logp = sdpg.token_scores(student_hidden[chunk], teacher_hidden[chunk],
-                                                            ids[0, chunk], lm_head.weight, lm_head.bias, temperature)
-        student_top, teacher_top = top_tokens(student_logits), top_tokens(teacher_logits)
-        for j, token in enumerate(ids[0, chunk].tolist()):
-            tokens.append(dict(text=tokenizer.decode([token]), id=token, p=logp[j].exp().item(),
-                               q=teacher_logp[j].exp().item(), logp=logp[j].item(), logq=teacher_logp[j].item(),
-                               delta=(teacher_logp[j] - logp[j]).item(), kl=kl[j].item(), entropy=entropy[j].item(),
-                               student_top=student_top[j], teacher_top=teacher_top[j]))
-    return tokens
-
-
-def inspect_colours(data: dict) -> tuple[float, float]:
-    """The legend's scale: ℓ from 0 to the page's 97th percentile (at least 0.05 nats), Δ symmetric to ±(97th
-    percentile of |Δ|, between 0.5 and 5 nats): one 16-nat token must not wash every other colour out."""
-    tokens = [token for response in data["responses"] for token in response["tokens"]]
-
-    def high(values):
-        values = sorted(values) or [0.0]
-        return values[min(len(values) - 1, int(0.97 * len(values)))]
-
-    return max(0.05, high([t["kl"] for t in tokens])), min(5.0, max(0.5, high([abs(t["delta"]) for t in tokens])))
-
-
-def colour(value: float, scale: float, diverging: bool) -> str:
-    """White at 0; red with ℓ (or with Δ < 0: the teacher likes the token less), blue with Δ > 0."""
-    share = max(-1.0, min(1.0, value / scale))
-    if diverging and share > 0:
-        return f"rgb({round(255 - 190 * share)}, {round(255 - 120 * share)}, 255)"
-    share = abs(share)
-    return f"rgb(255, {round(255 - 200 * share)}, {round(255 - 200 * share)})"
-
-
-def token_label(token: dict) -> str:
-    return (f"token {token['text']!r}: student p {token['p']:.3f}, teacher q {token['q']:.3f}, "
-            f"Δ = log q − log p {token['delta']:+.3f} nats, ℓ = KL(p‖q) {token['kl']:.3f} nats")
-
-
-PAGE_STYLE = """
-body { font: 15px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1em 1.5em 16em; color: #111; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-pre, .box { white-space: pre-wrap; background: #f6f6f6; padding: .6em .8em; border-radius: 6px; margin: .3em 0; }
-.tokens { font-family: ui-monospace, monospace; font-size: 14px; white-space: pre-wrap; line-height: 1.9;
-          border: 1px solid #ddd; padding: .6em .8em; border-radius: 6px; }
-.tok { border-radius: 3px; padding: 1px 0; cursor: default; }
-.tok:focus, .tok:hover { outline: 2px solid #000; outline-offset: 0; }
-.legend { display: flex; align-items: center; gap: .6em; margin: .5em 0; } .legend[hidden] { display: none; }
-.bar { width: 260px; height: 14px; border: 1px solid #999; border-radius: 3px; }
-#details { position: fixed; bottom: 0; left: 0; right: 0; background: #fff; border-top: 2px solid #333;
-           padding: .5em 1.5em; font-size: 14px; min-height: 9em; box-shadow: 0 -2px 8px rgba(0,0,0,.15); }
-#details table { border-collapse: collapse; display: inline-table; margin-right: 2em; vertical-align: top; }
-#details td, #details th { padding: 0 .6em; text-align: left; font-family: ui-monospace, monospace; }
-#details caption { white-space: nowrap; text-align: left; font-weight: 600; }
-.meta { color: #333; } .open { color: #075; font-weight: 600; } .closed { color: #777; }
-fieldset { border: 1px solid #ccc; border-radius: 6px; display: inline-block; }
-"""
-
-PAGE_SCRIPT = r"""
-const data = JSON.parse(document.getElementById('numbers').textContent);
-const details = document.getElementById('details');
-function table(title, rows) {
-  return '<table><caption>' + title + '</caption>' + rows.map(r =>
-    '<tr><td>' + JSON.stringify(r[0]).slice(1, -1).replace(/</g, '&lt;') + '</td><td>' + r[1].toFixed(3) + '</td></tr>'
-  ).join('') + '</table>';
-}
-function show(span) {
-  const t = data.responses[+span.dataset.r].tokens[+span.dataset.t];
-  details.innerHTML = '<p><b>' + span.getAttribute('aria-label').replace(/</g, '&lt;') + '</b> (response ' +
-    (+span.dataset.r + 1) + ', position ' + (+span.dataset.t + 1) + ')</p>' +
-    table('student view: top 5 next tokens', t.student_top) + table('teacher view: top 5 next tokens', t.teacher_top);
-}
-document.querySelectorAll('.tok').forEach(span => {
-  span.addEventListener('mouseenter', () => show(span));
-  span.addEventListener('focus', () => show(span));
-  span.addEventListener('keydown', event => {
-    const step = {ArrowRight: 1, ArrowLeft: -1}[event.key];
-    if (!step) return;
-    const next = step > 0 ? span.nextElementSibling : span.previousElementSibling;
-    if (next && next.classList.contains('tok')) { next.focus(); event.preventDefault(); }
-  });
-});
-function recolour(by) {
-  document.querySelectorAll('.tok').forEach(span => { span.style.background = span.dataset[by]; });
-  document.querySelectorAll('.legend').forEach(l => { l.hidden = l.dataset.by !== by; });
-}
-document.querySelectorAll('input[name=colour]').forEach(input =>
-  input.addEventListener('change', () => recolour(input.value)));
-const linked = /^#r(\d+)t(\d+)$/.exec(location.hash);  // page.html#r0t12: response 1's 13th token, focused
-if (linked) {
-  const span = document.querySelector('.tok[data-r="' + linked[1] + '"][data-t="' + linked[2] + '"]');
-  if (span) { span.focus(); show(span); }
-}
-"""
-
-
-def render_page(data: dict, title: str) -> str:
-    """One self-contained HTML page (no network: inline style and script) of inspect_tokens' numbers: the problem,
-    the privileged context, then each response with its tokens coloured by ℓ_t or Δ_t, the numbers as text."""
-    from html import escape
-
-    kl_max, delta_max = inspect_colours(data)
-    parts = []
-    for r, response in enumerate(data["responses"]):
-        gate = ('<span class="open">gate open: E3 acts</span>' if response["gate"] else
-                '<span class="closed">gate closed (A ≤ 0): E3 does not act</span>')
-        mean_kl = sum(t["kl"] for t in response["tokens"]) / max(1, len(response["tokens"]))
-        spans = "".join(
-            f'<span class="tok" tabindex="0" data-r="{r}" data-t="{t}" '
-            f'data-kl="{colour(token["kl"], kl_max, False)}" data-delta="{colour(token["delta"], delta_max, True)}" '
-            f'style="background:{colour(token["kl"], kl_max, False)}" aria-label="{escape(token_label(token))}" '
-            f'title="{escape(token_label(token))}">{escape(token["text"].replace(chr(10), "↵" + chr(10)))}</span>'
-            for t, token in enumerate(response["tokens"]))
-        cut = ", cut at the length limit" if response["truncated"] else ""
-        parts.append(f'<section aria-labelledby="response-{r}"><h2 id="response-{r}">Response {r + 1}: reward '
-                     f'{response["reward"]:.0f}, advantage A = {response["advantage"]:+.2f}, {gate}</h2>'
-                     f'<p class="meta">{len(response["tokens"])} tokens{cut}; answer read: '
-                     f'{escape(str(response["answer"] or "none"))}; mean ℓ {mean_kl:.3f} nats per token</p>'
-                     f'<div class="tokens" role="group" aria-label="tokens of response {r + 1}">{spans}</div>'
-                     f'</section>')
-    numbers = json.dumps(data).replace("</", "<\\/")  # no "</script>" inside the script element
-    kl_bar = f"linear-gradient(90deg, #fff, {colour(1, 1, False)})"
-    delta_bar = f"linear-gradient(90deg, {colour(-1, 1, True)}, #fff, {colour(1, 1, True)})"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{PAGE_STYLE}</style></head>
-<body><main>
-<h1>{escape(title)}</h1>
-<p>The same model in two views: the <b>student</b> sees the problem; the <b>teacher</b> also sees the privileged
-context below. At every token of a sampled response, ℓ = KL(p‖q) over the whole vocabulary is what SDPG's E3
-pulls the student by (on responses whose gate is open), and Δ = log q(y) − log p(y) is how much more (blue) or
-less (red) the teacher likes the sampled token, which RLSD reads. Hover or focus a token (Tab, then ← →) for its
-numbers and both views' five likeliest next tokens (a link to <code>#r0t12</code> opens on response 1's 13th
-token). Sampled at τ = {data['temperature']}.</p>
-<h2>Problem</h2><div class="box">{escape(data['problem'])}</div>
-<p>Reference answer: <b>{escape(str(data['answer']))}</b></p>
-<details open><summary>Privileged context the teacher saw</summary>
-<div class="box">{escape(data['context'])}</div></details>
-<fieldset role="radiogroup"><legend>Colour tokens by</legend>
-<label><input type="radio" name="colour" value="kl" checked> ℓ<sub>t</sub> = KL(p‖q), E3</label>
-<label><input type="radio" name="colour" value="delta">
-Δ<sub>t</sub> = log q(y<sub>t</sub>) − log p(y<sub>t</sub>), RLSD</label>
-</fieldset>
-<div class="legend" data-by="kl">ℓ: 0 <span class="bar" style="background:{kl_bar}"></span> {kl_max:.2f} nats or more
-</div>
-<div class="legend" data-by="delta" hidden>Δ: −{delta_max:.1f} (teacher likes it less)
-<span class="bar" style="background:{delta_bar}"></span> +{delta_max:.1f} nats (teacher likes it more)</div>
-{''.join(parts)}
-</main>
-<aside id="details" aria-live="polite"><p>Hover or focus a token to see its numbers.</p></aside>
-<script type="application/json" id="numbers">{numbers}</script>
-<script>{PAGE_SCRIPT}</script>
-</body></html>
-"""
-
-
-def training_settings(model: str) -> dict:
-    """What a sdpg.py run folder was trained with (its config.json), else sdpg.py's defaults: the prompt, the
-    teacher's context, τ, the response length, the scorer and G, so --inspect sees what training saw."""
-    saved = sdpg.run_config(model)
-    defaults = sdpg.Config(model="tiny")
-    keys = ("student_prompt", "teacher_context", "temperature", "max_new_tokens", "strict_format", "group_size",
-            "logits_chunk_size")
-    return {key: saved.get(key, getattr(defaults, key)) for key in keys}
-
-
-def inspect_main(args):
-    """--inspect MODEL: inspect_tokens on problem --index of --dataset, written as PATH.html and PATH.json."""
-    settings = training_settings(args.inspect)
-    n = settings["group_size"] if args.n is None else args.n
-    temperature = settings["temperature"] if args.temperature is None else args.temperature
-    if n < 2 or temperature <= 0:
-        fail(f"--inspect samples a group as training does: --n {n} must be ≥ 2 and --temperature {temperature} > 0 "
-             f"(E1's advantages compare the responses of one group)")
-    rows = sdpg.load_rows(args.datasets[0], args.question_field, args.answer_field, split=args.split)
-    if not 0 <= args.index < len(rows):
-        fail(f"--index {args.index}: {args.datasets[0]} has {len(rows)} problems (0 … {len(rows) - 1})")
-    device = sdpg.resolve_device(args.device)
-    sdpg.ctx = sdpg.make_autocast(device, args.dtype)  # the compute context of every forward, as in training
-    sdpg.seed_everything(args.seed)
-    model, tokenizer = sdpg.load_model(args.inspect, seed=args.seed)
-    model.to(device).eval()
-    started = time.time()
-    with torch.no_grad():
-        data = inspect_tokens(model, tokenizer, rows[args.index], n, temperature,
-                              args.max_new_tokens or settings["max_new_tokens"], args.teacher_context or
-                              settings["teacher_context"], args.student_prompt or settings["student_prompt"],
-                              args.strict_format or settings["strict_format"], settings["logits_chunk_size"] or 128,
-                              device)
-    data.update(model=args.inspect, dataset=args.datasets[0], index=args.index, seconds=time.time() - started)
-    base = os.path.splitext(args.output or "runs/inspect.html")[0]
-    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    with open(base + ".json", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    title = f"What the teacher view knows: {dataset_label(args.datasets[0])} problem {args.index}, {args.inspect}"
-    with open(base + ".html", "w", encoding="utf-8") as f:
-        f.write(render_page(data, title))
-    print(f"wrote {base}.html (open it in a browser) and {base}.json: {n} responses, "
-          f"{sum(len(r['tokens']) for r in data['responses'])} tokens, {data['seconds']:.1f} s")
-    return data
+def given(argv: list[str], flag: str) -> bool:
+    return any(word == flag or word.startswith(flag + "=") for word in argv)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluate models with SDPG's prompt and verifier.",
+    """One parser per mode, each with its own flags: --inspect MODEL (inspect_page.py's), --plot RUN_DIR … (with
+    --plot-output), else evaluation (--model, --compare)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if given(argv, "--inspect"):
+        return argparse.Namespace(**vars(inspect_page.parse_args(argv)), mode="inspect")
+    if given(argv, "--plot"):
+        parser = argparse.ArgumentParser(description="Plot the metrics.jsonl of sdpg.py runs, one line per run.",
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+        parser.add_argument("--plot", nargs="+", required=True, metavar="RUN_DIR", help="sdpg.py --output-dir folders")
+        parser.add_argument("--plot-output", default="runs/curves.png", help="the PNG written")
+        return argparse.Namespace(**vars(parser.parse_args(argv)), mode="plot")
+    parser = argparse.ArgumentParser(description="Evaluate models with SDPG's prompt and verifier. Two other modes "
+                                     "own their flags: --plot RUN_DIR … (curves of runs) and --inspect MODEL (the "
+                                     "token page, inspect_page.py).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", action="append", help="hub id, local directory, sdpg.py run folder (its final/), "
                         ".gguf file or `tiny`; twice to compare")
@@ -457,12 +223,9 @@ def parse_args(argv=None):
     parser.add_argument("--answer-field", default="answer", help="ground-truth column of a local file")
     parser.add_argument("--split", default="test", help="dataset split (math500, aime and amc have one split)")
     parser.add_argument("--limit", type=int, default=0, help="first N problems only; 0 = all")
-    parser.add_argument("--n", type=int, default=None, help="samples per problem (the paper: 32); default 1, and "
-                        "with --inspect the run's G")
-    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (the default); the paper samples "
-                        "at 1.0; --inspect: default the run's τ")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="maximum response length in tokens; default "
-                        "512, with --inspect the run's")
+    parser.add_argument("--n", type=int, default=1, help="samples per problem (the paper: 32)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper samples at 1.0")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="maximum response length in tokens")
     parser.add_argument("--batch-size", type=int, default=16, help="problems per generate call (each with n samples)")
     parser.add_argument("--seed", type=int, default=0, help="seeds sampling; the same for every model compared")
     parser.add_argument("--strict-format", action="store_true", help="only an explicit final answer counts for "
@@ -474,29 +237,13 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA) | bfloat16 | float32")
     parser.add_argument("--student-prompt", default=None, help="qwen | paper (sdpg.py --student-prompt); default: "
                         "the run's own for a run folder, else qwen")
-    parser.add_argument("--inspect", metavar="MODEL", help="instead of evaluating: sample a group of G responses to "
-                        "problem --index as training does and write a page of what the teacher view knows at every "
-                        "token (ℓ_t, Δ_t, both views' top 5) to --output (default runs/inspect.html, and .json)")
-    parser.add_argument("--index", type=int, default=0, help="--inspect: which problem of --dataset (0-based)")
-    parser.add_argument("--teacher-context", default=None, help="--inspect: paper | answer | solution; default: the "
-                        "run's own, else paper")
-    parser.add_argument("--plot", nargs="+", metavar="RUN_DIR", help="plot metrics.jsonl of these sdpg.py runs instead")
-    parser.add_argument("--plot-output", default="runs/curves.png", help="PNG written by --plot")
     args = parser.parse_args(argv)
+    args.mode = "evaluate"
     args.models = args.compare or args.model or []
     args.datasets = [name.strip() for name in args.dataset.split(",") if name.strip()]
     if args.student_prompt not in (None, *sdpg.STUDENT_PROMPTS):
         fail(f"--student-prompt {args.student_prompt!r} is unknown; choose one of {', '.join(sdpg.STUDENT_PROMPTS)}")
-    if args.teacher_context not in (None, *sdpg.TEACHER_CONTEXTS):
-        fail(f"--teacher-context {args.teacher_context!r} is unknown; choose one of {', '.join(sdpg.TEACHER_CONTEXTS)}")
-    if args.inspect:
-        if args.max_new_tokens is not None and args.max_new_tokens < 1:
-            fail(f"--max-new-tokens {args.max_new_tokens} must be ≥ 1")
-        return args  # inspect_main resolves n, τ and the length from the run
-    args.n = 1 if args.n is None else args.n  # an explicit 0 stays 0 and is refused below
-    args.temperature = 0.0 if args.temperature is None else args.temperature
-    args.max_new_tokens = 512 if args.max_new_tokens is None else args.max_new_tokens
-    if not args.plot and not args.models:
+    if not args.models:
         fail("nothing to do: pass --model M, --compare A B, --inspect MODEL or --plot RUN_DIR")
     if len(args.models) > 2:
         fail("at most two models at once (--compare A B)")
@@ -518,11 +265,11 @@ def main(args) -> dict:
         fail("eval.py runs as one process; to use several GPUs run one per dataset or model, e.g. "
              "CUDA_VISIBLE_DEVICES=0 python eval.py --dataset aime24 … & CUDA_VISIBLE_DEVICES=1 python eval.py "
              "--dataset aime25 …")
-    if args.plot:
+    if args.mode == "plot":
         print(plot_runs(args.plot, args.plot_output))
         return {}
-    if args.inspect:
-        return inspect_main(args)
+    if args.mode == "inspect":
+        return inspect_page.main(args)
     device = sdpg.resolve_device(args.device)
     sdpg.ctx = sdpg.make_autocast(device, args.dtype)  # the compute context of every forward, as in training
     tables = {name: sdpg.load_rows(name, args.question_field, args.answer_field, split=args.split)

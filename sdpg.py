@@ -267,6 +267,18 @@ VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
+def closing_brackets(text: str, opens: str = "([{", closes: str = ")]}") -> dict[int, int]:
+    """{index of an opening bracket: index of the bracket that closes it}, one pass with a stack, O(len). Any
+    closer closes the innermost opener, so the interval "(1, 2]" is one bracket; unclosed openers are left out."""
+    closing, stack = {}, []
+    for i, char in enumerate(text):
+        if char in opens:
+            stack.append(i)
+        elif char in closes and stack:
+            closing[stack.pop()] = i
+    return closing
+
+
 def last_boxed(text: str) -> tuple[int, str] | None:
     """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}. An empty box is usually the
     instruction echoed back ("put it within \\boxed{}"), not an answer. Boxes just before it joined by "," / "and" /
@@ -333,6 +345,31 @@ def has_answer_format(completion: str) -> bool:
         return find_answer(completion, strict=True)[1]
     except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
         return False
+
+
+def parse_number(text: str) -> Fraction | None:
+    """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
+    text = text.replace(" ", "")
+    if len(text) > 100:  # no giant ints (Python refuses > 4300 digits anyway)
+        return None
+    match = (re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", text)
+             or re.fullmatch(r"(-?)(-?[\d.]+)/(-?[\d.]+)", text))
+    try:
+        if match:
+            value = Fraction(match.group(2)) / Fraction(match.group(3))
+            return -value if match.group(1) else value
+        return Fraction(text) if re.fullmatch(r"-?\d*\.?\d+", text) else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def answers_match(predicted: str, truth: str) -> bool:
+    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (Appendix A).
+    Both sides are normalized first (normalize_answer: LaTeX spacing, units, `x =`, thousands commas)."""
+    numbers = parse_number(normalize_answer(predicted)), parse_number(normalize_answer(truth))
+    if None not in numbers:
+        return numbers[0] == numbers[1]
+    return math_equal(predicted, truth)
 
 
 def verify(completion: str, answer: str, strict: bool = False) -> float:
@@ -844,43 +881,6 @@ def main(cfg: Config) -> list[dict]:
 # where the arithmetic is rational, polynomials at fixed points, never with eval), sets and solution lists in any
 # order, tuples and intervals element by element, matrices, units, \text{}, a choice letter with or without "(…)",
 # capitalisation of words. Inputs are cut to _MAX_ANSWER characters first, so every step below is bounded.
-
-def closing_brackets(text: str, opens: str = "([{", closes: str = ")]}") -> dict[int, int]:
-    """{index of an opening bracket: index of the bracket that closes it}, one pass with a stack, O(len). Any
-    closer closes the innermost opener, so the interval "(1, 2]" is one bracket; unclosed openers are left out."""
-    closing, stack = {}, []
-    for i, char in enumerate(text):
-        if char in opens:
-            stack.append(i)
-        elif char in closes and stack:
-            closing[stack.pop()] = i
-    return closing
-
-
-def parse_number(text: str) -> Fraction | None:
-    """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
-    text = text.replace(" ", "")
-    if len(text) > 100:  # no giant ints (Python refuses > 4300 digits anyway)
-        return None
-    match = (re.fullmatch(r"(-?)\\frac\{?(-?\d+)\}?\{?(-?\d+)\}?", text)
-             or re.fullmatch(r"(-?)(-?[\d.]+)/(-?[\d.]+)", text))
-    try:
-        if match:
-            value = Fraction(match.group(2)) / Fraction(match.group(3))
-            return -value if match.group(1) else value
-        return Fraction(text) if re.fullmatch(r"-?\d*\.?\d+", text) else None
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def answers_match(predicted: str, truth: str) -> bool:
-    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (Appendix A).
-    Both sides are normalized first (normalize_answer: LaTeX spacing, units, `x =`, thousands commas)."""
-    numbers = parse_number(normalize_answer(predicted)), parse_number(normalize_answer(truth))
-    if None not in numbers:
-        return numbers[0] == numbers[1]
-    return math_equal(predicted, truth)
-
 
 
 _MAX_ANSWER = 400

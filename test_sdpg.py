@@ -1872,8 +1872,8 @@ def test_the_progress_bar_shows_a_dash_for_a_term_never_computed(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == record  # null in the file, as the bar says
 
 
-def test_help_of_both_scripts_names_no_path_outside_the_repository():
-    for script in ("sdpg.py", "eval.py"):
+def test_help_of_the_scripts_names_no_path_outside_the_repository():
+    for script in ("sdpg.py", "eval.py", "inspect_page.py"):
         result = subprocess.run([sys.executable, os.path.join(HERE, script), "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "../" not in result.stdout and "shared" not in result.stdout, script
 
@@ -2160,6 +2160,7 @@ def test_building_the_tiny_model_leaves_the_global_rng_alone():
 
 
 import eval as evaluation  # noqa: E402  (the module is named eval.py by the project's layout)
+import inspect_page  # noqa: E402
 
 
 @pytest.mark.parametrize("n, c", [(1, 0), (1, 1), (4, 1), (5, 2), (8, 3), (8, 8), (6, 0)])
@@ -2660,7 +2661,7 @@ def test_inspect_numbers_are_the_training_functions_on_unpadded_forwards(tiny, m
     projections = record_vocabulary_projections(monkeypatch, model)
     torch.manual_seed(0)
     with torch.no_grad():
-        data = evaluation.inspect_tokens(model, tokenizer, row, 3, 0.7, 10, "paper", "qwen", False, 4, "cpu")
+        data = inspect_page.inspect_tokens(model, tokenizer, row, 3, 0.7, 10, "paper", "qwen", False, 4, "cpu")
     assert max(out.reshape(-1, out.shape[-1]).shape[0] for out in projections if out.numel()) <= 4
     prompt = sdpg.build_prompt(tokenizer, row["question"])
     teacher = sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "paper"))
@@ -2715,6 +2716,22 @@ def test_inspect_page_renders_in_headless_chromium_with_one_element_per_token(tm
     assert pixels.shape[:2] == (1400, 1100) and pixels.std() > 0.05
     reddish = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.85) & (pixels[..., 2] < 0.85)
     assert reddish.sum() > 100, "no token is coloured by ℓ"
+
+
+def test_each_eval_mode_owns_its_flags_and_the_page_fills_every_template_field(tmp_path):
+    """eval.py's three modes parse their own flags: a flag of another mode is an error, not silently ignored;
+    --output is the page in --inspect and the records' JSONL in evaluation; the page leaves no {{field}} unfilled."""
+    for argv in (["--plot", "runs/a", "--n", "3"], ["--model", "tiny", "--index", "2"],
+                 ["--inspect", "tiny", "--compare", "a", "b"]):
+        with pytest.raises(SystemExit) as error:
+            evaluation.parse_args(argv)
+        assert error.value.code == 2, argv  # argparse: unrecognized arguments
+    assert evaluation.parse_args(["--inspect", "tiny"]).output == "runs/inspect.html"
+    assert evaluation.parse_args(["--model", "tiny"]).output == ""
+    data = evaluation.main(evaluation.parse_args(["--inspect", "tiny", "--dataset", "arithmetic", "--n", "2",
+                                                  "--max-new-tokens", "4", "--output", str(tmp_path / "p.html")]))
+    page = (tmp_path / "p.html").read_text(encoding="utf-8")
+    assert "{{" not in page and "}}" not in page and data["problem"] in page
 
 
 def test_inspect_refuses_a_group_of_one_and_a_problem_out_of_range():

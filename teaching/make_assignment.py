@@ -27,7 +27,7 @@ EQUATIONS = {"E1": ("group_advantages", "group-relative advantages"),
              "E7": ("sdpg_loss", "the gated (E4), token-mean total loss"),
              "RLSD": ("rlsd_advantages", "RLSD's token advantage (optional, Appendix B)")}
 OPTIONAL = ("RLSD",)  # blanked only when asked for
-COPIED = ["eval.py", "test_sdpg.py", "pytest.ini", "requirements.txt", "docs/algorithm.md", "docs/metrics.md",
+COPIED = ["eval.py", "inspect_page.py", "inspect_page.html", "test_sdpg.py", "pytest.ini", "requirements.txt", "docs/algorithm.md", "docs/metrics.md",
           "testdata"]
 
 
