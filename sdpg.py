@@ -86,19 +86,16 @@ def arg(default, help_text: str):
 @dataclass
 class Config:
     # -- the method
-    method: str = arg("sdpg", "the paper's method: sdpg | grpo (its GRPO baseline) | rlsd (App. B) | opcd (App. C, "
-                      "distillation alone); sets the fields marked 'by --method' unless they are given")
+    method: str = arg("sdpg", "sdpg | grpo | rlsd (App. B) | opcd (App. C); sets the fields 'by --method' not given")
     # -- model and data
-    model: str = arg("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local directory, .gguf file, a run folder (its final/), "
-                     "or `tiny` (built-in, offline)")
+    model: str = arg("Qwen/Qwen2.5-0.5B-Instruct", "hub id, local folder, .gguf file, run folder, or `tiny` (offline)")
     dataset: str | None = arg(None, "gsm8k | arithmetic | arithmetic-easy | math500 | a .jsonl/.json/.csv/.parquet "
                               "file; default gsm8k (arithmetic for --model tiny, the run's own for --model RUN_FOLDER)")
     question_field: str = arg("question", "column holding the problem x")
     answer_field: str = arg("answer", "column holding the ground truth (text after `####` if present)")
     student_prompt: str = arg("qwen", "the instruction around x: qwen (Qwen's math instruction after x) | paper "
                               "(Figure 4: 'Solve the following math problem step by step…' before x, a reminder after)")
-    teacher_context: str = arg("paper", "privileged context c: paper (Figure 4: answer + worked solution) | answer "
-                               "(authors' one-line hint) | solution (worked solution, ours)")
+    teacher_context: str = arg("paper", "privileged context c: paper (Figure 4: answer + solution) | answer | solution")
     max_prompt_length: int = arg(1024, "tokens; a longer student or teacher prompt is an error, never cut")
     # -- E8 sizes
     steps: int = arg(200, "T, training steps (rollout batches)")
@@ -107,8 +104,7 @@ class Config:
     mini_batch_size: int | None = arg(None, "prompts per optimizer update; B / this = updates per step (E2's clip "
                                       "acts when > 1; authors: 16 of 128); default B, one update")
     micro_batch_size: int = arg(8, "sequences per forward/backward; memory only, never the result")
-    gradient_checkpointing: bool = arg(True, "recompute each decoder layer in backward; --no-gradient-checkpointing "
-                                       "keeps the activations (faster, more memory)")
+    gradient_checkpointing: bool = arg(True, "recompute decoder layers in backward; --no-…: faster, more memory")
     logits_chunk_size: int = arg(128, "response positions per vocabulary projection (and its recompute); 0 = all")
     max_new_tokens: int = arg(512, "maximum response length in tokens")
     temperature: float = arg(1.0, "τ, sampling temperature; the log-probs and E3 use the same τ")
@@ -124,8 +120,7 @@ class Config:
     clip_high: float | None = arg(None, "ε_high ('clip-higher', DAPO) (by --method)")
     clip_c: float | None = arg(None, "c, dual-clip bound for negative advantages (by --method)")
     std_scale: bool = arg(True, "E1 divides by the group's std; --no-std-scale only centers (Dr. GRPO)")
-    strict_format: bool = arg(False, "--strict-format rewards only an explicit final answer (\\boxed{}, ####, "
-                              "'answer is'), as the authors' scorer; off: the last number also counts")
+    strict_format: bool = arg(False, "reward only an explicit final answer (as the authors); off: the last number too")
     # -- E3–E5 self-distillation
     beta: float | None = arg(None, "β_base, weight of the reverse KL to the teacher view (by --method); 0 = none")
     beta_warmup_steps: int | None = arg(None, "T_warm of E5 (by --method); -1 = the paper's proportion, steps/8 (50 "
@@ -142,24 +137,20 @@ class Config:
     alpha: float | None = arg(None, "α, weight of the KL anchor to the frozen initial policy (by --method); 0 = none")
     kl_mode: str = arg("urkl", "E6 integrand: urkl | ufkl | rkl | fkl (SDPG-URKL / SDPG-UFKL)")
     # -- LoRA (optional: pip install peft)
-    lora_rank: int = arg(0, "R of a LoRA adapter on every linear layer of the decoder; 0 = full fine-tuning. π_ref "
-                         "is then the base with the adapter switched off, so no second copy of the weights is loaded")
+    lora_rank: int = arg(0, "R of a LoRA adapter on every decoder linear layer (π_ref: adapter off); 0 = full tuning")
     lora_alpha: float = arg(32.0, "LoRA's scale (the adapter's output × lora_alpha / R); not E6's --alpha")
     # -- run
     seed: int = arg(0, "seeds python, numpy and torch (GPU sampling is still not bit-exact)")
     output_dir: str = arg("runs/sdpg", "config.json, metrics.jsonl, checkpoints")
     save_every: int = arg(0, "write a resumable step_N/ every N steps; 0 = only final/ (and one on interrupt)")
     keep_checkpoints: int = arg(2, "step_N/ checkpoints kept, oldest deleted first; 0 = all; final/ always kept")
-    eval_every: int = arg(0, "every N steps (and after the last) log `heldout_accuracy`: greedy, strict accuracy on "
-                          "held-out problems (the paper's accuracy during training); 0 = never")
+    eval_every: int = arg(0, "log `heldout_accuracy` (greedy, strict) every N steps and after the last; 0 = never")
     eval_problems: int = arg(100, "how many held-out problems: the first of --eval-dataset")
-    eval_dataset: str | None = arg(None, "held-out problems; default the test split of --dataset (a local file has "
-                                   "none: name one)")
+    eval_dataset: str | None = arg(None, "held-out problems; default the test split of --dataset (a file: name one)")
     resume: bool = arg(False, "--resume continues the run in --output-dir from its latest step_N/ (same flags)")
     overwrite: bool = arg(False, "--overwrite deletes the run already in --output-dir and starts a new one")
     device: str = arg("auto", "auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's own GPU, or cpu)")
-    fsdp: bool = arg(False, "--fsdp, under torchrun: shard weights, gradients and AdamW state with FSDP2 "
-                     "(fully_shard per decoder layer and the root); without it the ranks hold replicas (DDP)")
+    fsdp: bool = arg(False, "under torchrun: shard weights, gradients and AdamW state (FSDP2); off: replicas (DDP)")
     dtype: str = arg("auto", "compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
 
     def __post_init__(self):
@@ -176,12 +167,6 @@ class Config:
             self.lr = 1e-5 if self.lora_rank else 1e-6
         if self.mini_batch_size is None:
             self.mini_batch_size = self.batch_size
-
-
-def fail(message: str):
-    """Bad input ends the program with one line naming the problem and the fix, no traceback (under torchrun
-    printed by rank 0 alone; the others exit with status 1)."""
-    raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
 
 
 # The compute context, set once by main (nanoGPT's `ctx`): the autocast every forward and generate() run under
@@ -744,17 +729,6 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     return batch, {key: float(value) for key, value in counts.items()}
 
 
-def teacher_rows_needed(advantages, cfg: Config, beta_k: float, rlsd_weight_k: float):
-    """(B,) bool: the rollouts whose teacher view is used — E3's (every row, or E4's A > 0) when β(k) > 0, RLSD's
-    A ≠ 0 when λ(k) > 0 (Â = A = 0 elsewhere). [impl] The teacher forward runs for these rows only."""
-    rows = torch.zeros_like(advantages, dtype=torch.bool)
-    if beta_k > 0:
-        rows |= advantages > 0 if cfg.gate else torch.ones_like(rows)
-    if rlsd_weight_k > 0:
-        rows |= advantages != 0
-    return rows
-
-
 @torch.no_grad()
 def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
     """The micro-batch's sums over its response tokens for the step's log line (docs/metrics.md): each part of E7,
@@ -1195,10 +1169,11 @@ def _function(name, tokens, shift, depth):
 
 
 # ==============================================================================================
-# Appendix B — memory: layer recompute, micro-batches
+# Appendix B — memory and speed: layer recompute, micro-batches, teacher forwards only where used
 #
-# What it is for: memory (micro-batches with their padding trimmed, decoder-layer recompute). The chunked
-# vocabulary projection is in the paper path (policy_scores). A first reading skips this appendix.
+# What it is for: memory (micro-batches with their padding trimmed, decoder-layer recompute) and speed (no teacher
+# forward for a row whose E3 and RLSD weight are 0: the loss is the same). The chunked vocabulary projection is in
+# the paper path (chunked_scores). A first reading skips this appendix.
 
 
 def set_layer_recompute(model, enabled: bool):
@@ -1215,6 +1190,17 @@ def set_layer_recompute(model, enabled: bool):
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = enabled
+
+
+def teacher_rows_needed(advantages, cfg: Config, beta_k: float, rlsd_weight_k: float):
+    """(B,) bool: the rollouts whose teacher view is used — E3's (every row, or E4's A > 0) when β(k) > 0, RLSD's
+    A ≠ 0 when λ(k) > 0 (Â = A = 0 elsewhere). [impl] The teacher forward runs for these rows only."""
+    rows = torch.zeros_like(advantages, dtype=torch.bool)
+    if beta_k > 0:
+        rows |= advantages > 0 if cfg.gate else torch.ones_like(rows)
+    if rlsd_weight_k > 0:
+        rows |= advantages != 0
+    return rows
 
 
 def micro_batches(batch: dict, indices: list[int], size: int):
@@ -1580,6 +1566,12 @@ def stop_at_step_end(rank: int = 0):
 #
 # What it is for: bad input ends in one line that names the problem and the fix, never a traceback from deep
 # inside a library, and never silently wrong training. A first reading skips this appendix.
+
+
+def fail(message: str):
+    """Bad input ends the program with one line naming the problem and the fix, no traceback (under torchrun
+    printed by rank 0 alone; the others exit with status 1)."""
+    raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
 
 
 def parse_config(argv=None) -> Config:

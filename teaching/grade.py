@@ -28,7 +28,7 @@ def run_equation_tests(student_sdpg: str) -> dict[str, list[tuple[str, str | Non
     """{tag: [(test name, failure message or None)]} from one pytest run of the `test_e<N>_` tests."""
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copy(student_sdpg, os.path.join(scratch, "sdpg.py"))
-        for name in ("test_sdpg.py", "eval.py", "pytest.ini"):
+        for name in ("test_sdpg.py", "eval.py", "inspect_page.py", "inspect_page.html", "pytest.ini"):
             shutil.copy(os.path.join(SOURCE, name), os.path.join(scratch, name))
         check_imports(scratch)
         report = os.path.join(scratch, "report.xml")
