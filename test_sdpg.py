@@ -1685,6 +1685,42 @@ def test_several_updates_per_batch_use_old_logp_and_solution_context(tmp_path):
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
 
 
+def test_real_updates_read_pi_old_and_clip_with_the_methods_bounds_and_dual_clip(tmp_path, monkeypatch):
+    """E2 as training runs it: 4 updates per rollout batch on rewards that vary (a verifier that rewards a third of
+    the texts, so A ≠ 0). π_old is the sampling policy: the first update sees ratio 1, the later ones do not; the
+    per-token E2 of every update is clipped_pg_loss with the run's own ε_low 0.2, ε_high 0.28 and c 1.5 (tokens lie
+    where swapped bounds or a skipped dual clip would give another loss); clip_frac and dual_clip_frac are logged
+    > 0. Fails if the update ignores π_old, swaps the bounds or drops the dual clip."""
+    monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
+    seen, original = [], sdpg.sdpg_loss
+
+    def spy(terms, beta_k, cfg, num_tokens=None):
+        loss, parts = original(terms, beta_k, cfg, num_tokens)
+        seen.append({key: terms[key].detach().clone() for key in ("logp", "old_logp", "advantages", "response_mask")}
+                    | {"pg_loss": parts["pg_loss"]})
+        return loss, parts
+    monkeypatch.setattr(sdpg, "sdpg_loss", spy)
+    _, history = train(tmp_path, "--mini-batch-size", "1", "--lr", "3e-2", "--warmup-steps", "0", "--clip-c", "1.5",
+                       "--micro-batch-size", "4", "--seed", "1")
+    assert len(seen) == 2 * 4, "one sdpg_loss call per update: 4 updates (mini-batch 1 of 4 prompts) × 2 steps"
+    drift = [((s["logp"] - s["old_logp"]) * s["response_mask"]).abs().max().item() for s in seen]
+    assert drift[0] < 1e-4 and drift[4] < 1e-4, f"the first update of a step must see π_θ = π_old: {drift}"
+    assert min(drift[1:4] + drift[5:]) > 1e-3, f"E2 ignores π_old: the ratio stays 1 after an update ({drift})"
+    bands = dict(swapped=0, dual=0)
+    for s in seen:
+        mask, advantages = s["response_mask"].bool(), s["advantages"][:, None].expand_as(s["logp"])
+        expected = sdpg.clipped_pg_loss(s["logp"], s["old_logp"], advantages, 0.2, 0.28, 1.5)
+        torch.testing.assert_close(s["pg_loss"][mask], expected[mask], msg="the update's E2 is not clipped_pg_loss "
+                                   "with the run's ε_low 0.2, ε_high 0.28 and dual-clip c 1.5")
+        ratio = torch.exp(s["logp"] - s["old_logp"])[mask]
+        a = advantages[mask]
+        bands["swapped"] += int((((a > 0) & (ratio > 1.2) & (ratio < 1.28)) | ((a < 0) & (ratio > 0.72) &
+                                                                              (ratio < 0.8))).sum())
+        bands["dual"] += int(((a < 0) & (ratio > 1.5)).sum())
+    assert bands["swapped"] > 0 and bands["dual"] > 0, f"the run must test the bounds and the dual clip: {bands}"
+    assert all(r["clip_frac"] > 0 for r in history) and max(r["dual_clip_frac"] for r in history) > 0, history
+
+
 def test_local_dataset_file_and_local_model_directory(tmp_path):
     """Data and models load from local paths through datasets / from_pretrained."""
     model, tokenizer = sdpg.build_tiny_model()
