@@ -1323,20 +1323,37 @@ def checkpoint_to_resume(cfg: Config) -> str:
 
 
 def rng_states() -> dict:
+    """Every RNG's state as tensors, tuples, lists and numbers: what torch.load(weights_only=True) reads back."""
     import numpy
 
-    return {"python": random.getstate(), "numpy": numpy.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    name, keys, position, has_gauss, gauss = numpy.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), position, has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_states(states: dict):
     import numpy
 
     random.setstate(states["python"])
-    numpy.random.set_state(states["numpy"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    numpy.random.set_state((name, numpy.array(keys, dtype=numpy.uint32), position, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def read_trainer_state(path: str) -> dict:
+    """trainer_state.pt read with weights_only=True: tensors and plain values only, so a run folder handed out by
+    someone else cannot run code on this machine (a full unpickle can)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        fail(f"{path} holds more than tensors and plain values ({found[1] if found else 'an object'}), so it is not "
+             f"loaded: unpickling it could run code. A checkpoint of sdpg.py before 2026-12-06 is such a file; start a "
+             f"new run from its weights with --model {os.path.dirname(path)}")
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -1360,7 +1377,7 @@ def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list
     run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[],
                metrics_path=os.path.join(cfg.output_dir, "metrics.jsonl"))
     if resume_from:
-        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        state = read_trainer_state(os.path.join(resume_from, "trainer_state.pt"))
         load_optimizer_state(model, optimizer, state["optimizer"])  # Appendix E: FSDP2 shards it
         run.update(step=state["step"], order=state["order"])
         run["shuffler"].setstate(state["shuffler"])

@@ -1912,6 +1912,32 @@ def test_an_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_p
         train(tmp_path / "file")
 
 
+class PlantedPayload:
+    """What a malicious trainer_state.pt holds: unpickling it calls Path.touch (any function could be called)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_resume_never_unpickles_code_from_a_run_folder(tmp_path):
+    """A run folder someone hands out: its trainer_state.pt is read with weights_only=True (the RNG and shuffler
+    states are tensors, tuples and lists), so a planted pickle payload is refused in one line and never runs."""
+    train(tmp_path, "--steps", "1", "--save-every", "1")
+    state_path = tmp_path / "step_1" / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=True)  # what sdpg.py writes loads without unpickling code
+    marker = tmp_path / "payload-ran"
+    torch.save(dict(state, order=[PlantedPayload(str(marker))]), state_path)
+    with pytest.raises(SystemExit, match=r"trainer_state\.pt holds more than tensors and plain values "
+                                         r"\(getattr\), so it is not loaded: unpickling it could run code"):
+        train(tmp_path, "--steps", "2", "--save-every", "1", "--resume")
+    assert not marker.exists(), "resuming ran the code planted in trainer_state.pt"
+
+
 def test_resume_with_different_settings_is_refused(tmp_path):
     train(tmp_path, "--steps", "2", "--save-every", "1")
     with pytest.raises(SystemExit, match=r"--lr 1e-06 → 0.1"):
