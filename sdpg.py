@@ -101,8 +101,8 @@ class Config:
     steps: int = arg(200, "T, training steps (rollout batches)")
     batch_size: int = arg(32, "B, prompts per step")
     group_size: int = arg(8, "G, responses sampled per prompt")
-    mini_batch_size: int | None = arg(None, "prompts per optimizer update; B / this = updates per step (E2's clip "
-                                      "acts when > 1; authors: 16 of 128); default B, one update")
+    mini_batch_size: int | None = arg(None, "prompts per optimizer update; default B/8, the authors' 8 updates per "
+                                      "rollout batch (16 of 128; fewer when B is small), so E2's clip acts")
     micro_batch_size: int = arg(8, "sequences per forward/backward; memory only, never the result")
     gradient_checkpointing: bool = arg(True, "recompute decoder layers in backward; --no-…: faster, more memory")
     logits_chunk_size: int = arg(128, "response positions per vocabulary projection (and its recompute); 0 = all")
@@ -165,8 +165,8 @@ class Config:
             self.dataset = "arithmetic" if self.model == "tiny" else run_config(self.model).get("dataset") or "gsm8k"
         if self.lr is None:
             self.lr = 1e-5 if self.lora_rank else 1e-6
-        if self.mini_batch_size is None:
-            self.mini_batch_size = self.batch_size
+        if self.mini_batch_size is None:  # the authors' scheme: 8 updates per rollout batch, or as many as B allows
+            self.mini_batch_size = self.batch_size // max(u for u in range(1, 9) if self.batch_size % u == 0)
 
 
 # The compute context, set once by main (nanoGPT's `ctx`): the autocast every forward and generate() run under
@@ -695,8 +695,8 @@ def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[tuple[int
 def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: int, cfg: Config):
     """E8 steps 2–4 for this process's prompts (all B of them in one process): G responses each from the student
     view, verifier rewards, advantages (E1), and the no-gradient log-probs (π_old when several updates share the
-    batch, π_ref when α > 0). Returns (batch, counts): the tensors `update` needs, one row per response, and the
-    step's counts for its log line (sums, so that ranks add them up)."""
+    batch, π_ref when α > 0). Returns (batch, counts, seconds): the tensors `update` needs, one row per response, the
+    step's counts for its log line (sums, so that ranks add them up) and the seconds spent generating."""
     plain = unwrap(model)  # generate with the model itself, not a DDP wrapper (Appendix E)
     device, pad_id = next(plain.parameters()).device, tokenizer.pad_token_id
     per_sequence = [row for _, row in prompts for _ in range(cfg.group_size)]  # groups contiguous
@@ -707,8 +707,10 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     uniforms = rollout_uniforms(cfg.seed, step, responses, cfg.batch_size * cfg.group_size,
                                 batch["prompt_ids"].shape[1])  # Appendix E: the same draws on any number of ranks
     set_layer_recompute(plain, False)
+    started = time.time()
     batch["response_ids"], batch["response_mask"] = sample_responses(plain, tokenizer, batch, cfg.max_new_tokens,
                                                                      cfg.temperature, uniforms)  # (B*G, T) each
+    seconds = time.time() - started
     completions = decode_responses(tokenizer, batch["response_ids"], batch["response_mask"])
     truncated = truncated_responses(batch["response_ids"], eos_token_ids(plain, tokenizer))  # (B*G,)
     rewards, verifier_errors = score_responses(completions, [row["answer"] for row in per_sequence],
@@ -726,7 +728,7 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
                   zero_std_groups=(rewards.view(-1, cfg.group_size).std(dim=1) == 0).sum(), groups=len(prompts),
                   response_tokens=batch["response_mask"].sum(), truncated=truncated.sum(),
                   verifier_errors=verifier_errors)
-    return batch, {key: float(value) for key, value in counts.items()}
+    return batch, {key: float(value) for key, value in counts.items()}, seconds
 
 
 @torch.no_grad()
@@ -824,8 +826,7 @@ def main(cfg: Config) -> list[dict]:
         for step in progress:
             started = time.time()
             prompts = rank_share(next_prompts(rows, run, cfg.batch_size), cfg, rank, world)  # 1
-            batch, counts = rollout(model, reference, tokenizer, prompts, step, cfg)  # 2–4
-            rollout_time = time.time() - started
+            batch, counts, rollout_time = rollout(model, reference, tokenizer, prompts, step, cfg)  # 2–4
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -1408,7 +1409,9 @@ def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list
 def method_summary(cfg: Config) -> str:
     """The start line's account of every setting the method implies (and any flag that overrode one)."""
     warm, decay = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
-    terms = [f"E2 clip ({cfg.clip_low}, {cfg.clip_high}) c {cfg.clip_c}" if cfg.outcome
+    updates = cfg.batch_size // cfg.mini_batch_size
+    terms = [f"{updates} update{'s' if updates > 1 else ''} per rollout batch (mini-batch {cfg.mini_batch_size} of "
+             f"{cfg.batch_size} prompts)", f"E2 clip ({cfg.clip_low}, {cfg.clip_high}) c {cfg.clip_c}" if cfg.outcome
              else "no E2 (rewards only logged)"]
     if cfg.beta > 0:
         gate = "gated A > 0" if cfg.gate else "no gate"

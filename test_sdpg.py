@@ -165,8 +165,12 @@ def test_no_method_flag_and_method_sdpg_train_the_same_run(tmp_path, monkeypatch
 
 
 def test_batch_size_alone_never_conflicts_with_a_default():
+    """The default mini-batch is the authors' 8 updates per rollout batch (16 of 128 prompts), or as many updates
+    as a smaller B divides into: --batch-size alone never meets a mini-batch that does not divide it."""
     cfg = sdpg.parse_config(["--model", "tiny", "--batch-size", "2"])
-    assert cfg.mini_batch_size == 2
+    assert cfg.mini_batch_size == 1  # two updates of one prompt (and its G responses) each
+    assert {b: sdpg.Config(model="tiny", batch_size=b).mini_batch_size for b in (1, 6, 12, 32, 128)} == \
+        {1: 1, 6: 1, 12: 2, 32: 4, 128: 16}
 
 
 def test_an_abbreviated_or_unknown_flag_is_an_error(capsys):
@@ -202,7 +206,7 @@ def test_config_fields_hold_the_values_a_run_uses_and_main_trains_from_python(tm
     """Config() is usable as it is: the derived defaults (learning rate by LoRA or not, mini-batch, dataset for tiny,
     the method's settings) are resolved when it is built, and main(Config(...)) trains, as a notebook would call it."""
     assert (sdpg.Config().lr, sdpg.Config(lora_rank=8).lr, sdpg.Config(lr=3e-4).lr) == (1e-6, 1e-5, 3e-4)
-    assert sdpg.Config(batch_size=6).mini_batch_size == 6 and sdpg.Config(model="tiny").dataset == "arithmetic"
+    assert sdpg.Config(batch_size=6).mini_batch_size == 1 and sdpg.Config(model="tiny").dataset == "arithmetic"
     assert sdpg.Config().dataset == "gsm8k" and sdpg.Config().clip_high == 0.28 and sdpg.Config().gate is True
     history = sdpg.main(sdpg.Config(model="tiny", dataset="arithmetic", steps=2, batch_size=2, max_new_tokens=16,
                                     output_dir=str(tmp_path / "run")))
@@ -1551,8 +1555,8 @@ def test_the_seed_study_settings_train_as_before_the_methods_existed(tmp_path, m
     monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
     cfg = sdpg.parse_config(["--model", "tiny", "--dataset", "arithmetic-easy", "--steps", "3", "--batch-size", "2",
                              "--group-size", "8", "--max-new-tokens", "24", "--temperature", "0.3", "--lr", "1e-5",
-                             "--warmup-steps", "0", "--no-gradient-checkpointing", *flags, "--output-dir",
-                             str(tmp_path)])
+                             "--warmup-steps", "0", "--no-gradient-checkpointing", "--mini-batch-size", "2", *flags,
+                             "--output-dir", str(tmp_path)])  # one update per batch, as the script pins it
     history = sdpg.main(cfg)
     expected = SEED_STUDY_BEFORE_METHODS[arm]
     assert [r["reward"] for r in history] == [e[0] for e in expected]
@@ -1809,7 +1813,8 @@ def test_verifier_reads_math_but_never_runs_code(tmp_path):
 def test_a_run_says_what_it_loads_first_and_what_to_run_next_last(tmp_path, capsys):
     train(tmp_path, "--steps", "1")
     out = capsys.readouterr().out
-    assert re.search(r"^sdpg: method sdpg: E2 clip \(0\.2, 0\.28\) c 10\.0; E3 β 0\.001 .*; E6 α 0\.001 urkl; lr 1e-06$",
+    assert re.search(r"^sdpg: method sdpg: 1 update per rollout batch \(mini-batch 4 of 4 prompts\); "
+                     r"E2 clip \(0\.2, 0\.28\) c 10\.0; E3 β 0\.001 .*; E6 α 0\.001 urkl; lr 1e-06$",
                      out, re.M), out
     assert re.search(r"^tiny \(0\.\d M parameters\) on cpu, 2000 rows of arithmetic, 1 steps; writing "
                      + re.escape(str(tmp_path)), out, re.M)

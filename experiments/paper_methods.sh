@@ -36,8 +36,9 @@ fi
 export DEVICE_FLAGS=${DEVICE_FLAGS:-}
 # problems per generate call of the final evaluations (a GPU takes all 100 at once: 2 calls instead of 8)
 export EVAL_BATCH=${EVAL_BATCH:-25}
-# what every run shares; held-out accuracy every 10 steps on 50 test problems (greedy, strict)
-export COMMON="--model $base --student-prompt paper --strict-format --batch-size 2 --group-size 8
+# what every run shares; held-out accuracy every 10 steps on 50 test problems (greedy, strict). --mini-batch-size 2:
+# one update per rollout batch, as the committed grid was trained (sdpg.py's default is now the authors' 8 updates)
+export COMMON="--model $base --student-prompt paper --strict-format --batch-size 2 --mini-batch-size 2 --group-size 8
                --max-new-tokens 160 --lr 1e-5 --warmup-steps 0 --no-gradient-checkpointing --save-every 5
                --eval-every 10 --eval-problems 50 $DEVICE_FLAGS"
 method_flags() {
