@@ -25,8 +25,8 @@ RUNS = {
     "two-updates": dict(method="sdpg", beta=0.5, beta_warmup_steps=0, beta_decay_steps=0, mini_batch_size=2, alpha=0.1),
     "opcd": dict(method="opcd"),
 }
-BASE = dict(model="tiny", steps=3, batch_size=4, group_size=4, max_new_tokens=24, lr=1e-3, warmup_steps=0,
-            micro_batch_size=4, seed=3)
+BASE = dict(model="tiny", steps=3, batch_size=4, mini_batch_size=4, group_size=4, max_new_tokens=24, lr=1e-3,
+            warmup_steps=0, micro_batch_size=4, seed=3)  # the mini-batch given: its default changed on 2026-12-06
 CHILD = """
 import json, os, sys, tempfile
 sys.path.insert(0, sys.argv[1])
@@ -34,7 +34,7 @@ import sdpg
 sdpg.verify = lambda completion, answer, strict=False: float(len(completion) % 3 == 0)
 out = {}
 for name, extra in json.loads(sys.argv[2]).items():
-    out[name] = sdpg.main(sdpg.Config(**json.loads(sys.argv[3]), **extra,
+    out[name] = sdpg.main(sdpg.Config(**{**json.loads(sys.argv[3]), **extra},
                                       output_dir=os.path.join(tempfile.mkdtemp(), "run")))
 print(json.dumps(out))
 """
