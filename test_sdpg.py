@@ -2946,7 +2946,7 @@ def test_every_code_name_the_docs_use_exists_in_the_code():
     import glob
 
     known = set()
-    for path in ["sdpg.py", "eval.py", "test_sdpg.py", *glob.glob(os.path.join(HERE, "benchmarks", "*.py")),
+    for path in ["sdpg.py", "eval.py", "inspect_page.py", "test_sdpg.py", *glob.glob(os.path.join(HERE, "benchmarks", "*.py")),
                  *glob.glob(os.path.join(HERE, "teaching", "*.py")), *glob.glob(os.path.join(HERE, "experiments", "*.py"))]:
         for node in ast.walk(ast.parse(open(os.path.join(HERE, path), encoding="utf-8").read())):
             known.add(getattr(node, "name", None) or getattr(node, "id", None) or getattr(node, "attr", None)
