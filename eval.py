@@ -206,8 +206,11 @@ def parse_args(argv=None):
         parser = argparse.ArgumentParser(description="Plot the metrics.jsonl of sdpg.py runs, one line per run.",
                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
         parser.add_argument("--plot", nargs="+", required=True, metavar="RUN_DIR", help="sdpg.py --output-dir folders")
-        parser.add_argument("--plot-output", default="runs/curves.png", help="the PNG written")
-        return argparse.Namespace(**vars(parser.parse_args(argv)), mode="plot")
+        parser.add_argument("--plot-output", default="runs/curves.png", help="the image written: .png, .pdf or .svg")
+        args = parser.parse_args(argv)
+        if os.path.splitext(args.plot_output)[1].lower() not in (".png", ".pdf", ".svg"):
+            fail(f"--plot-output {args.plot_output!r}: name an image file ending in .png, .pdf or .svg")
+        return argparse.Namespace(**vars(args), mode="plot")
     parser = argparse.ArgumentParser(description="Evaluate models with SDPG's prompt and verifier. Two other modes "
                                      "own their flags: --plot RUN_DIR … (curves of runs) and --inspect MODEL (the "
                                      "token page, inspect_page.py).",
@@ -243,6 +246,9 @@ def parse_args(argv=None):
     args.datasets = [name.strip() for name in args.dataset.split(",") if name.strip()]
     if args.student_prompt not in (None, *sdpg.STUDENT_PROMPTS):
         fail(f"--student-prompt {args.student_prompt!r} is unknown; choose one of {', '.join(sdpg.STUDENT_PROMPTS)}")
+    if args.output and os.path.isdir(args.output):
+        fail(f"--output {args.output!r} is a folder; name a file for the per-problem JSONL, e.g. "
+             f"{os.path.join(args.output, 'eval.jsonl')}")
     if not args.models:
         fail("nothing to do: pass --model M, --compare A B, --inspect MODEL or --plot RUN_DIR")
     if len(args.models) > 2:

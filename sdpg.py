@@ -1632,6 +1632,8 @@ def field_kind(field) -> type:
 
 def check_config(cfg: Config):
     """Every flag checked before anything is loaded: one line naming the one bad flag and the fix."""
+    if not cfg.output_dir.strip():
+        fail("--output-dir is empty: it would write the run into the current folder; name a folder, e.g. runs/sdpg")
     cfg.output_dir = os.path.normpath(cfg.output_dir)  # runs/x/ and runs/x are one run
     if cfg.group_size < 2:
         fail(f"--group-size {cfg.group_size}: E1 compares responses within a group, so G must be ≥ 2")
@@ -1660,7 +1662,8 @@ def check_config(cfg: Config):
     if not 0 <= cfg.rlsd_clip < 1:
         fail(f"--rlsd-clip {cfg.rlsd_clip} must be in [0, 1) (ε_w clips u_t to [1 − ε_w, 1 + ε_w])")
     if not (cfg.outcome or cfg.beta > 0):
-        fail("--no-outcome with --beta 0 leaves no loss term; give --beta > 0 (OPCD) or drop --no-outcome")
+        cause = "--method opcd (no E2)" if cfg.method == "opcd" else "--no-outcome"
+        fail(f"{cause} with --beta 0 leaves no loss term; give --beta > 0, or another --method for --beta 0")
     for flag in ("beta", "alpha", "weight_decay", "clip_low", "clip_high", "warmup_steps", "save_every",
                  "keep_checkpoints", "logits_chunk_size"):
         if not getattr(cfg, flag) >= 0:
@@ -1680,6 +1683,7 @@ def check_config(cfg: Config):
              f"held-out problems")
     if cfg.resume and cfg.overwrite:
         fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
+    refuse_what_is_no_model(cfg.model)
     resolve_device(cfg.device)
 
 
@@ -1738,7 +1742,9 @@ BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
 def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
     """Rows of {question, answer, solution}: a built-in task, a Hub dataset by name, or a local file."""
     if name in BUILT_IN_DATASETS:
-        return arithmetic_rows(split="test" if split == "test" else "train", easy=name == "arithmetic-easy")
+        if split not in ("train", "test"):
+            fail(f"--split {split!r}: the built-in {name} task has the splits train and test")
+        return arithmetic_rows(split=split, easy=name == "arithmetic-easy")
     if name in HUB_DATASETS:
         table, question_field, answer_field = load_hub_table(name, split)
     else:
@@ -1782,21 +1788,29 @@ def read_local_table(name: str, question_field: str, answer_field: str):
         fail(f"dataset file {name!r} not found; check the path")
     if os.path.getsize(name) == 0:
         fail(f"dataset file {name!r} is empty")
+    with open(name, "rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            fail(f"{name!r} is UTF-16 text; save it as UTF-8 (in Excel: CSV UTF-8)")
     if builder == "json":  # `datasets` reports a bad line as "An error occurred while generating the dataset"
         with open(name, encoding="utf-8-sig", errors="replace") as f:
-            text = next((line for line in f if line.strip()), "") if name.endswith(".jsonl") else f.read()
-        try:
-            json.loads(text)
-        except ValueError as error:
-            fail(f"{name!r} is not valid {'JSON lines' if name.endswith('.jsonl') else 'JSON'} ({error}); "
-                 f"expected one object per line with the fields {question_field!r} and {answer_field!r}")
+            lines = list(enumerate(f, 1)) if name.endswith(".jsonl") else [(1, f.read())]
+        for number, text in (line for line in lines if line[1].strip()):
+            try:
+                json.loads(text)
+            except ValueError as error:
+                kind, where = ("JSON lines", f"line {number}: ") if name.endswith(".jsonl") else ("JSON", "")
+                fail(f"{name!r} is not valid {kind} ({where}{error}); expected one object per line (JSON lines) or a "
+                     f"list of objects (JSON) with the fields {question_field!r} and {answer_field!r}")
     options = {}
     with open(name, "rb") as f:  # Excel's "CSV UTF-8" (and some editors) start the file with a byte-order mark
         if f.read(3) == b"\xef\xbb\xbf":
             options["encoding"] = "utf-8-sig"
     if builder == "csv":  # every column as text: pandas reads "2" as 2.0 once a cell of its column is empty
         with open(name, newline="", encoding="utf-8-sig", errors="replace") as f:
-            options["features"] = datasets.Features({c: datasets.Value("string") for c in next(csv.reader(f), [])})
+            rows = csv.reader(f)
+            options["features"] = datasets.Features({c: datasets.Value("string") for c in next(rows, [])})
+            if next(rows, None) is None:
+                fail(f"{name!r} has a header and no rows; add the problems, one per row")
     try:
         table = datasets.load_dataset(builder, data_files=name, split="train", **options)
     except Exception as error:  # noqa: BLE001 — any reader error becomes one line
@@ -1840,7 +1854,19 @@ def resolve_model_path(name: str) -> tuple[str, dict]:
             return steps[-1][1], {}
         fail(f"--model {name!r} is a sdpg.py run folder with no final/ or step_N/ model yet; pass a model, or "
              f"wait for the run to save one")
+    refuse_what_is_no_model(name)
     return name, {}
+
+
+def refuse_what_is_no_model(name: str):
+    """A local folder without config.json (and not a run folder), or a file that is not a .gguf, is no model."""
+    is_run = os.path.isfile(os.path.join(name, "metrics.jsonl")) or os.path.isdir(os.path.join(name, "final"))
+    if os.path.isdir(name) and not is_run and not os.path.isfile(os.path.join(name, "config.json")):
+        fail(f"--model {name!r} is a folder without config.json, so no model: pass a folder that save_pretrained "
+             f"wrote, a run folder, a .gguf file, a hub id or tiny")
+    if os.path.isfile(name) and not name.endswith(".gguf"):
+        fail(f"--model {name!r} is a file but not a .gguf: pass a model folder, a run folder, a .gguf file, a hub id "
+             f"or tiny")
 
 
 def arithmetic_question(rng: random.Random, easy: bool) -> tuple[str, str, int]:

@@ -2089,6 +2089,44 @@ def test_empty_or_malformed_jsonl_is_one_line(tmp_path, content, message):
         sdpg.load_rows(str(tmp_path / "rows.jsonl"))
 
 
+@pytest.mark.parametrize("kind, message", [
+    ("bad-line-3.jsonl", r"is not valid JSON lines \(line 3: "),
+    ("header-only.csv", "has a header and no rows"),
+    ("utf16.csv", "is UTF-16 text; save it as UTF-8"),
+])
+def test_a_malformed_local_table_is_one_line_naming_what_is_wrong(tmp_path, kind, message):
+    """A JSONL file's bad line is named by its number; a CSV with only a header, or saved as UTF-16, is said as such
+    (not "corresponds to no data" or "an error occurred while generating the dataset")."""
+    good = json.dumps({"question": "What is 1+1?", "answer": "2"}) + "\n"
+    path = tmp_path / kind
+    if kind.endswith(".jsonl"):
+        path.write_text(good * 2 + "{not json\n" + good)
+    elif kind == "header-only.csv":
+        path.write_text("question,answer\n")
+    else:
+        path.write_bytes("question,answer\nWhat is 1+1?,2\n".encode("utf-16"))
+    with pytest.raises(SystemExit, match=message):
+        sdpg.load_rows(str(path))
+
+
+@pytest.mark.parametrize("case", ["empty output dir", "opcd with beta 0", "empty folder as model", "file as model"])
+def test_input_that_would_go_silently_wrong_is_one_line_before_anything_is_written(tmp_path, monkeypatch, case):
+    """`--output-dir ""` (it would write into the current folder), `--method opcd --beta 0` (named as typed), an
+    empty folder or a README as --model: one line each, from the flags alone, and nothing written anywhere."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "README.md").write_text("# not a model\n")
+    args, message = {
+        "empty output dir": (["--output-dir", ""], "--output-dir is empty: it would write the run into the current"),
+        "opcd with beta 0": (["--method", "opcd", "--beta", "0"], r"--method opcd \(no E2\) with --beta 0 leaves no"),
+        "empty folder as model": (["--model", "empty"], "--model 'empty' is a folder without config.json, so no"),
+        "file as model": (["--model", "README.md"], "--model 'README.md' is a file but not a .gguf"),
+    }[case]
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        sdpg.main(sdpg.parse_config(["--model", "tiny", "--output-dir", "run", *args]))
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "empty"] and not os.listdir(tmp_path / "empty")
+
+
 def test_rows_with_an_empty_question_or_answer_are_dropped_and_counted(tmp_path, capsys):
     """A CSV cell left empty must not become the answer "None" (which `\\boxed{None}` would then match)."""
     (tmp_path / "rows.csv").write_text("question,answer\nWhat is 1+1?,2\nWhat is 2+2?,\n,5\nWhat is 3+3?,6\n")
@@ -2542,6 +2580,10 @@ def test_compare_evaluates_both_models_on_the_same_problems(tmp_path, capsys):
     (["--model", "tiny", "--n", "0"], "--n 0"),
     (["--model", "tiny", "--n", "4"], "greedy"),
     (["--plot", "/no/such/run"], "metrics.jsonl not found"),
+    (["--plot", "/no/such/run", "--plot-output", "curves.txt"], "name an image file ending in .png, .pdf or .svg"),
+    (["--model", "tiny", "--dataset", "arithmetic", "--split", "validation"],
+     "the built-in arithmetic task has the splits train and test"),
+    (["--model", "tiny", "--dataset", "arithmetic", "--output", "/tmp"], "--output '/tmp' is a folder; name a file"),
 ])
 def test_eval_bad_input_gets_a_one_line_error(args, message):
     with pytest.raises(SystemExit, match=message):
