@@ -218,9 +218,10 @@ def parse_args(argv=None):
     parser.add_argument("--model", action="append", help="hub id, local directory, sdpg.py run folder (its final/), "
                         ".gguf file or `tiny`; twice to compare")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate A and B on the same problems and seed")
-    parser.add_argument("--dataset", default="gsm8k", help="one or several, comma-separated: gsm8k | math500 | aime24 "
+    parser.add_argument("--dataset", default=None, help="one or several, comma-separated: gsm8k | math500 | aime24 "
                         "| aime25 | amc23 (from the Hub) | arithmetic | arithmetic-easy | a .jsonl/.json/.csv/.parquet "
-                        "file with the fields `question` (or `problem`) and `answer`")
+                        "file with the fields `question` (or `problem`) and `answer`; default: the dataset of the "
+                        "first sdpg.py run folder among the models (its test split), else gsm8k")
     parser.add_argument("--question-field", default="question", help="problem column of a local file (`problem` is "
                         "picked up by itself when there is no `question`, as in MATH-500 and AIME)")
     parser.add_argument("--answer-field", default="answer", help="ground-truth column of a local file")
@@ -243,6 +244,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.mode = "evaluate"
     args.models = args.compare or args.model or []
+    if args.dataset is None:  # a run folder is evaluated on what it trained on, as sdpg.py --model RUN_FOLDER does
+        trained = next((sdpg.run_config(name).get("dataset") for name in args.models if sdpg.run_config(name)), None)
+        args.dataset = trained or "gsm8k"
+        if trained:
+            print(f"evaluating on {trained} (split {args.split}), the dataset the run trained on; --dataset to choose")
     args.datasets = [name.strip() for name in args.dataset.split(",") if name.strip()]
     if args.student_prompt not in (None, *sdpg.STUDENT_PROMPTS):
         fail(f"--student-prompt {args.student_prompt!r} is unknown; choose one of {', '.join(sdpg.STUDENT_PROMPTS)}")

@@ -117,8 +117,13 @@ def render_page(data: dict, title: str) -> str:
     kl_max, delta_max = inspect_colours(data)
     parts = []
     for r, response in enumerate(data["responses"]):
-        gate = ('<span class="open">gate open: E3 acts</span>' if response["gate"] else
-                '<span class="closed">gate closed (A ≤ 0): E3 does not act</span>')  # the markup of one response
+        if not data.get("beta", 1.0):  # E3 as the run trained it: its β_base and whether E4's gate was on
+            gate = '<span class="closed">β = 0: E3 does not act</span>'
+        elif not data.get("gate_used", True):
+            gate = '<span class="open">no gate: E3 acts on every response</span>'
+        else:
+            gate = ('<span class="open">gate open: E3 acts</span>' if response["gate"] else
+                    '<span class="closed">gate closed (A ≤ 0): E3 does not act</span>')
         mean_kl = sum(t["kl"] for t in response["tokens"]) / max(1, len(response["tokens"]))
         spans = "".join(
             f'<span class="tok" tabindex="0" data-r="{r}" data-t="{t}" '
@@ -136,21 +141,23 @@ def render_page(data: dict, title: str) -> str:
     numbers = json.dumps(data).replace("</", "<\\/")  # no "</script>" inside the script element
     kl_bar = f"linear-gradient(90deg, #fff, {colour(1, 1, False)})"
     delta_bar = f"linear-gradient(90deg, {colour(-1, 1, True)}, #fff, {colour(1, 1, True)})"
-    fields = dict(title=escape(title), temperature=str(data["temperature"]), problem=escape(data["problem"]),
-                  answer=escape(str(data["answer"])), context=escape(data["context"]), kl_bar=kl_bar,
-                  kl_max=f"{kl_max:.2f}", delta_bar=delta_bar, delta_max=f"{delta_max:.1f}", responses="".join(parts),
-                  numbers=numbers)
+    e3 = f"β_base {data.get('beta', 1e-3)}, " + ("gated to A > 0" if data.get("gate_used", True) else "no gate")
+    fields = dict(title=escape(title), temperature=str(data["temperature"]), e3=escape(e3),
+                  problem=escape(data["problem"]), answer=escape(str(data["answer"])), context=escape(data["context"]),
+                  kl_bar=kl_bar, kl_max=f"{kl_max:.2f}", delta_bar=delta_bar, delta_max=f"{delta_max:.1f}",
+                  responses="".join(parts), numbers=numbers)
     with open(TEMPLATE, encoding="utf-8") as f:
         return re.sub(r"\{\{(\w+)\}\}", lambda field: fields[field[1]], f.read())  # one pass: no field is re-read
 
 
 def training_settings(model: str) -> dict:
     """What a sdpg.py run folder was trained with (its config.json), else sdpg.py's defaults: the prompt, the
-    teacher's context, τ, the response length, the scorer and G, so --inspect sees what training saw."""
+    teacher's context, τ, the response length, the scorer, G, and E3's gate and β_base, so --inspect sees what
+    training saw."""
     saved = sdpg.run_config(model)
     defaults = sdpg.Config(model="tiny")
     keys = ("student_prompt", "teacher_context", "temperature", "max_new_tokens", "strict_format", "group_size",
-            "logits_chunk_size")
+            "logits_chunk_size", "gate", "beta")
     return {key: saved.get(key, getattr(defaults, key)) for key in keys}
 
 
@@ -160,8 +167,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     parser.add_argument("--inspect", metavar="MODEL", required=True, help="hub id, local directory, sdpg.py run "
                         "folder (its settings are used), .gguf file or `tiny`")
-    parser.add_argument("--dataset", default="gsm8k", help="gsm8k | math500 | aime24 | aime25 | amc23 | arithmetic | "
-                        "arithmetic-easy | a .jsonl/.json/.csv/.parquet file")
+    parser.add_argument("--dataset", default=None, help="gsm8k | math500 | aime24 | aime25 | amc23 | arithmetic | "
+                        "arithmetic-easy | a .jsonl/.json/.csv/.parquet file; default the run's own, else gsm8k")
     parser.add_argument("--question-field", default="question", help="problem column of a local file")
     parser.add_argument("--answer-field", default="answer", help="ground-truth column of a local file")
     parser.add_argument("--split", default="test", help="dataset split")
@@ -178,7 +185,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA) | bfloat16 | float32")
     args = parser.parse_args(argv)
-    args.datasets = [args.dataset]
+    args.datasets = [args.dataset or sdpg.run_config(args.inspect).get("dataset") or "gsm8k"]
     if args.student_prompt not in (None, *sdpg.STUDENT_PROMPTS):
         fail(f"--student-prompt {args.student_prompt!r} is unknown; choose one of {', '.join(sdpg.STUDENT_PROMPTS)}")
     if args.teacher_context not in (None, *sdpg.TEACHER_CONTEXTS):
@@ -211,7 +218,8 @@ def main(args) -> dict:
                               settings["teacher_context"], args.student_prompt or settings["student_prompt"],
                               args.strict_format or settings["strict_format"], settings["logits_chunk_size"] or 128,
                               device)
-    data.update(model=args.inspect, dataset=args.datasets[0], index=args.index, seconds=time.time() - started)
+    data.update(model=args.inspect, dataset=args.datasets[0], index=args.index, seconds=time.time() - started,
+                gate_used=settings["gate"], beta=settings["beta"])
     base = os.path.splitext(args.output or "runs/inspect.html")[0]
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     with open(base + ".json", "w", encoding="utf-8") as f:

@@ -95,7 +95,8 @@ class Config:
     answer_field: str = arg("answer", "column holding the ground truth (text after `####` if present)")
     student_prompt: str = arg("qwen", "the instruction around x: qwen (Qwen's math instruction after x) | paper "
                               "(Figure 4: 'Solve the following math problem step by step…' before x, a reminder after)")
-    teacher_context: str = arg("paper", "privileged context c: paper (Figure 4: answer + solution) | answer | solution")
+    teacher_context: str | None = arg(None, "privileged context c: paper (Figure 4: answer + solution) | answer | "
+                                      "solution; default paper (the run's own for --model RUN_FOLDER)")
     max_prompt_length: int = arg(1024, "tokens; a longer student or teacher prompt is an error, never cut")
     # -- E8 sizes
     steps: int = arg(200, "T, training steps (rollout batches)")
@@ -163,6 +164,8 @@ class Config:
                 setattr(self, name, value)
         if self.dataset is None:
             self.dataset = "arithmetic" if self.model == "tiny" else run_config(self.model).get("dataset") or "gsm8k"
+        if self.teacher_context is None:  # --model RUN_FOLDER continues with the context that run trained with
+            self.teacher_context = run_config(self.model).get("teacher_context") or "paper"
         if self.lr is None:
             self.lr = 1e-5 if self.lora_rank else 1e-6
         if self.mini_batch_size is None:  # the authors' scheme: 8 updates per rollout batch, or as many as B allows

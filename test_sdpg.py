@@ -2189,6 +2189,25 @@ def test_a_run_folder_as_model_trains_on_its_own_dataset(tmp_path):
     assert sdpg.parse_config(["--model", str(tmp_path / "run"), "--dataset", "arithmetic"]).dataset == "arithmetic"
 
 
+def test_a_run_folder_is_continued_evaluated_and_inspected_as_it_trained(tmp_path):
+    """A run trained on a local file without worked solutions (--teacher-context answer), without the gate: as
+    --model it continues with that teacher context and dataset (no flag to repeat), eval.py evaluates it on that
+    dataset, and the token page shows E3 as the run trained it (no gate, β_base 1), never "gate closed"."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
+    run = tmp_path / "run"
+    train(run, "--steps", "1", "--dataset", str(rows), "--teacher-context", "answer", "--no-gate", "--beta", "1")
+    cfg = sdpg.parse_config(["--model", str(run), "--output-dir", str(tmp_path / "more")])
+    assert (cfg.teacher_context, cfg.dataset) == ("answer", str(rows))
+    assert evaluation.parse_args(["--model", str(run)]).datasets == [str(rows)]
+    assert evaluation.parse_args(["--model", str(run), "--dataset", "arithmetic"]).datasets == ["arithmetic"]
+    evaluation.main(evaluation.parse_args(["--inspect", str(run), "--n", "2", "--max-new-tokens", "4",
+                                           "--output", str(tmp_path / "page.html")]))
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    assert page.count("no gate: E3 acts on every response") == 2 and "gate closed" not in page
+    assert "E3 as the run trained it: β_base 1.0, no gate" in page
+
+
 @pytest.mark.parametrize("suffix, text", [
     (".csv", "question,answer\nWhat is 2 + 2?,4\nWhat is 3 + 3?,6\n"),
     (".jsonl", '{"question": "What is 2 + 2?", "answer": "4"}\n{"question": "What is 3 + 3?", "answer": "6"}\n'),
