@@ -244,11 +244,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.mode = "evaluate"
     args.models = args.compare or args.model or []
-    if args.dataset is None:  # a run folder is evaluated on what it trained on, as sdpg.py --model RUN_FOLDER does
-        trained = next((sdpg.run_config(name).get("dataset") for name in args.models if sdpg.run_config(name)), None)
-        args.dataset = trained or "gsm8k"
-        if trained:
-            print(f"evaluating on {trained} (split {args.split}), the dataset the run trained on; --dataset to choose")
+    if args.dataset is None:  # a run folder is evaluated on its own data, as sdpg.py --model RUN_FOLDER trains on it
+        run = next((sdpg.run_config(name) for name in args.models if sdpg.run_config(name)), {})
+        args.dataset = run.get("eval_dataset") or run.get("dataset") or "gsm8k"
+        if run:
+            trained_on = " (a local file: the problems the run trained on)" if not run.get("eval_dataset") and \
+                os.path.splitext(args.dataset)[1] else f" (split {args.split})"
+            print(f"evaluating on {args.dataset}{trained_on}, the run's own data; --dataset to choose")
     args.datasets = [name.strip() for name in args.dataset.split(",") if name.strip()]
     if args.student_prompt not in (None, *sdpg.STUDENT_PROMPTS):
         fail(f"--student-prompt {args.student_prompt!r} is unknown; choose one of {', '.join(sdpg.STUDENT_PROMPTS)}")

@@ -95,8 +95,7 @@ class Config:
     answer_field: str = arg("answer", "column holding the ground truth (text after `####` if present)")
     student_prompt: str = arg("qwen", "the instruction around x: qwen (Qwen's math instruction after x) | paper "
                               "(Figure 4: 'Solve the following math problem step by step…' before x, a reminder after)")
-    teacher_context: str | None = arg(None, "privileged context c: paper (Figure 4: answer + solution) | answer | "
-                                      "solution; default paper (the run's own for --model RUN_FOLDER)")
+    teacher_context: str | None = arg(None, "c: paper (answer + solution, Fig. 4) | answer | solution; run's/paper")
     max_prompt_length: int = arg(1024, "tokens; a longer student or teacher prompt is an error, never cut")
     # -- E8 sizes
     steps: int = arg(200, "T, training steps (rollout batches)")
@@ -164,7 +163,7 @@ class Config:
                 setattr(self, name, value)
         if self.dataset is None:
             self.dataset = "arithmetic" if self.model == "tiny" else run_config(self.model).get("dataset") or "gsm8k"
-        if self.teacher_context is None:  # --model RUN_FOLDER continues with the context that run trained with
+        if self.teacher_context is None:  # --model RUN_FOLDER continues with the context it trained with
             self.teacher_context = run_config(self.model).get("teacher_context") or "paper"
         if self.lr is None:
             self.lr = 1e-5 if self.lora_rank else 1e-6
@@ -1320,7 +1319,7 @@ def checkpoint_to_resume(cfg: Config) -> str:
              f"start a new run from it with --model {out}, or --overwrite to start it again")
     if not found:
         fail(f"--resume: no step_N/ checkpoint in {out!r} (the run saves one every --save-every steps and on "
-             f"Ctrl-C); start it again with --overwrite, or start a new run from it with --model {out}")
+             f"Ctrl-C, not after a second Ctrl-C): nothing to continue from; start it again with --overwrite")
     if done >= cfg.steps:
         fail(f"the run in {out!r} already reached step {done}; pass --steps N with N > {done} to train on")
     return found[-1][1]
@@ -1456,7 +1455,8 @@ def heldout_rows(cfg: Config, tokenizer) -> list[dict]:
     if not cfg.eval_every:
         return []
     name = cfg.eval_dataset or cfg.dataset
-    rows = load_rows(name, cfg.question_field, cfg.answer_field, split="test")[:cfg.eval_problems]
+    flag = "--eval-dataset" if cfg.eval_dataset else "--dataset"
+    rows = load_rows(name, cfg.question_field, cfg.answer_field, "test", flag)[:cfg.eval_problems]
     for row in rows:
         row["prompt_ids"] = build_prompt(tokenizer, row["question"], style=cfg.student_prompt)
     return rows
@@ -1553,10 +1553,13 @@ def stop_run(cfg: Config, progress, signum: int, step: int, world: int = 1):
 def announce_end(cfg: Config):
     if rank_of() > 0:
         return
-    final = os.path.join(cfg.output_dir, "final")
+    final, quote = os.path.join(cfg.output_dir, "final"), shlex.quote
+    # held-out problems: the run's --eval-dataset, the test split of a named dataset, never the file it trained on
+    held_out = cfg.eval_dataset or (cfg.dataset if not os.path.splitext(cfg.dataset)[1] else "HELD_OUT.jsonl")
     print(f"done: model in {final}/, metrics in {os.path.join(cfg.output_dir, 'metrics.jsonl')}\n"
-          f"next: python eval.py --compare {cfg.model} {final} --dataset {cfg.dataset} --limit 100   "
-          f"(and python eval.py --plot {cfg.output_dir} --plot-output {cfg.output_dir}/curves.png)", flush=True)
+          f"next: python eval.py --compare {quote(cfg.model)} {quote(final)} --dataset {quote(held_out)} --limit 100"
+          f"   (and python eval.py --plot {quote(cfg.output_dir)} --plot-output "
+          f"{quote(os.path.join(cfg.output_dir, 'curves.png'))})", flush=True)
 
 
 @contextlib.contextmanager
@@ -1684,6 +1687,8 @@ def check_config(cfg: Config):
     if cfg.eval_every and not cfg.eval_dataset and os.path.splitext(cfg.dataset)[1]:
         fail(f"--eval-every on the local file {cfg.dataset!r}: it has no test split; pass --eval-dataset with "
              f"held-out problems")
+    if cfg.eval_every and cfg.eval_dataset and cfg.eval_dataset not in HUB_DATASETS:  # a file: read it now
+        load_rows(cfg.eval_dataset, cfg.question_field, cfg.answer_field, "test", "--eval-dataset")
     if cfg.resume and cfg.overwrite:
         fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
     refuse_what_is_no_model(cfg.model)
@@ -1742,8 +1747,10 @@ HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
 BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
 
 
-def load_rows(name: str, question_field="question", answer_field="answer", split="train") -> list[dict]:
-    """Rows of {question, answer, solution}: a built-in task, a Hub dataset by name, or a local file."""
+def load_rows(name: str, question_field="question", answer_field="answer", split="train",
+              flag="--dataset") -> list[dict]:
+    """Rows of {question, answer, solution}: a built-in task, a Hub dataset by name, or a local file. `flag`: the
+    option that named it, for the error lines (--dataset or --eval-dataset)."""
     if name in BUILT_IN_DATASETS:
         if split not in ("train", "test"):
             fail(f"--split {split!r}: the built-in {name} task has the splits train and test")
@@ -1751,7 +1758,7 @@ def load_rows(name: str, question_field="question", answer_field="answer", split
     if name in HUB_DATASETS:
         table, question_field, answer_field = load_hub_table(name, split)
     else:
-        table, question_field = read_local_table(name, question_field, answer_field)
+        table, question_field = read_local_table(name, question_field, answer_field, flag)
     rows, dropped = [], 0
     for row in table:
         question, answer = (format_field(row[key]) for key in (question_field, answer_field))
@@ -1778,7 +1785,7 @@ def load_hub_table(name: str, split: str):
         fail_to_load(hub_id, "dataset", error)
 
 
-def read_local_table(name: str, question_field: str, answer_field: str):
+def read_local_table(name: str, question_field: str, answer_field: str, flag: str = "--dataset"):
     """(table, question field) of a local .jsonl/.json/.csv/.parquet file; a MATH-style `problem` column is taken
     when there is no `question`. Every malformed file is one line, not a `datasets` traceback."""
     import datasets
@@ -1786,9 +1793,9 @@ def read_local_table(name: str, question_field: str, answer_field: str):
     builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(os.path.splitext(name)[1])
     if builder is None:
         known = ["gsm8k", *BUILT_IN_DATASETS, *(n for n in HUB_DATASETS if n != "gsm8k")]
-        fail(f"--dataset {name!r}: expected {', '.join(known)} or a .jsonl/.json/.csv/.parquet file")
+        fail(f"{flag} {name!r}: expected {', '.join(known)} or a .jsonl/.json/.csv/.parquet file")
     if not os.path.isfile(name):
-        fail(f"dataset file {name!r} not found; check the path")
+        fail(f"{flag} file {name!r} not found; check the path")
     if os.path.getsize(name) == 0:
         fail(f"dataset file {name!r} is empty")
     with open(name, "rb") as f:
@@ -1823,7 +1830,7 @@ def read_local_table(name: str, question_field: str, answer_field: str):
         question_field = "problem"  # MATH / MATH-500 / AIME rows: `problem`, `answer`, `solution`
     for field in (question_field, answer_field):
         if field not in table.column_names:
-            fail(f"dataset {name!r} has no field {field!r} (fields: {', '.join(table.column_names)}); "
+            fail(f"{flag} {name!r} has no field {field!r} (fields: {', '.join(table.column_names)}); "
                  f"pass --question-field/--answer-field")
     return table, question_field
 

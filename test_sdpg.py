@@ -278,7 +278,7 @@ def test_the_default_teacher_context_fits_every_gsm8k_training_row():
 
     rows = sdpg.load_rows(os.path.join(HERE, "..", "shared", "gsm8k", "train.jsonl"))
     assert len(rows) == 7473 and all("<<" not in r["solution"] for r in rows)
-    tokenized = sdpg.tokenize_rows(AutoTokenizer.from_pretrained(QWEN), rows, sdpg.Config.teacher_context,
+    tokenized = sdpg.tokenize_rows(AutoTokenizer.from_pretrained(QWEN), rows, sdpg.Config().teacher_context,
                                    sdpg.Config.max_prompt_length)
     assert max(len(r["teacher_ids"]) for r in tokenized) == 559  # README: 559 tokens at most
 
@@ -1903,6 +1903,29 @@ def test_the_resume_command_rebuilds_the_same_config(flags, tmp_path):
     assert sdpg.dataclasses.asdict(again) == dict(sdpg.dataclasses.asdict(cfg), resume=True), command
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("heldout.txt", "", r"^error: --eval-dataset '.*heldout\.txt': expected gsm8k"),
+    ("heldout.csv", "q,a\nWhat is 1+1?,2\n", r"^error: --eval-dataset '.*heldout\.csv' has no field 'question'"),
+])
+def test_a_bad_eval_dataset_is_named_as_such_before_anything_is_written(tmp_path, name, content, message):
+    """--eval-dataset is read with the other flags: a wrong name or a file without the fields is one line naming
+    --eval-dataset (not --dataset), before the start lines, and leaves no config.json to refuse the corrected run."""
+    (tmp_path / name).write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        train(tmp_path / "run", "--eval-every", "1", "--eval-dataset", str(tmp_path / name))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_nothing_to_continue_from_says_to_start_again(tmp_path):
+    """A run stopped by a second Ctrl-C keeps no step_N/ and no final/: --resume says to start again with
+    --overwrite, and suggests no --model that would then fail."""
+    train(tmp_path, "--steps", "1")
+    shutil.rmtree(tmp_path / "final")
+    with pytest.raises(SystemExit, match="nothing to continue from; start it again with --overwrite$") as error:
+        train(tmp_path, "--steps", "1", "--resume")
+    assert "--model" not in str(error.value)
+
+
 def test_an_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
     train(tmp_path, "--steps", "1")
     (tmp_path / "notes.txt").write_text("mine")
@@ -2189,14 +2212,16 @@ def test_a_run_folder_as_model_trains_on_its_own_dataset(tmp_path):
     assert sdpg.parse_config(["--model", str(tmp_path / "run"), "--dataset", "arithmetic"]).dataset == "arithmetic"
 
 
-def test_a_run_folder_is_continued_evaluated_and_inspected_as_it_trained(tmp_path):
-    """A run trained on a local file without worked solutions (--teacher-context answer), without the gate: as
-    --model it continues with that teacher context and dataset (no flag to repeat), eval.py evaluates it on that
-    dataset, and the token page shows E3 as the run trained it (no gate, β_base 1), never "gate closed"."""
+def test_a_run_folder_is_continued_evaluated_and_inspected_as_it_trained(tmp_path, capsys):
+    """A run trained on a local file without worked solutions (--teacher-context answer), without the gate: its last
+    line suggests evaluating on held-out problems, not on that file; as --model it continues with that teacher
+    context and dataset (no flag to repeat), eval.py evaluates it on that dataset, and the token page shows E3 as
+    the run trained it (no gate, β_base 1), never "gate closed"."""
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
     run = tmp_path / "run"
     train(run, "--steps", "1", "--dataset", str(rows), "--teacher-context", "answer", "--no-gate", "--beta", "1")
+    assert "--dataset HELD_OUT.jsonl" in capsys.readouterr().out  # never the file the run trained on
     cfg = sdpg.parse_config(["--model", str(run), "--output-dir", str(tmp_path / "more")])
     assert (cfg.teacher_context, cfg.dataset) == ("answer", str(rows))
     assert evaluation.parse_args(["--model", str(run)]).datasets == [str(rows)]
