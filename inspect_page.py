@@ -141,7 +141,8 @@ def render_page(data: dict, title: str) -> str:
     numbers = json.dumps(data).replace("</", "<\\/")  # no "</script>" inside the script element
     kl_bar = f"linear-gradient(90deg, #fff, {colour(1, 1, False)})"
     delta_bar = f"linear-gradient(90deg, {colour(-1, 1, True)}, #fff, {colour(1, 1, True)})"
-    e3 = f"β_base {data.get('beta', 1e-3)}, " + ("gated to A > 0" if data.get("gate_used", True) else "no gate")
+    e3 = (f"E3 as {data.get('e3_from', 'the run trained it')}: β_base {data.get('beta', 1e-3)}, "
+          + ("gated to A > 0" if data.get("gate_used", True) else "no gate"))
     fields = dict(title=escape(title), temperature=str(data["temperature"]), e3=escape(e3),
                   problem=escape(data["problem"]), answer=escape(str(data["answer"])), context=escape(data["context"]),
                   kl_bar=kl_bar, kl_max=f"{kl_max:.2f}", delta_bar=delta_bar, delta_max=f"{delta_max:.1f}",
@@ -219,7 +220,8 @@ def main(args) -> dict:
                               args.strict_format or settings["strict_format"], settings["logits_chunk_size"] or 128,
                               device)
     data.update(model=args.inspect, dataset=args.datasets[0], index=args.index, seconds=time.time() - started,
-                gate_used=settings["gate"], beta=settings["beta"])
+                gate_used=settings["gate"], beta=settings["beta"],
+                e3_from="the run trained it" if sdpg.run_config(args.inspect) else "sdpg.py's defaults set it")
     base = os.path.splitext(args.output or "runs/inspect.html")[0]
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     with open(base + ".json", "w", encoding="utf-8") as f:
