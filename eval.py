@@ -245,7 +245,7 @@ def parse_args(argv=None):
     args.mode = "evaluate"
     args.models = args.compare or args.model or []
     if args.dataset is None:  # a run folder is evaluated on its own data, as sdpg.py --model RUN_FOLDER trains on it
-        run = next((sdpg.run_config(name) for name in args.models if sdpg.run_config(name)), {})
+        run = next(filter(None, map(sdpg.run_config, args.models)), {})  # the first run folder's config
         args.dataset = run.get("eval_dataset") or run.get("dataset") or "gsm8k"
         if run:
             trained_on = " (a local file: the problems the run trained on)" if not run.get("eval_dataset") and \

@@ -159,7 +159,7 @@ def training_settings(model: str) -> dict:
     defaults = sdpg.Config(model="tiny")
     keys = ("student_prompt", "teacher_context", "temperature", "max_new_tokens", "strict_format", "group_size",
             "logits_chunk_size", "gate", "beta")
-    return {key: saved.get(key, getattr(defaults, key)) for key in keys}
+    return {key: saved.get(key, getattr(defaults, key)) for key in keys} | {"from_run": bool(saved)}
 
 
 def parse_args(argv=None):
@@ -221,7 +221,7 @@ def main(args) -> dict:
                               device)
     data.update(model=args.inspect, dataset=args.datasets[0], index=args.index, seconds=time.time() - started,
                 gate_used=settings["gate"], beta=settings["beta"],
-                e3_from="the run trained it" if sdpg.run_config(args.inspect) else "sdpg.py's defaults set it")
+                e3_from="the run trained it" if settings["from_run"] else "sdpg.py's defaults set it")
     base = os.path.splitext(args.output or "runs/inspect.html")[0]
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     with open(base + ".json", "w", encoding="utf-8") as f:

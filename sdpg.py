@@ -154,17 +154,17 @@ class Config:
     dtype: str = arg("auto", "compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
 
     def __post_init__(self):
-        """The defaults that follow from other fields (the method's settings for the fields not given, the learning
-        rate, the dataset (a run folder's own), the mini-batch), so that every field holds the value the run uses."""
+        """Defaults that follow from other fields (method, run folder, LoRA, B): each field holds the run's value."""
         if self.method not in METHODS:
             fail(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
         for name, value in METHODS[self.method].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        saved = run_config(self.model)  # --model RUN_FOLDER continues with the dataset and context it trained with
         if self.dataset is None:
-            self.dataset = "arithmetic" if self.model == "tiny" else run_config(self.model).get("dataset") or "gsm8k"
-        if self.teacher_context is None:  # --model RUN_FOLDER continues with the context it trained with
-            self.teacher_context = run_config(self.model).get("teacher_context") or "paper"
+            self.dataset = "arithmetic" if self.model == "tiny" else saved.get("dataset") or "gsm8k"
+        if self.teacher_context is None:
+            self.teacher_context = saved.get("teacher_context") or "paper"
         if self.lr is None:
             self.lr = 1e-5 if self.lora_rank else 1e-6
         if self.mini_batch_size is None:  # the authors' scheme: 8 updates per rollout batch, or as many as B allows
@@ -1856,7 +1856,7 @@ def resolve_model_path(name: str) -> tuple[str, dict]:
         if missing:
             fail(f"--model {name!r} is a GGUF file, which needs {' and '.join(missing)}: pip install gguf accelerate")
         return os.path.dirname(os.path.abspath(name)), {"gguf_file": os.path.basename(name)}
-    if os.path.isfile(os.path.join(name, "metrics.jsonl")) or os.path.isdir(os.path.join(name, "final")):
+    if is_run_folder(name):
         if os.path.isfile(os.path.join(name, "final", "config.json")):
             return os.path.join(name, "final"), {}
         if steps := [s for s in resumable_checkpoints(name) if os.path.isfile(os.path.join(s[1], "config.json"))]:
@@ -1868,10 +1868,14 @@ def resolve_model_path(name: str) -> tuple[str, dict]:
     return name, {}
 
 
+def is_run_folder(name: str) -> bool:
+    """A sdpg.py --output-dir: it holds metrics.jsonl or final/ (its config.json is the run's, not a model's)."""
+    return os.path.isfile(os.path.join(name, "metrics.jsonl")) or os.path.isdir(os.path.join(name, "final"))
+
+
 def refuse_what_is_no_model(name: str):
     """A local folder without config.json (and not a run folder), or a file that is not a .gguf, is no model."""
-    is_run = os.path.isfile(os.path.join(name, "metrics.jsonl")) or os.path.isdir(os.path.join(name, "final"))
-    if os.path.isdir(name) and not is_run and not os.path.isfile(os.path.join(name, "config.json")):
+    if os.path.isdir(name) and not is_run_folder(name) and not os.path.isfile(os.path.join(name, "config.json")):
         fail(f"--model {name!r} is a folder without config.json, so no model: pass a folder that save_pretrained "
              f"wrote, a run folder, a .gguf file, a hub id or tiny")
     if os.path.isfile(name) and not name.endswith(".gguf"):
