@@ -493,7 +493,7 @@ def reverse_kl(log_p, log_q):
     log_p, log_q: (…, V) log-probabilities of the student and the teacher view (tempered_log_softmax of each
     view's logits). Exact over the whole vocabulary, not a sampled-token estimate; SG: the teacher gets no
     gradient. This is the E3 that trains, value and gradient, on every code path (token_scores differentiates it
-    by autograd, in recomputed chunks).
+    by autograd, in recomputed chunks). Returns (…): one value per position, in log_p's dtype.
     """
     return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
 
@@ -571,8 +571,8 @@ def sampled_logp(policy, batch: dict, cfg: Config) -> torch.Tensor:
 
 def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1, the paper's Eq. 2.1); std_scale=False: A_i = R_i − mean_G R
-    (Dr. GRPO). rewards (B·G,) with each group's G rewards contiguous → (B·G,); std is the sample std (Bessel), an
-    all-equal group gets 0. Raises ValueError naming `group_size` when G < 2 or G does not divide the rewards."""
+    (Dr. GRPO). rewards (B·G,) with each group's G rewards contiguous → (B·G,); std is the sample std (Bessel), ε =
+    eps; an all-equal group gets 0. Raises ValueError naming `group_size` when G < 2 or G does not divide the rewards."""
     if group_size < 2 or rewards.numel() % group_size:
         raise ValueError(f"need group_size ≥ 2 dividing {rewards.numel()} rewards, got {group_size}")
     groups = rewards.float().view(-1, group_size)  # (num_prompts, G), groups contiguous
@@ -635,7 +635,10 @@ def paper_beta_windows(total_steps: int, warmup_steps: int = -1, decay_steps: in
 
 
 def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
-    """β(k) = β_base · min(1, k/T_warm) · min(1, (T−k)/T_decay); a zero T_· disables its factor   (E5, §3.5.2)"""
+    """β(k) = β_base · min(1, k/T_warm) · max(0, min(1, (T−k)/T_decay))   (E5, §3.5.2)
+
+    k = step, T = total_steps, β_base = beta; T_warm = 0 or T_decay = 0 switches that factor off (it is 1). Past the
+    last step (k > T) β(k) is 0, never negative. Returns a float."""
     warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
     decay = max(0.0, min(1.0, (total_steps - step) / decay_steps)) if decay_steps > 0 else 1.0
     return beta * warm * decay
@@ -664,11 +667,13 @@ def sdpg_loss(terms: dict, beta_k: float, cfg: Config, num_tokens=None):
     terms: `logp`, `old_logp`, `reverse_kl` (ℓ_t), `response_mask` (B, T); `advantages` (B,) (the gate's A);
     optionally `token_advantages` (B, T) (RLSD's Â, else A broadcast) and `ref_logp` (B, T) (E6 is 0 without it).
     cfg gives α, the E6 mode, E4's gate, E2's clip and whether E2 counts at all (OPCD: no). num_tokens: the whole
-    mini-batch's token count under gradient accumulation (default: this call's). Returns (loss, per-token terms
-    (B, T), detached: `loss`, `pg_loss`, `reverse_kl` (without β, 0 where the gate is closed), `ref_kl` (without α)).
+    mini-batch's token count under gradient accumulation (default: this call's, at least 1, so a call with no response
+    token gives 0, not NaN). E2 is clipped_pg_loss, E6 is ref_kl (0 without `ref_logp`, whatever α is).
+    Returns (loss, per-token terms (B, T), detached: `loss`, `pg_loss`, `reverse_kl` (min(ℓ_t, 20) without β, 0
+    where the gate is closed), `ref_kl` (without α)).
     """
     logp, mask, advantages = terms["logp"], terms["response_mask"].float(), terms["advantages"]
-    num_tokens = mask.sum() if num_tokens is None else num_tokens
+    num_tokens = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
     token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(logp))  # (B, T)
     pg = clipped_pg_loss(logp, terms["old_logp"], token_advantages, cfg.clip_low, cfg.clip_high, cfg.clip_c)
     pg = pg if cfg.outcome else torch.zeros_like(pg)  # OPCD: the rewards play no part in the loss

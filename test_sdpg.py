@@ -128,6 +128,52 @@ def in_repository(*paths):
     return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (not in a student handout)")
 
 
+# The equations' tests speak as a teaching assistant: a wrong value is reported at the first element that differs,
+# with the formula's term there, what came, and which common slip gives exactly what came (teaching/planted_bugs.py
+# plants each slip and shows the grader's first line).
+
+
+def first_wrong(tag: str, got, expected, slips: dict, where, atol=1e-6, rtol=1e-6, shape=""):
+    """Fail with one sentence where `got` differs from `expected`: `where(index)` names the element and the formula's
+    term there; a slip (name → the value that slip gives) equal to `got` everywhere is named as the likely bug.
+    `shape` says what the expected shape means."""
+    expect_shape(got, tuple(torch.as_tensor(expected).shape), f"{tag} ({shape})" if shape else tag)
+    got, expected = got.detach().double(), torch.as_tensor(expected).detach().double()
+    close = torch.isclose(got, expected, rtol=rtol, atol=atol)
+    if bool(close.all()):
+        return
+    index = tuple(int(i) for i in (~close).nonzero()[0])
+    slips = {name: torch.as_tensor(value).detach().double() for name, value in slips.items()}
+    named = [name for name, value in slips.items() if value.shape == got.shape
+             and bool(torch.isclose(got, value, rtol=rtol, atol=atol, equal_nan=True).all())]
+    near = [name for name, value in slips.items() if value.shape == got.shape
+            and bool(torch.isclose(got[index], value[index], rtol=rtol, atol=atol))]
+    cause = f" — {named[0]}" if named else f" — as if {near[0]}" if near else ""
+    raise AssertionError(f"{tag} {where(index)}: expected {expected[index].item():.6g}, got {got[index].item():.6g}"
+                         f"{cause}")
+
+
+def raises_value_error(tag: str, call, naming: str, case: str):
+    """The ValueError a docstring promises, named as such when something else (or nothing) happens instead."""
+    try:
+        call()
+    except ValueError as error:
+        assert naming in str(error), f"{tag} {case}: the ValueError must name {naming}; it says {str(error)!r}"
+        return
+    except NotImplementedError:
+        raise
+    except Exception as error:  # noqa: BLE001 — the student's error, reported in words
+        raise AssertionError(f"{tag} {case}: expected a ValueError naming {naming}, got {type(error).__name__}: "
+                             f"{error}") from None
+    raise AssertionError(f"{tag} {case}: expected a ValueError naming {naming}, got no error")
+
+
+def expect_shape(value, shape, what):
+    """A student's function returning the wrong kind or shape fails here, with a sentence, not deep in torch."""
+    assert isinstance(value, torch.Tensor), f"{what} must return a tensor, got {type(value).__name__}"
+    assert tuple(value.shape) == tuple(shape), f"{what}: expected shape {tuple(shape)}, got {tuple(value.shape)}"
+
+
 # ----------------------------------------------------------------------------------------------
 # Config and --method: each field holds the value the run uses; each method's settings
 
@@ -753,16 +799,27 @@ def kl_of_logits(student_logits, teacher_logits, temperature=1.0):
                            sdpg.tempered_log_softmax(teacher_logits, temperature))
 
 
-def test_e3_matches_a_float64_loop_over_the_vocabulary():
-    """E3: reverse_kl equals the brute-force sum, including with a temperature."""
+def test_e3_is_the_reverse_kl_summed_over_the_vocabulary():
+    """E3: ℓ = Σ_v p(v)(log p(v) − log q(v)) at every position, against the sum by a float64 loop over the vocabulary
+    (also at a temperature: tempered_log_softmax makes both views' log-probs)."""
     torch.manual_seed(0)
-    student, teacher = torch.randn(2, 3, 17) * 3, torch.randn(2, 3, 17) * 3
-    kl = kl_of_logits(student, teacher)
-    expect_shape(kl, (2, 3), "reverse_kl (one KL per position: sum over the last, vocabulary dim)")
-    torch.testing.assert_close(kl.double(), brute_force_kl(student, teacher), atol=1e-5, rtol=1e-5,
-                               msg="E3 differs from Σ_v p(v)(log p(v) − log q(v)) summed by a loop")
-    torch.testing.assert_close(kl_of_logits(student, teacher, temperature=0.7).double(),
-                               brute_force_kl(student / 0.7, teacher / 0.7), atol=1e-5, rtol=1e-5)
+    student, teacher = torch.randn(2, 3, 17, dtype=torch.float64) * 3, torch.randn(2, 3, 17, dtype=torch.float64) * 3
+    for temperature in (1.0, 0.7):
+        log_p, log_q = (student / temperature).log_softmax(-1), (teacher / temperature).log_softmax(-1)
+        got = sdpg.reverse_kl(log_p, log_q)
+        expected = brute_force_kl(student / temperature, teacher / temperature)
+        p, q = log_p.exp(), log_q.exp()
+        slips = {"forward KL Σ q(log q − log p): E3 is the reverse KL, an expectation under the student's p":
+                     (q * (log_q - log_p)).sum(-1),
+                 "no weight p(v): Σ_v (log p − log q) is not an expectation; multiply each term by p(v)":
+                     (log_p - log_q).sum(-1),
+                 "weighted by q: the expectation is under the student's p, not the teacher's q":
+                     (q * (log_p - log_q)).sum(-1),
+                 "a mean over the vocabulary: E3 sums over v": (p * (log_p - log_q)).mean(-1),
+                 "sign flipped: log p(v) − log q(v), the student's minus the teacher's": -expected}
+        first_wrong("E3", got, expected, slips, lambda i: (
+            f"at position {i} (τ = {temperature}; Σ_v p(v)·(log p(v) − log q(v)) over {student.shape[-1]} tokens)"),
+            shape="one value per position: sum over the last, vocabulary dim")
 
 
 def test_e3_is_nonnegative_and_zero_exactly_when_teacher_equals_student():
@@ -1064,10 +1121,27 @@ def test_response_stats_without_teacher_returns_no_kl(tiny):
 # E1 advantages
 
 
-def expect_shape(value, shape, what):
-    """A student's function returning the wrong kind or shape fails here, with a sentence, not deep in torch."""
-    assert isinstance(value, torch.Tensor), f"{what} must return a tensor, got {type(value).__name__}"
-    assert tuple(value.shape) == tuple(shape), f"{what}: expected shape {tuple(shape)}, got {tuple(value.shape)}"
+def test_e1_advantages_follow_the_formula_group_by_group():
+    """E1: A_i = (R_i − mean_G R) / (std_G R + ε), sample std, each group of G on its own; ε is `eps` (0.5 here, so
+    that it shows)."""
+    rewards, G, eps = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0]), 4, 0.5
+    got = sdpg.group_advantages(rewards, G, eps=eps)
+    groups = rewards.double().view(-1, G)
+    mean, std, flat = groups.mean(1, keepdim=True), groups.std(1, keepdim=True), rewards.double()
+    expected = ((groups - mean) / (std + eps)).view(-1)
+    slips = {"no ε: divide by (std + ε), ε = eps": ((groups - mean) / std).view(-1),
+             "ε fixed at 1e-6: use the eps argument": ((groups - mean) / (std + 1e-6)).view(-1),
+             "population std (÷ G): use the sample std (÷ (G − 1), Bessel)":
+                 ((groups - mean) / (groups.std(1, keepdim=True, unbiased=False) + eps)).view(-1),
+             "mean and std of the whole batch: normalise each group of G on its own":
+                 (flat - flat.mean()) / (flat.std() + eps),
+             "mean of the whole batch: subtract each group's own mean": ((groups - flat.mean()) / (std + eps)).view(-1),
+             "std of the whole batch: divide by each group's own std": ((groups - mean) / (flat.std() + eps)).view(-1),
+             "sign flipped: A = R − mean (a rewarded response gets A > 0)": -expected,
+             "not centred: subtract the group's mean before dividing": (groups / (std + eps)).view(-1)}
+    first_wrong("E1", got, expected, slips, lambda i: (
+        f"for response {i[0]} (group {i[0] // G}: R = {groups[i[0] // G].tolist()}, mean {mean[i[0] // G].item():.3g}, "
+        f"sample std {std[i[0] // G].item():.3g}, ε = {eps})"))
 
 
 def test_e1_advantages_by_hand_for_one_success_in_four():
@@ -1086,29 +1160,74 @@ def test_e1_all_equal_groups_get_zero_advantage_not_nan():
     assert torch.equal(advantages, torch.zeros(8)), "E1: a group whose rewards are all equal must get A = 0"
 
 
-def test_e1_groups_are_normalized_independently():
-    """E1: each contiguous group uses its own mean and std; other groups do not leak in."""
-    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
-    together = sdpg.group_advantages(rewards, group_size=4)
-    apart = torch.cat([sdpg.group_advantages(rewards[:4], 4), sdpg.group_advantages(rewards[4:], 4)])
-    torch.testing.assert_close(together, apart, msg="E1: each group of G responses uses its own mean and std")
-    torch.testing.assert_close(together[4:], torch.tensor([1.0, 1, -1, -1]) * 0.5 / (0.5773503 + 1e-6), atol=1e-5, rtol=0)
-
-
 def test_e1_dr_grpo_switch_only_centers():
-    """E1 with the division turned off: A = R − mean."""
-    advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, std_scale=False)
-    torch.testing.assert_close(advantages, torch.tensor([0.75, -0.25, -0.25, -0.25]),
-                               msg="E1 with std_scale=False (Dr. GRPO): A = R − mean, no division")
+    """E1 with the division turned off (std_scale=False, Dr. GRPO): A = R − mean."""
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0])
+    groups = rewards.double().view(-1, 4)
+    got = sdpg.group_advantages(rewards, group_size=4, std_scale=False)
+    expected = (groups - groups.mean(1, keepdim=True)).view(-1)
+    first_wrong("E1 with std_scale=False", got, expected,
+                {"divided by the std although std_scale=False: Dr. GRPO only centres":
+                 sdpg.group_advantages(rewards, group_size=4).double()},
+                lambda i: f"for response {i[0]} (A = R − mean of its group, no division)")
 
 
-def test_e1_rejects_group_size_one():
-    with pytest.raises(ValueError, match="group_size"):
-        sdpg.group_advantages(torch.tensor([1.0, 0.0]), group_size=1)
+def test_e1_rejects_a_group_size_that_is_one_or_does_not_divide_the_rewards():
+    """E1's docstring: a ValueError naming `group_size` when G < 2 or G does not divide the rewards."""
+    raises_value_error("E1", lambda: sdpg.group_advantages(torch.tensor([1.0, 0.0]), group_size=1), "group_size",
+                       "with G = 1 (a group of one has no std)")
+    raises_value_error("E1", lambda: sdpg.group_advantages(torch.ones(8), group_size=3), "group_size",
+                       "with G = 3 and 8 rewards (3 does not divide 8)")
 
 
 # ----------------------------------------------------------------------------------------------
 # E2 dual-clip policy gradient
+
+
+def reference_clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=10.0):
+    """E2 as docs/algorithm.md writes it, for the tests of E2 and of what calls it (E7 grades its own line with
+    this, so a slip in E2 shows on E2's line only)."""
+    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+    loss = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_low, 1 + clip_high))
+    return torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
+
+
+def test_e2_follows_the_dual_clip_formula_in_every_region():
+    """E2: l = max(−A·r, −A·clip(r, 1 − ε_low, 1 + ε_high)); A < 0: min(l, −A·c); r = exp(logp − old_logp). Each
+    region of r for A > 0 and A < 0, with ε_low 0.2, ε_high 0.28, c 4."""
+    ratios = torch.tensor([0.5, 0.7, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 6.0], dtype=torch.float64)
+    advantages = torch.tensor([[2.0], [-2.0]], dtype=torch.float64).expand(2, len(ratios))
+    old_logp = torch.full((2, len(ratios)), -1.0, dtype=torch.float64)
+    logp = old_logp + ratios.log()
+    low, high, c = 0.2, 0.28, 4.0
+    got = sdpg.clipped_pg_loss(logp, old_logp, advantages, low, high, c)
+    expected = reference_clipped_pg_loss(logp, old_logp, advantages, low, high, c)
+    r, a = ratios.expand(2, -1), advantages
+    pessimistic = lambda lo, hi: torch.maximum(-a * r, -a * r.clamp(lo, hi))  # noqa: E731
+    dual = lambda loss: torch.where(a < 0, torch.minimum(loss, -a * c), loss)  # noqa: E731
+    slips = {"symmetric clip: A > 0 is clipped at 1 + ε_high (clip-higher), not at 1 + ε_low": dual(pessimistic(
+                 1 - low, 1 + low)),
+             "bounds swapped: clip r to [1 − ε_low, 1 + ε_high]": dual(pessimistic(1 - high, 1 + low)),
+             "no dual clip: for A < 0 the loss is capped at −A·c (min(l, −A·c))": pessimistic(1 - low, 1 + high),
+             "min instead of max: l = max(−A·r, −A·clip(r, …)), the pessimistic of the two": dual(torch.minimum(
+                 -a * r, -a * r.clamp(1 - low, 1 + high))),
+             "the dual clip on every token: it caps the loss only where A < 0": torch.minimum(
+                 pessimistic(1 - low, 1 + high), -a * c),
+             "the dual-clip cap has the wrong sign: it is −A·c (> 0 when A < 0)": torch.where(
+                 a < 0, torch.minimum(pessimistic(1 - low, 1 + high), a * c), pessimistic(1 - low, 1 + high)),
+             "the ratio inverted: r = exp(logp − old_logp)": reference_clipped_pg_loss(
+                 old_logp, logp, advantages, low, high, c),
+             "the loss's sign: l = −A·r, so that minimising it raises the probability of A > 0 tokens": -expected,
+             "r = logp − old_logp without exp: r is a ratio of probabilities, exp of the log-ratio": dual(
+                 torch.maximum(-a * (r.log()), -a * r.log().clamp(1 - low, 1 + high)))}
+
+    def where(index):
+        value, sign = r[index].item(), a[index].item()
+        term = ("−A·(1 + ε_high) = −A·1.28, the upper clip" if sign > 0 and value > 1 + high else
+                "−A·(1 − ε_low) = −A·0.8, the lower clip" if sign < 0 and value < 1 - low else
+                "−A·c = −A·4, the dual clip" if sign < 0 and value > c else "−A·r, unclipped")
+        return f"at r = {value:g}, A = {sign:+g} ({term})"
+    first_wrong("E2", got, expected, slips, where)
 
 
 def pg(ratio, advantage, **kw):
@@ -1173,30 +1292,40 @@ def rlsd_inputs(seed=0):
     return advantages, old_logp, teacher_logp
 
 
-def test_rlsd_advantage_matches_a_float64_reference_token_by_token():
+def test_rlsd_advantage_matches_the_formula_token_by_token():
     """RLSD: Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)], u_t = (q(y_t) / p(y_t))^sign(A), one token at a
-    time in plain Python."""
+    time in plain Python (λ = 0.4, ε_w = 0.2; u inside and outside the clip, for A > 0, A < 0 and A = 0)."""
     advantages, old_logp, teacher_logp = rlsd_inputs()
-    ours = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.5, 0.2)
-    expect_shape(ours, (4, 5), "rlsd_advantages (one Â per token)")
+    weight, clip = 0.4, 0.2
+    got = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip)
+    expected, evidence = torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4, 5, dtype=torch.float64)
     for i, a in enumerate(advantages.tolist()):
         for t in range(5):
             sign = (a > 0) - (a < 0)
-            u = (math.exp(teacher_logp[i, t].item()) / math.exp(old_logp[i, t].item())) ** sign
-            expected = a * (0.5 + 0.5 * min(max(u, 0.8), 1.2))
-            assert ours[i, t].item() == pytest.approx(expected, rel=1e-12, abs=1e-15), (
-                f"RLSD: wrong Â at row {i}, token {t}: A = {a}, u = {u}")
+            evidence[i, t] = (math.exp(teacher_logp[i, t].item()) / math.exp(old_logp[i, t].item())) ** sign
+            expected[i, t] = a * ((1 - weight) + weight * min(max(evidence[i, t].item(), 1 - clip), 1 + clip))
+    a, ratio = advantages[:, None], (teacher_logp - old_logp).exp()
+    mix = lambda u: a * ((1 - weight) + weight * u.clamp(1 - clip, 1 + clip))  # noqa: E731
+    slips = {"without sign(A): for A < 0, u_t = p(y_t)/q(y_t), the inverse ratio": mix(ratio),
+             "u_t not clipped: use clip(u_t, 1 − ε_w, 1 + ε_w)": a * ((1 - weight) + weight * evidence),
+             "without the (1 − λ) term: Â = A·[(1 − λ) + λ·clip(u_t)]": a * weight * evidence.clamp(1 - clip, 1 + clip),
+             "λ and 1 − λ swapped: λ weighs the clipped evidence": a * (weight + (1 - weight) * evidence.clamp(
+                 1 - clip, 1 + clip)),
+             "the ratio inverted: u_t = q(y_t)/p(y_t) for A > 0 (teacher over student)": mix(1 / evidence),
+             "the clip after mixing: clip u_t itself, then mix": a * ((1 - weight) + weight * evidence).clamp(
+                 1 - clip, 1 + clip)}
+    first_wrong("RLSD", got, expected, slips, lambda i: (
+        f"at row {i[0]}, token {i[1]} (A = {advantages[i[0]].item():g}, u_t = {evidence[i].item():.4g}, "
+        f"clip(u_t) = {min(max(evidence[i].item(), 1 - clip), 1 + clip):.4g}, λ = {weight})"), rtol=1e-9, atol=1e-12,
+        shape="one Â per token: (B, T)")
 
 
-def test_rlsd_with_lambda_zero_is_grpo_loss_and_gradient_exactly():
-    """RLSD at λ = 0 (the end of its schedule): Â = A bit for bit, so E2's loss and gradient are GRPO's exactly."""
+def test_rlsd_with_lambda_zero_is_grpo_exactly():
+    """RLSD at λ = 0 (the end of its schedule): Â = A bit for bit, so E2 sees GRPO's advantages exactly."""
     advantages, old_logp, teacher_logp = rlsd_inputs(1)
-    logp = (old_logp + 0.1).requires_grad_()
     hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, 0.0)
-    assert torch.equal(hat, advantages[:, None].expand_as(hat)), "RLSD at λ = 0 must leave A unchanged"
-    losses = [sdpg.clipped_pg_loss(logp, old_logp, a).sum() for a in (hat, advantages[:, None].expand_as(hat))]
-    gradients = [torch.autograd.grad(loss, logp)[0] for loss in losses]
-    assert torch.equal(losses[0], losses[1]) and torch.equal(gradients[0], gradients[1])
+    expect_shape(hat, (4, 5), "rlsd_advantages (one Â per token)")
+    assert torch.equal(hat, advantages[:, None].expand_as(hat)), "RLSD at λ = 0 must leave A unchanged, bit for bit"
 
 
 @pytest.mark.parametrize("weight", [0.25, 0.5, 1.0])
@@ -1205,23 +1334,31 @@ def test_rlsd_keeps_the_sign_of_a_and_moves_it_by_at_most_lambda_epsilon(weight)
     advantages, old_logp, teacher_logp = rlsd_inputs(2)
     teacher_logp[0, 0], teacher_logp[1, 0] = -60.0, 0.0  # u far outside the clip, both ways
     hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, weight, 0.2)
-    assert torch.isfinite(hat).all()
+    assert torch.isfinite(hat).all(), "RLSD: Â must stay finite when the views disagree by 60 nats (clamp the log-ratio)"
     assert torch.equal(torch.sign(hat), torch.sign(advantages)[:, None].expand_as(hat)), "RLSD flipped a sign of A"
     nonzero = advantages != 0
     ratio = hat[nonzero] / advantages[nonzero][:, None]
-    assert ratio.min() >= 1 - weight * 0.2 - 1e-12 and ratio.max() <= 1 + weight * 0.2 + 1e-12
+    assert ratio.min() >= 1 - weight * 0.2 - 1e-12 and ratio.max() <= 1 + weight * 0.2 + 1e-12, (
+        f"RLSD: Â/A must stay in [1 − λε_w, 1 + λε_w] = [{1 - weight * 0.2:g}, {1 + weight * 0.2:g}], got "
+        f"[{ratio.min().item():.4g}, {ratio.max().item():.4g}]")
     assert ratio.min() == pytest.approx(1 - weight * 0.2) and ratio.max() == pytest.approx(1 + weight * 0.2)
 
 
-def test_rlsd_sends_no_gradient_to_the_teacher_or_through_its_weights():
-    """RLSD: Â is a detached weight — its only gradient is E2's through logp; the teacher gets none."""
+def test_rlsd_advantage_is_detached_and_sends_no_gradient_to_the_teacher():
+    """RLSD: Â is a detached weight on A (SG): it requires no gradient even when its inputs do."""
+    advantages, old_logp, teacher_logp = rlsd_inputs(3)
+    hat = sdpg.rlsd_advantages(advantages, old_logp.clone().requires_grad_(), teacher_logp.clone().requires_grad_(),
+                               0.5)
+    assert not hat.requires_grad, "RLSD's Â must be detached (SG): a weight on A, not a term to differentiate"
+
+
+def test_loss_with_rlsd_advantages_sends_no_gradient_to_the_teacher():
+    """E2 with RLSD's Â (as update runs it): the only gradient is E2's through logp, −Â / num_tokens at ratio 1."""
     advantages, old_logp, teacher_logp = rlsd_inputs(3)
     logp = old_logp.clone().requires_grad_()
     teacher_logp.requires_grad_()
-    hat = sdpg.rlsd_advantages(advantages, old_logp.clone().requires_grad_(), teacher_logp, 0.5)
-    assert not hat.requires_grad, "RLSD's Â must be detached (SG): a weight on A, not a term to differentiate"
     loss, _ = sdpg_loss(logp, old_logp, None, None, advantages, torch.ones(4, 5), beta=0.0, alpha=0.0,
-                             teacher_logp=teacher_logp, rlsd_weight=0.5)
+                        teacher_logp=teacher_logp, rlsd_weight=0.5)
     loss.backward()
     assert teacher_logp.grad is None, "RLSD: a gradient reached the teacher view"
     hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp.detach(), 0.5)
@@ -1236,7 +1373,7 @@ def test_rlsd_lambda_schedule_falls_from_its_start_to_zero_over_an_eighth_of_the
     assert sdpg.rlsd_weight_schedule(1, 2, 0.5) == 0.0  # a run shorter than 8 steps still ends at 0
 
 
-def test_rlsd_runs_the_teacher_only_where_a_is_nonzero_and_never_holds_its_full_logits(tiny, monkeypatch):
+def test_update_runs_rlsds_teacher_only_where_a_is_nonzero_and_never_holds_its_full_logits(tiny, monkeypatch):
     """RLSD needs q(y_t) only where A ≠ 0 (Â = 0 elsewhere): the teacher forward runs for those rows, its
     projection chunk by chunk; the (B, T, V) teacher logits never exist."""
     model, _ = tiny
@@ -1259,19 +1396,47 @@ def test_rlsd_runs_the_teacher_only_where_a_is_nonzero_and_never_holds_its_full_
 # E5 β schedule, E6 reference anchor
 
 
-def test_e5_beta_schedule_warmup_decay_both_neither():
-    """E5: β(k) = β · min(1, k/T_warm) · min(1, (T−k)/T_decay)."""
-    cases = [((5, 100, 0.01), {}, 0.01, "no windows: β(k) = β_base"),
-             ((5, 100, 0.01), dict(warmup_steps=10), 0.005, "half way through the warm-up: β_base · 5/10"),
-             ((50, 100, 0.01), dict(warmup_steps=10), 0.01, "after the warm-up: β_base (min(1, k/T_warm) = 1)"),
-             ((95, 100, 0.01), dict(decay_steps=10), 0.005, "half way through the decay: β_base · (T−k)/T_decay"),
-             ((50, 100, 0.01), dict(decay_steps=10), 0.01, "before the decay window: β_base"),
-             ((2, 10, 1.0), dict(warmup_steps=4, decay_steps=16), 0.25, "both factors multiply: 2/4 · 8/16"),
-             ((0, 10, 1.0), dict(warmup_steps=4), 0.0, "k = 0 with a warm-up: 0"),
-             ((10, 10, 1.0), dict(decay_steps=4), 0.0, "k = T with a decay: 0")]
+def test_e5_beta_follows_its_warmup_and_decay_at_every_step():
+    """E5: β(k) = β_base · min(1, k/T_warm) · max(0, min(1, (T−k)/T_decay)), here T = 100, T_warm = 10, T_decay = 40,
+    β_base = 2, from k = 0 to past the last step."""
+    T, warm, decay, beta = 100, 10, 40, 2.0
+    steps = [0, 1, 5, 9, 10, 30, 59, 60, 61, 80, 99, 100, 120]
+    got = torch.tensor([float(sdpg.beta_schedule(k, T, beta, warm, decay)) for k in steps], dtype=torch.float64)
+    schedule = lambda up, down: torch.tensor([beta * up(k) * down(k) for k in steps], dtype=torch.float64)  # noqa: E731
+    ramp = lambda k: min(1.0, k / warm)  # noqa: E731
+    fall = lambda k: max(0.0, min(1.0, (T - k) / decay))  # noqa: E731
+    slips = {"off by one in the warm-up: min(1, k/T_warm), so β(0) = 0": schedule(lambda k: min(1.0, (k + 1) / warm), fall),
+             "the warm-up factor not capped at 1: min(1, k/T_warm)": schedule(lambda k: k / warm, fall),
+             "the decay not capped at 1: min(1, (T − k)/T_decay), so β = β_base before the decay window": schedule(
+                 ramp, lambda k: max(0.0, (T - k) / decay)),
+             "the decay over the whole run: (T − k)/T_decay, over the last T_decay steps": schedule(
+                 ramp, lambda k: max(0.0, min(1.0, (T - k) / T))),
+             "off by one in the decay: (T − k)/T_decay, so β(T) = 0": schedule(
+                 ramp, lambda k: max(0.0, min(1.0, (T - k - 1) / decay))),
+             "negative past the last step: max(0, …), β is never negative": schedule(
+                 ramp, lambda k: min(1.0, (T - k) / decay))}
+
+    def where(index):
+        k = steps[index[0]]
+        phase = ("warm-up: β_base·k/T_warm" if k < warm else "past the last step: 0" if k > T else
+                 "decay: β_base·(T − k)/T_decay" if T - k < decay else "between the windows: β_base")
+        return f"at k = {k} of T = {T} (T_warm {warm}, T_decay {decay}, β_base {beta:g}; {phase})"
+    first_wrong("E5", got, schedule(ramp, fall), slips, where, atol=1e-12)
+
+
+def test_e5_a_zero_window_switches_its_factor_off():
+    """E5's docstring: T_warm = 0 or T_decay = 0 switches that factor off (it is 1)."""
+    cases = [((5, 100, 0.01), {}, 0.01, "with no windows (T_warm = T_decay = 0): β(k) = β_base"),
+             ((0, 100, 0.01), dict(decay_steps=10), 0.01, "with T_warm = 0 at k = 0: no warm-up factor, β_base"),
+             ((95, 100, 0.01), dict(decay_steps=10), 0.005, "with T_warm = 0, half way through the decay: β_base/2"),
+             ((2, 10, 1.0), dict(warmup_steps=4), 0.5, "with T_decay = 0, half way through the warm-up: β_base/2")]
     for args, windows, expected, what in cases:
-        got = sdpg.beta_schedule(*args, **windows)
-        assert got == pytest.approx(expected, abs=1e-12), f"E5 {what}: expected {expected}, got {got} for {args} {windows}"
+        try:
+            got = sdpg.beta_schedule(*args, **windows)
+        except ZeroDivisionError:
+            raise AssertionError(f"E5 {what}: expected {expected:g}, got ZeroDivisionError — a zero window means "
+                                 f"that factor is 1, not a division by 0") from None
+        assert got == pytest.approx(expected, abs=1e-12), f"E5 {what}: expected {expected:g}, got {got:g}"
 
 
 def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps():
@@ -1292,17 +1457,31 @@ def test_training_logs_the_e5_beta_of_each_step(tmp_path):
     assert [r["beta"] for r in history] == pytest.approx([0.8 * min(1, k / 1) * min(1, (8 - k) / 7) for k in range(8)])
 
 
-@pytest.mark.parametrize("mode, formula", [
-    ("urkl", lambda w: 0.5 * w**2),
-    ("ufkl", lambda w: torch.exp(-w) + w),
-    ("rkl", lambda w: 0.5 * (w + 1) ** 2),
-    ("fkl", lambda w: torch.exp(-w)),
-])
-def test_e6_integrand_of_each_mode(mode, formula):
-    """E6: f(log w) with log w = logp − ref_logp, one formula per mode."""
-    logp, ref_logp = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
-    torch.testing.assert_close(sdpg.ref_kl(logp, ref_logp, mode), formula(logp - ref_logp),
-                               msg=f"E6 {mode}: wrong integrand of log w = logp − ref_logp")
+REFERENCE_ANCHORS = {"urkl": ("½(log w)²", lambda w: 0.5 * w**2), "ufkl": ("e^(−log w) + log w", lambda w: torch.exp(-w) + w),
+                     "rkl": ("½(log w + 1)²", lambda w: 0.5 * (w + 1) ** 2), "fkl": ("e^(−log w)", lambda w: torch.exp(-w))}
+
+
+def reference_ref_kl(logp, ref_logp, mode="urkl"):
+    """E6 as docs/algorithm.md writes it, for the tests of what calls it (E7 grades its own line with this)."""
+    return REFERENCE_ANCHORS[mode][1](logp - ref_logp)
+
+
+def test_e6_each_mode_is_its_integrand_of_log_w():
+    """E6: f(log w) with log w = logp − ref_logp, elementwise: urkl ½(log w)², ufkl e^(−log w) + log w,
+    rkl ½(log w + 1)², fkl e^(−log w)."""
+    log_w = torch.tensor([[-2.0, -0.5, 0.0], [0.3, 1.0, 2.0]], dtype=torch.float64)
+    ref_logp = torch.full_like(log_w, -1.5)
+    logp = ref_logp + log_w
+    slips = {"urkl": {"without the ½: urkl is ½(log w)²": log_w**2},
+             "ufkl": {"the sign of the log w term: ufkl is e^(−log w) + log w": torch.exp(-log_w) - log_w},
+             "rkl": {"(log w − 1): rkl is ½(log w + 1)²": 0.5 * (log_w - 1) ** 2,
+                     "without the ½: rkl is ½(log w + 1)²": (log_w + 1) ** 2},
+             "fkl": {}}
+    for mode, (formula, f) in REFERENCE_ANCHORS.items():
+        got = sdpg.ref_kl(logp, ref_logp, mode)
+        mode_slips = {**slips[mode], "log w reversed: log w = logp − ref_logp (the policy over the reference)": f(-log_w)}
+        first_wrong(f"E6 {mode}", got, f(log_w), mode_slips,
+                    lambda i: f"at log w = {log_w[i].item():g} (f = {formula})", shape="elementwise: logp's shape")
 
 
 @pytest.mark.parametrize("mode, minimizer", [("urkl", 0.0), ("ufkl", 0.0), ("rkl", -1.0)])
@@ -1314,17 +1493,143 @@ def test_e6_minimum_of_the_anchor(mode, minimizer):
 
 
 def test_e6_fkl_decreases_in_log_w_and_unknown_mode_is_rejected():
+    """E6: fkl falls as π_θ gains mass over π_ref; an unknown mode is a ValueError listing the valid ones."""
     values = sdpg.ref_kl(torch.linspace(-2, 2, 9), torch.zeros(9), "fkl")
-    assert (values[1:] < values[:-1]).all()
-    with pytest.raises(ValueError, match="urkl, ufkl, rkl, fkl"):
-        sdpg.ref_kl(torch.zeros(1), torch.zeros(1), "kl3")
+    assert (values[1:] < values[:-1]).all(), "E6 fkl = e^(−log w) must fall as log w grows"
+    raises_value_error("E6", lambda: sdpg.ref_kl(torch.zeros(1), torch.zeros(1), "kl3"), "urkl, ufkl, rkl, fkl",
+                       "with mode 'kl3'")
 
 
 # ----------------------------------------------------------------------------------------------
 # E4 gate and E7 total loss; OPCD (the paper's Appendix C) is E7 without E2
 
 
-def test_opcd_ignores_rewards_entirely():
+@pytest.fixture
+def own_equation(monkeypatch):
+    """E4's and E7's tests run sdpg_loss with the reference E2 and E6 (clipped_pg_loss and ref_kl as docs/algorithm.md
+    writes them), so that a slip in E2 or E6 fails E2's or E6's line, not E7's."""
+    monkeypatch.setattr(sdpg, "clipped_pg_loss", reference_clipped_pg_loss)
+    monkeypatch.setattr(sdpg, "ref_kl", reference_ref_kl)
+
+
+def random_loss_inputs(seed=0, batch=4, length=6):
+    """Four responses of 4, 6, 2 and 6 tokens (18 in all), A = [1, −0.5, 0.5, −1], float64."""
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    logp = (rand(batch, length) * 0.3 - 1).requires_grad_()
+    mask = torch.ones(batch, length)
+    mask[0, 4:] = 0
+    mask[2, 2:] = 0
+    return dict(logp=logp, old_logp=logp.detach() + rand(batch, length) * 0.2, ref_logp=logp.detach() + rand(batch, length) * 0.3,
+                kl=rand(batch, length).abs(), advantages=torch.tensor([1.0, -0.5, 0.5, -1.0], dtype=torch.float64), mask=mask)
+
+
+def e7_call(x, beta_k, num_tokens=None, **settings):
+    """sdpg.sdpg_loss on random_loss_inputs-style tensors: (loss, per-token parts)."""
+    cfg = sdpg.Config(**{"alpha": 0.0, "gate": True, "outcome": True, "kl_mode": "urkl", **settings})
+    terms = dict(logp=x["logp"], old_logp=x["old_logp"], reverse_kl=x["kl"], advantages=x["advantages"],
+                 response_mask=x["mask"])
+    terms.update({key: x[key] for key in ("ref_logp", "token_advantages") if x.get(key) is not None})
+    return sdpg.sdpg_loss(terms, beta_k, cfg, num_tokens)
+
+
+def test_e7_is_the_token_mean_of_its_three_parts(own_equation):
+    """E7: L = Σ_t mask · (l_t + β(k)·1[A > 0]·min(ℓ_t, 20) + α·f(log w_t)) / Σ mask, term by term: first with β = 0
+    (E2 and E6 over 18 tokens of 4 responses of unequal length), then with β on and every A > 0 (the gate, E4's line,
+    open everywhere)."""
+    x = random_loss_inputs()
+    mask, kl = x["mask"].double(), x["kl"]
+    kl[0, 1] = 25.0  # above the 20-nat clamp
+    a = x["advantages"][:, None].expand_as(x["logp"])
+    pg = reference_clipped_pg_loss(x["logp"], x["old_logp"], a)
+    f = reference_ref_kl(x["logp"], x["ref_logp"], "ufkl")
+    mean = lambda per_token: (per_token * mask).sum() / mask.sum()  # noqa: E731
+    got, _ = e7_call(x, 0.0, alpha=0.2, kl_mode="ufkl")
+    per_token = pg + 0.2 * f
+    slips = {"a mean per response, then over responses: E7 is one token mean, Σ over every response token of the "
+             "mini-batch / their number": ((per_token * mask).sum(1) / mask.sum(1)).mean(),
+             "padding counted: multiply each token's loss by response_mask": per_token.sum() / mask.sum(),
+             "divided by every position, padding included: divide by the number of response tokens, Σ mask":
+                 (per_token * mask).sum() / mask.numel(),
+             "a sum, not a mean: divide by the number of response tokens": (per_token * mask).sum(),
+             "α missing: E6 is weighted by α": mean(pg + f),
+             "E2 missing: the policy gradient l_t (clipped_pg_loss) is E7's first term": mean(0.2 * f),
+             "E2 gated: the gate 1[A > 0] multiplies E3 only; every response's l_t counts": mean(
+                 pg * (a > 0) + 0.2 * f),
+             "E6 in urkl: pass cfg.kl_mode to ref_kl": mean(pg + 0.2 * reference_ref_kl(x["logp"], x["ref_logp"])),
+             "β(k) on the wrong term: it weighs E3, not E2": mean(0.0 * pg + kl.clamp(max=20) * (a > 0) + 0.2 * f)}
+    first_wrong("E7", got, mean(per_token), slips,
+                lambda i: "with β = 0, α = 0.2, ufkl (Σ mask·(l_t + α·f(log w_t)) / Σ mask, 18 response tokens)")
+    positive = dict(x, advantages=x["advantages"].abs())
+    pg = reference_clipped_pg_loss(x["logp"], x["old_logp"], positive["advantages"][:, None].expand_as(x["logp"]))
+    got, _ = e7_call(positive, 0.3)
+    slips = {"ℓ_t not clamped: E7 takes min(ℓ_t, 20), the authors' safety valve": mean(pg + 0.3 * kl),
+             "β(k) on the wrong term: it weighs E3, not E2": mean(0.3 * pg + kl.clamp(max=20)),
+             "β(k) missing: E3 is weighted by beta_k": mean(pg + kl.clamp(max=20))}
+    first_wrong("E7", got, mean(pg + 0.3 * kl.clamp(max=20)), slips,
+                lambda i: "with β(k) = 0.3, α = 0, every A > 0 (Σ mask·(l_t + β·min(ℓ_t, 20)) / Σ mask)")
+
+
+def test_e7_returns_its_per_token_parts_detached(own_equation):
+    """E7's docstring: (loss, parts) with per-token (B, T) `loss`, `pg_loss`, `reverse_kl` (min(ℓ_t, 20) without β, 0
+    where the gate is closed) and `ref_kl` (without α), all detached."""
+    x = random_loss_inputs()
+    x["kl"][0, 1] = 25.0
+    a = x["advantages"][:, None].expand_as(x["logp"])
+    pg = reference_clipped_pg_loss(x["logp"], x["old_logp"], a)
+    f = reference_ref_kl(x["logp"], x["ref_logp"], "ufkl")
+    result = e7_call(x, 0.0, alpha=0.2, kl_mode="ufkl")
+    assert isinstance(result, tuple) and len(result) == 2, "E7 must return (loss, parts): its docstring"
+    parts, keys = result[1], {"loss", "pg_loss", "reverse_kl", "ref_kl"}
+    assert isinstance(parts, dict) and set(parts) >= keys, f"E7's parts must be a dict with the keys {sorted(keys)}"
+    where = lambda i: f"at row {i[0]}, token {i[1]}"  # noqa: E731
+    for key, expected, slips in (("pg_loss", pg, {}), ("ref_kl", f, {"with α: parts['ref_kl'] is f(log w_t) alone": 0.2 * f}),
+                                 ("loss", pg + 0.2 * f, {})):
+        assert not parts[key].requires_grad, f"E7's parts['{key}'] must be detached: it is logged, not differentiated"
+        first_wrong(f"E7 parts['{key}']", parts[key], expected, slips, where, shape="one value per token, (B, T)")
+    positive = dict(x, advantages=x["advantages"].abs())
+    _, parts = e7_call(positive, 0.3)
+    first_wrong("E7 parts['reverse_kl']", parts["reverse_kl"], x["kl"].clamp(max=20),
+                {"with β: parts['reverse_kl'] is min(ℓ_t, 20) without β(k)": 0.3 * x["kl"].clamp(max=20),
+                 "not clamped: parts['reverse_kl'] is min(ℓ_t, 20)": x["kl"]}, where, shape="one value per token, (B, T)")
+    loss, parts = e7_call(x, 0.3, alpha=0.2, kl_mode="ufkl")  # A of both signs: whatever the gate did, the loss is
+    made = parts["pg_loss"] + 0.3 * parts["reverse_kl"] + 0.2 * parts["ref_kl"]  # made of the parts it returns
+    first_wrong("E7 parts['loss']", parts["loss"], made, {}, lambda i: f"at row {i[0]}, token {i[1]} (parts['loss'] = "
+                f"pg_loss + β·reverse_kl + α·ref_kl: the loss is made of the parts it returns)")
+    mask = x["mask"].double()
+    first_wrong("E7", loss, (made * mask).sum() / mask.sum(), {}, lambda i: "(the loss is Σ mask·parts['loss'] / Σ mask)")
+
+
+def test_e7_divides_by_the_num_tokens_it_is_given_and_never_by_zero(own_equation):
+    """E7 under gradient accumulation divides by `num_tokens` (the whole mini-batch's count); without it, by this
+    call's token count, at least 1: a call without any response token gives 0, not NaN."""
+    x = random_loss_inputs()
+    a = x["advantages"][:, None].expand_as(x["logp"])
+    per_token = (reference_clipped_pg_loss(x["logp"], x["old_logp"], a) * x["mask"]).sum()
+    got, _ = e7_call(x, 0.0, num_tokens=torch.tensor(37.0))
+    first_wrong("E7", got, per_token / 37, {"num_tokens ignored: divide by the num_tokens given (the whole "
+                                            "mini-batch's count under gradient accumulation)": per_token / x["mask"].sum()},
+                lambda i: "with num_tokens = 37 (the sum over this call's 18 tokens / 37)")
+    empty, _ = e7_call(dict(x, mask=torch.zeros_like(x["mask"])), 0.0)
+    assert torch.isfinite(empty) and empty.item() == 0, (
+        f"E7 on a call with no response token: expected 0, got {empty.item()} — divide by at least 1 "
+        f"(the token count clamped to min 1)")
+
+
+def test_e7_uses_the_per_token_advantages_it_is_given(own_equation):
+    """E7's docstring: `token_advantages` (B, T) (RLSD's Â), when given, replace A in E2; the gate still reads A."""
+    x = random_loss_inputs()
+    generator = torch.Generator().manual_seed(5)
+    x["token_advantages"] = x["advantages"][:, None] * (1 + 0.2 * torch.rand(4, 6, generator=generator, dtype=torch.float64))
+    got, _ = e7_call(x, 0.0)
+    mean = lambda per_token: (per_token * x["mask"]).sum() / x["mask"].sum()  # noqa: E731
+    first_wrong("E7", got, mean(reference_clipped_pg_loss(x["logp"], x["old_logp"], x["token_advantages"])),
+                {"token_advantages ignored: when given (RLSD's Â_t), they replace A in E2": mean(reference_clipped_pg_loss(
+                    x["logp"], x["old_logp"], x["advantages"][:, None].expand_as(x["logp"])))},
+                lambda i: "with token_advantages (Σ mask·l_t(Â_t) / Σ mask)")
+
+
+def test_e7_opcd_ignores_rewards_entirely(own_equation):
     """OPCD (outcome=False, gate off): permuting the rewards' advantages changes neither the loss nor its gradient;
     the loss is E3 (+ E6) alone."""
     x = random_loss_inputs()
@@ -1332,11 +1637,14 @@ def test_opcd_ignores_rewards_entirely():
     for advantages in (x["advantages"], x["advantages"][[3, 0, 2, 1]], torch.zeros(4, dtype=torch.float64)):
         loss, _ = sdpg_loss(**dict(x, advantages=advantages), beta=1.0, alpha=0.1, gate=False, outcome=False)
         results.append((loss, torch.autograd.grad(loss, x["logp"])[0]))
+    expected = ((x["kl"] + 0.1 * reference_ref_kl(x["logp"], x["ref_logp"])) * x["mask"]).sum() / x["mask"].sum()
+    first_wrong("E7 with outcome=False (OPCD)", results[0][0], expected,
+                {"E2 kept: with cfg.outcome False the rewards play no part, l_t is 0": expected + (reference_clipped_pg_loss(
+                    x["logp"], x["old_logp"], x["advantages"][:, None].expand_as(x["logp"])) * x["mask"]).sum() / x["mask"].sum()},
+                lambda i: "(Σ mask·(ℓ_t + α·f) / Σ mask: no E2, no gate)")
     for loss, gradient in results[1:]:
-        torch.testing.assert_close(loss, results[0][0])
+        torch.testing.assert_close(loss, results[0][0], msg="E7 with outcome=False must not depend on A")
         torch.testing.assert_close(gradient, results[0][1])
-    expected = ((x["kl"] + 0.1 * sdpg.ref_kl(x["logp"], x["ref_logp"])) * x["mask"]).sum() / x["mask"].sum()
-    torch.testing.assert_close(results[0][0], expected)
 
 
 def test_opcd_trains_with_the_same_reverse_kl_and_no_reward(tmp_path, monkeypatch):
@@ -1361,90 +1669,68 @@ def test_opcd_trains_with_the_same_reverse_kl_and_no_reward(tmp_path, monkeypatc
         torch.testing.assert_close(weights[0][key], weights[1][key])
 
 
-def random_loss_inputs(seed=0, batch=4, length=6):
-    generator = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
-    logp = (rand(batch, length) * 0.3 - 1).requires_grad_()
-    mask = torch.ones(batch, length)
-    mask[0, 4:] = 0
-    mask[2, 2:] = 0
-    return dict(logp=logp, old_logp=logp.detach() + rand(batch, length) * 0.2, ref_logp=logp.detach() + rand(batch, length) * 0.3,
-                kl=rand(batch, length).abs(), advantages=torch.tensor([1.0, -0.5, 0.5, -1.0], dtype=torch.float64), mask=mask)
-
-
-def test_e7_is_the_token_mean_of_its_three_parts():
-    """E7: L = Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask, computed here term by term."""
-    x = random_loss_inputs()
-    loss, metrics = sdpg_loss(**x, beta=0.3, alpha=0.2, kl_mode="ufkl")
-    token_advantages = x["advantages"][:, None].expand_as(x["logp"])
-    parts = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages)
-             + 0.3 * (x["advantages"] > 0).double()[:, None] * x["kl"]
-             + 0.2 * sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl"))
-    expect_shape(loss, (), "sdpg_loss's loss (one number: the token mean)")
-    torch.testing.assert_close(loss, (parts * x["mask"]).sum() / x["mask"].sum(),
-                               msg="E7 is not Σ mask · (E2 + β·1[A>0]·ℓ + α·f) / Σ mask")
-    keys = {"loss", "pg_loss", "reverse_kl", "ref_kl", "clip_frac", "dual_clip_frac", "tokens", "gate_tokens"}
-    assert set(metrics) >= keys, f"sdpg_loss must return (loss, sums) with the keys {sorted(keys)} (its docstring)"
-    assert (metrics["gate_tokens"] / metrics["tokens"]).item() == pytest.approx((4 + 2) / x["mask"].sum().item())  # tokens of rows 0 and 2
-    gated = x["mask"] * (x["advantages"] > 0).double()[:, None]
-    ufkl = sdpg.ref_kl(x["logp"], x["ref_logp"], "ufkl")
-    for key, expected in (("tokens", x["mask"].sum()), ("reverse_kl", (x["kl"] * gated).sum()),
-                          ("ref_kl", (ufkl * x["mask"]).sum()), ("loss", (parts * x["mask"]).sum())):
-        torch.testing.assert_close(metrics[key].double(), expected.detach().double(),
-                                   msg=f"sums[{key!r}] is not the sum over this call's tokens that training divides")
-
-
-def test_e7_sums_count_pg_loss_and_the_clipped_and_dual_clipped_tokens():
-    """E7's sums (sdpg_loss's docstring): pg_loss sums E2 over the tokens; clip_frac counts the tokens whose ratio
-    is clipped (A > 0 and r > 1 + ε_high, or A < 0 and r < 1 − ε_low), dual_clip_frac those with A < 0 and r > c."""
+def test_e7_sums_count_pg_loss_and_the_clipped_and_dual_clipped_tokens(own_equation):
+    """E7's sums (logged_sums of sdpg_loss's parts): pg_loss sums E2 over the tokens; clip_frac counts the tokens whose
+    ratio is clipped (A > 0 and r > 1 + ε_high, or A < 0 and r < 1 − ε_low), dual_clip_frac those with A < 0, r > c."""
     log_ratio = torch.log(torch.tensor([[1.5, 0.5, 1.1, 20.0], [1.5, 0.5, 1.1, 20.0]], dtype=torch.float64))
     old_logp = torch.full((2, 4), -1.0, dtype=torch.float64)
     logp = (old_logp + log_ratio).requires_grad_()
     advantages, mask = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 4)
     _, sums = sdpg_loss(logp, old_logp, None, None, advantages, mask, beta=0.0, alpha=0.0)
-    pg = sdpg.clipped_pg_loss(logp, old_logp, advantages[:, None].expand(2, 4))
+    pg = reference_clipped_pg_loss(logp, old_logp, advantages[:, None].expand(2, 4))
     assert sums["pg_loss"].item() == pytest.approx(pg.sum().item()), "sums['pg_loss'] is Σ_t E2 over the tokens"
     # A > 0: r = 1.5 and 20 are clipped (> 1.28); A < 0: r = 0.5 is clipped (< 0.8), r = 20 > c = 10 is dual-clipped
     assert sums["clip_frac"].item() == 3, f"sums['clip_frac'] counts clipped tokens: expected 3, got {sums['clip_frac']}"
     assert sums["dual_clip_frac"].item() == 1, "sums['dual_clip_frac'] counts tokens with A < 0 and r > c: expected 1"
 
 
-def test_e4_gate_applies_distillation_only_to_positive_advantages():
-    """E4: with the gate, rollouts with A ≤ 0 contribute no E3 term; without it, every rollout does."""
+def test_e4_gate_opens_distillation_only_for_positive_advantages(own_equation):
+    """E4: with the gate (cfg.gate), E3 acts only on responses with A > 0 — not A = 0 (an all-equal group), not A < 0;
+    with gate=False on every response. Read from the per-token part `reverse_kl` (E7's line checks that the loss is
+    made of its parts)."""
     x = random_loss_inputs()
     x["advantages"][3] = 0.0  # A = 0 is not preferred: no distillation
-    zero_kl = dict(x, kl=torch.zeros_like(x["kl"]))
-    gated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0)
-    base, _ = sdpg_loss(**zero_kl, beta=1.0, alpha=0.0)
-    positive = (x["advantages"] > 0).double()[:, None]
-    torch.testing.assert_close(gated - base, (x["kl"] * positive * x["mask"]).sum() / x["mask"].sum(),
-                               msg="E4: with the gate, E3 must count only on rows with A > 0 (not A ≥ 0, not all)")
-    ungated, _ = sdpg_loss(**x, beta=1.0, alpha=0.0, gate=False)
-    torch.testing.assert_close(ungated - base, (x["kl"] * x["mask"]).sum() / x["mask"].sum(),
-                               msg="E4: gate=False must apply E3 to every row")
+    a = x["advantages"]
+    kl = x["kl"].clamp(max=20)
+    where = lambda i: (f"at row {i[0]} (A = {a[i[0]].item():g}: gate {'open' if a[i[0]] > 0 else 'closed'}), "  # noqa: E731
+                       f"token {i[1]}")
+    _, parts = e7_call(x, 1.0)
+    gated = kl * (a > 0)[:, None]
+    first_wrong("E4 parts['reverse_kl']", parts["reverse_kl"], gated,
+                {"A ≥ 0: the gate is 1[A > 0]; A = 0 (an all-equal group) is not preferred": kl * (a >= 0)[:, None],
+                 "no gate: with cfg.gate, E3 acts only where A > 0": kl,
+                 "the gate on A < 0: it opens where A > 0": kl * (a < 0)[:, None]}, where, shape="(B, T)")
+    _, parts = e7_call(x, 1.0, gate=False)
+    first_wrong("E4 with gate=False (--no-gate), parts['reverse_kl']", parts["reverse_kl"], kl,
+                {"gated although cfg.gate is False: --no-gate distils every response": gated}, where, shape="(B, T)")
 
 
-def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_reference():
-    """E7 with β = α = 0 is E2 alone (GRPO/DAPO); kl and ref_logp may then be None."""
+def test_e7_with_beta_and_alpha_zero_is_the_dapo_loss_and_needs_no_teacher_or_reference(own_equation):
+    """E7 with β = α = 0 is E2 alone (GRPO/DAPO); kl and ref_logp may then be absent. Without ref_logp E6 is 0
+    whatever α is (its docstring)."""
     x = random_loss_inputs()
     full, _ = sdpg_loss(**x, beta=0.0, alpha=0.0)
     bare, _ = sdpg_loss(**dict(x, kl=None, ref_logp=None), beta=0.0, alpha=0.0)
     token_advantages = x["advantages"][:, None].expand_as(x["logp"])
-    dapo = (sdpg.clipped_pg_loss(x["logp"], x["old_logp"], token_advantages) * x["mask"]).sum() / x["mask"].sum()
-    torch.testing.assert_close(full, dapo)
-    torch.testing.assert_close(bare, dapo)
+    dapo = (reference_clipped_pg_loss(x["logp"], x["old_logp"], token_advantages) * x["mask"]).sum() / x["mask"].sum()
+    torch.testing.assert_close(full, dapo, msg="E7 with β = α = 0 must be the token mean of E2 alone")
+    torch.testing.assert_close(bare, dapo, msg="E7 without reverse_kl and ref_logp must be the token mean of E2")
+    anchorless, _ = sdpg_loss(**dict(x, ref_logp=None), beta=0.0, alpha=0.5)
+    torch.testing.assert_close(anchorless, dapo, msg="E7 without ref_logp: E6 is 0 whatever α is (no reference policy)")
 
 
-def test_e7_clamps_the_distillation_kl_at_20_nats():
+def test_e7_clamps_the_distillation_kl_at_20_nats(own_equation):
+    """E7: β·min(ℓ_t, 20): ℓ above 20 nats counts as 20, below it passes through unchanged (every A > 0 here)."""
     x = random_loss_inputs()
-    huge, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0, gate=False)
-    twenty, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0, gate=False)
-    torch.testing.assert_close(huge, twenty)
-    nineteen, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0, gate=False)
-    assert (twenty - nineteen).item() == pytest.approx(1.0)  # below the clamp the KL passes through unchanged
+    x["advantages"] = x["advantages"].abs()
+    huge, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 1e4)), beta=1.0, alpha=0.0)
+    twenty, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 20.0)), beta=1.0, alpha=0.0)
+    torch.testing.assert_close(huge, twenty, msg="E7: ℓ_t = 10⁴ nats must count as 20 (min(ℓ_t, 20))")
+    nineteen, _ = sdpg_loss(**dict(x, kl=torch.full_like(x["kl"], 19.0)), beta=1.0, alpha=0.0)
+    assert (twenty - nineteen).item() == pytest.approx(1.0), "E7: below 20 nats ℓ_t passes through unchanged"
 
 
-def test_e7_padding_changes_nothing():
+def test_e7_padding_changes_nothing(own_equation):
     """E7: masked positions may hold any value without changing the loss or its gradient."""
     x = random_loss_inputs()
     loss, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
@@ -1453,11 +1739,11 @@ def test_e7_padding_changes_nothing():
             for k, v in x.items()}
     loss_junk, _ = sdpg_loss(**junk, beta=0.5, alpha=0.5)
     (grad_junk,) = torch.autograd.grad(loss_junk, x["logp"])
-    torch.testing.assert_close(loss, loss_junk)
+    torch.testing.assert_close(loss, loss_junk, msg="E7: a padding position changed the loss; multiply by response_mask")
     torch.testing.assert_close(grad, grad_junk)
 
 
-def test_e7_micro_batches_with_num_tokens_reproduce_the_full_batch_gradient():
+def test_e7_micro_batches_with_num_tokens_reproduce_the_full_batch_gradient(own_equation):
     """E7: summing micro-batch losses divided by the mini-batch token count = the full-batch loss."""
     x = random_loss_inputs()
     full, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
@@ -1891,9 +2177,14 @@ def test_sigterm_writes_a_checkpoint_and_prints_one_resume_line(tmp_path):
     assert resumed.model == "tiny"
 
 
+needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None,
+                                reason="--lora-rank needs peft, an optional extra: pip install peft")
+
+
 @pytest.mark.parametrize("flags", [["--model", "tiny", "--method", "rlsd", "--clip-c", "5", "--no-gate"],
                                    ["--model", "tiny", "--method", "opcd", "--batch-size", "4", "--lr", "1e-3"],
-                                   ["--model", "tiny", "--lora-rank", "4", "--eval-every", "5", "--beta", "0"]])
+                                   pytest.param(["--model", "tiny", "--lora-rank", "4", "--eval-every", "5", "--beta",
+                                                 "0"], marks=needs_peft)])
 def test_the_resume_command_rebuilds_the_same_config(flags, tmp_path):
     """What an interrupted run prints: every flag that makes the run (model and method included) is in it, and it
     parses back to the same Config."""
@@ -2758,7 +3049,7 @@ def test_inspect_refuses_a_group_of_one_and_a_problem_out_of_range():
 # Teaching kit: teaching/make_assignment.py and teaching/grade.py
 
 
-TAGS = ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
+TAGS = ["E1", "E2", "E3", "E4", "E5", "E6", "E7", "RLSD"]
 
 
 def make_student_version(tmp_path, *args):
@@ -2772,7 +3063,7 @@ def grade(folder):
     """(exit status, {tag: its line}) of teaching/grade.py on a student folder."""
     result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
                             capture_output=True, text=True, timeout=600)
-    lines = {line.split()[0]: line for line in result.stdout.splitlines() if re.match(r"E\d ", line)}
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if re.match(r"(E\d|RLSD) ", line)}
     assert set(lines) == set(TAGS), result.stdout + result.stderr
     return result.returncode, lines
 
@@ -2795,13 +3086,15 @@ def test_teaching_kit_fresh_version_fails_exactly_the_blanked_equations_and_the_
 
 @in_repository("teaching")
 def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_wrong_e3(tmp_path):
-    folder = make_student_version(tmp_path, "--blank", "E2,E3,E5,E6,E7")  # E1 done, the rest blank
+    folder = make_student_version(tmp_path, "--blank", "E2,E3,E5,E6,E7,RLSD")  # E1 done, the rest blank
     code, lines = grade(folder)
     assert code == 1 and " passed " in lines["E1"] and all("FAILED" in lines[tag] for tag in TAGS[1:]), lines
     source = (folder / "sdpg.py").read_text(encoding="utf-8")
     stub = re.search(r'raise NotImplementedError\("E3: [^\n]*\n', source).group()
-    wrong = {"    return (log_p.exp() * log_p).sum(dim=-1)\n": "E3 differs from Σ_v p(v)(log p(v) − log q(v))",
-             "    return log_p.exp() * (log_p - log_q)\n": "expected shape (2, 3), got (2, 3, 17)"}
+    wrong = {"    return (log_p.exp() * log_p).sum(dim=-1)\n": "E3 at position (0, 0) (τ = 1.0; Σ_v p(v)·(log p(v) − "
+             "log q(v)) over 17 tokens): expected 3.95766, got ",
+             "    return log_p.exp() * (log_p - log_q)\n": "expected shape (2, 3), got (2, 3, 17)",
+             "    return (log_q.exp() * (log_q - log_p)).sum(dim=-1)\n": "got 7.09869 — forward KL"}
     for body, message in wrong.items():  # the teacher forgotten; the sum over the vocabulary forgotten
         (folder / "sdpg.py").write_text(source.replace(stub, body.lstrip()), encoding="utf-8")
         _, lines = grade(folder)
@@ -2809,17 +3102,20 @@ def test_teaching_kit_grades_a_half_done_assignment_as_it_stands_and_explains_a_
 
 
 @in_repository("teaching")
-def test_teaching_kit_rlsd_is_optional_and_a_broken_student_file_is_one_line(tmp_path):
-    """RLSD is blanked only when asked and graded like E1–E7; a student sdpg.py that does not parse gets its error
-    and line (not "no test ran" seven times); make_assignment.py on a file is one line."""
-    folder = make_student_version(tmp_path, "--blank", "E1,RLSD")
+def test_teaching_kit_rlsd_is_an_exercise_its_line_its_own_and_a_broken_student_file_is_one_line(tmp_path):
+    """RLSD is blanked by default and graded like E1–E7, on its own: a blank E2 does not fail RLSD's line, a blank RLSD
+    fails only its own; a student sdpg.py that does not parse gets its error and line (not "no test ran" eight
+    times); make_assignment.py on a file is one line."""
+    folder = make_student_version(tmp_path, "--blank", "E2,RLSD")
     source = (folder / "sdpg.py").read_text(encoding="utf-8")
     assert 'raise NotImplementedError("RLSD: implement rlsd_advantages' in source
     assert "rlsd_advantages" in (folder / "ASSIGNMENT.md").read_text(encoding="utf-8")
-    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
-                            capture_output=True, text=True, timeout=600)
-    rlsd = next(line for line in result.stdout.splitlines() if line.startswith("RLSD "))
-    assert result.returncode == 1 and "FAILED" in rlsd and "total: 6/8" in result.stdout, result.stdout
+    code, lines = grade(folder)
+    failed = [tag for tag in TAGS if "FAILED" in lines[tag]]
+    assert code == 1 and failed == ["E2", "RLSD"], lines
+    assert "NotImplementedError: RLSD" in lines["RLSD"] and "E2" not in lines["RLSD"].split("first failure")[1], lines
+    shutil.copy(os.path.join(HERE, "sdpg.py"), folder / "sdpg.py")
+    source = (folder / "sdpg.py").read_text(encoding="utf-8")
     (folder / "sdpg.py").write_text(source.replace("def group_advantages(", "def group_advantages((", 1),
                                     encoding="utf-8")
     result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "grade.py"), str(folder)],
@@ -2830,6 +3126,15 @@ def test_teaching_kit_rlsd_is_optional_and_a_broken_student_file_is_one_line(tmp
     result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "make_assignment.py"),
                              str(tmp_path / "a_file")], capture_output=True, text=True)
     assert result.returncode == 1 and "is a file" in result.stderr and "Traceback" not in result.stderr
+
+
+@in_repository("teaching")
+def test_teaching_kit_every_planted_slip_fails_its_own_line_first_as_the_instructors_table_says():
+    """teaching/planted_bugs.py --check: each of its single-line slips in E1–E7 and RLSD fails that equation's line
+    first, and what every first line says is the table in teaching/README.md, word for word (about 3 minutes)."""
+    result = subprocess.run([sys.executable, os.path.join(HERE, "teaching", "planted_bugs.py"), "--check"],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @in_repository("teaching")

@@ -21,20 +21,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # the reference tests: the repository's (teaching/../) or, in a handed-out copy, the ones beside this file
 SOURCE = os.path.dirname(HERE) if os.path.basename(HERE) == "teaching" else HERE
 EQUATIONS = {"E1": "group_advantages", "E2": "clipped_pg_loss", "E3": "reverse_kl", "E4": "sdpg_loss (gate)",
-             "E5": "beta_schedule", "E6": "ref_kl", "E7": "sdpg_loss", "RLSD": "rlsd_advantages"}  # RLSD: optional
+             "E5": "beta_schedule", "E6": "ref_kl", "E7": "sdpg_loss", "RLSD": "rlsd_advantages"}
 
 
-def run_equation_tests(student_sdpg: str) -> dict[str, list[tuple[str, str | None]]]:
-    """{tag: [(test name, failure message or None)]} from one pytest run of the `test_e<N>_` tests."""
+def run_equation_tests(student_sdpg: str, check: bool = True) -> dict[str, list[tuple[str, str | None]]]:
+    """{tag: [(test name, failure message or None)]} from one pytest run of the `test_e<N>_` tests; check=False skips
+    the one-line diagnosis of a file that does not import (planted_bugs.py's files always do)."""
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copy(student_sdpg, os.path.join(scratch, "sdpg.py"))
         for name in ("test_sdpg.py", "eval.py", "inspect_page.py", "inspect_page.html", "pytest.ini"):
             shutil.copy(os.path.join(SOURCE, name), os.path.join(scratch, name))
-        check_imports(scratch)
+        if check:
+            check_imports(scratch)
         report = os.path.join(scratch, "report.xml")
         selection = " or ".join(f"test_{tag.lower()}_" for tag in EQUATIONS)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "-k", selection,
                         f"--junitxml={report}", "test_sdpg.py"], cwd=scratch, env=env, capture_output=True,
                        text=True, timeout=600)
         if not os.path.isfile(report):
@@ -73,7 +75,8 @@ def check_imports(scratch: str):
 def first_line(message: str) -> str:
     """The assertion's own words: pytest's message without the repeated expression it was made of."""
     text = message.strip().splitlines()[0] if message.strip() else "failed"
-    return text[:200]
+    text = text.removeprefix("AssertionError: ")  # the test's own sentence; other errors keep their type
+    return text if len(text) <= 400 else text[:399] + "…"
 
 
 def main(argv=None) -> int:
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
         detail = (f"{len(cases)}/{len(cases)} tests" if ok else
                   f"{len(cases) - len(failures)}/{len(cases)} tests; first failure {failures[0][0]}: "
                   f"{failures[0][1]}" if failures else "no test ran")
-        print(f"{tag}  {function:<18} {'passed' if ok else 'FAILED'}  {detail}")
+        print(f"{tag:<4}  {function:<18} {'passed' if ok else 'FAILED'}  {detail}")
     print(f"total: {passed}/{len(EQUATIONS)} equations pass")
     return 0 if passed == len(EQUATIONS) else 1
 

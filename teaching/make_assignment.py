@@ -1,8 +1,7 @@
 """Write a student version of this project: sdpg.py with the paper's equations blanked, and a handout.
 
-    python teaching/make_assignment.py OUT_DIR                     # blank E1–E7 (every function below)
+    python teaching/make_assignment.py OUT_DIR                     # blank E1–E7 and RLSD (every function below)
     python teaching/make_assignment.py OUT_DIR --blank E3,E5       # only these equations
-    python teaching/make_assignment.py OUT_DIR --blank E1,E2,E3,E5,E6,E7,RLSD   # with the optional RLSD problem
 
 Generated from the reference sdpg.py by its syntax tree, never kept by hand: each blanked function keeps its
 signature and docstring (the tag's formula) and its body becomes `raise NotImplementedError("E3: …")`.
@@ -25,8 +24,7 @@ EQUATIONS = {"E1": ("group_advantages", "group-relative advantages"),
              "E5": ("beta_schedule", "the β warm-up/decay schedule"),
              "E6": ("ref_kl", "the reference-policy anchor"),
              "E7": ("sdpg_loss", "the gated (E4), token-mean total loss"),
-             "RLSD": ("rlsd_advantages", "RLSD's token advantage (optional, Appendix B)")}
-OPTIONAL = ("RLSD",)  # blanked only when asked for
+             "RLSD": ("rlsd_advantages", "RLSD's token advantage (the paper's Appendix B baseline)")}
 COPIED = ["eval.py", "inspect_page.py", "inspect_page.html", "test_sdpg.py", "pytest.ini", "requirements.txt", "docs/algorithm.md", "docs/metrics.md",
           "testdata"]
 
@@ -78,9 +76,9 @@ def write_assignment(out_dir: str, tags: list[str]):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("out_dir", help="an empty or new folder for the student version")
-    parser.add_argument("--blank", default=",".join(tag for tag in EQUATIONS if tag not in OPTIONAL),
+    parser.add_argument("--blank", default=",".join(EQUATIONS),
                         help=f"comma-separated tags to blank, of {', '.join(EQUATIONS)} (E4 lives in E7's sdpg_loss; "
-                             f"default: all but the optional {', '.join(OPTIONAL)})")
+                             f"default: all of them)")
     args = parser.parse_args(argv)
     tags = [tag.strip().upper() for tag in args.blank.split(",") if tag.strip()]
     unknown = [tag for tag in tags if tag not in EQUATIONS]
