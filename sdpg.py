@@ -93,8 +93,7 @@ class Config:
                               "file; default gsm8k (arithmetic for --model tiny, the run's own for --model RUN_FOLDER)")
     question_field: str = arg("question", "column holding the problem x")
     answer_field: str = arg("answer", "column holding the ground truth (text after `####` if present)")
-    student_prompt: str = arg("qwen", "the instruction around x: qwen (Qwen's math instruction after x) | paper "
-                              "(Figure 4: 'Solve the following math problem step by step…' before x, a reminder after)")
+    student_prompt: str = arg("qwen", "instruction around x: qwen (Qwen's math prompt after x) | paper (Figure 4's)")
     teacher_context: str | None = arg(None, "c: paper (answer + solution, Fig. 4) | answer | solution; run's/paper")
     max_prompt_length: int = arg(1024, "tokens; a longer student or teacher prompt is an error, never cut")
     # -- E8 sizes
@@ -109,8 +108,7 @@ class Config:
     max_new_tokens: int = arg(512, "maximum response length in tokens")
     temperature: float = arg(1.0, "τ, sampling temperature; the log-probs and E3 use the same τ")
     # -- optimizer
-    lr: float | None = arg(None, "AdamW learning rate; default 1e-6 for full fine-tuning (the authors'), 1e-5 with "
-                           "--lora-rank")
+    lr: float | None = arg(None, "AdamW learning rate; default 1e-6 (the authors'), 1e-5 with --lora-rank")
     warmup_steps: int = arg(10, "linear learning-rate warmup, in training steps")
     weight_decay: float = arg(0.1, "AdamW weight decay (authors: 0.1)")
     max_grad_norm: float = arg(1.0, "gradient-norm clip (authors: 1.0)")
@@ -123,12 +121,9 @@ class Config:
     strict_format: bool = arg(False, "reward only an explicit final answer (as the authors); off: the last number too")
     # -- E3–E5 self-distillation
     beta: float | None = arg(None, "β_base, weight of the reverse KL to the teacher view (by --method); 0 = none")
-    beta_warmup_steps: int | None = arg(None, "T_warm of E5 (by --method); -1 = the paper's proportion, steps/8 (50 "
-                                        "of 400); 0 disables the warmup factor")
-    beta_decay_steps: int | None = arg(None, "T_decay of E5 (by --method); -1 = the paper's proportion, steps − "
-                                       "T_warm (350 of 400); 0 disables the decay factor")
-    gate: bool | None = arg(None, "E4: E3 acts only on rollouts with A > 0 (by --method); --no-gate: on every "
-                            "rollout")
+    beta_warmup_steps: int | None = arg(None, "T_warm of E5 (by --method); -1 = steps/8 (the paper: 50 of 400); 0: off")
+    beta_decay_steps: int | None = arg(None, "T_decay of E5 (by --method); -1 = steps − T_warm (350 of 400); 0: off")
+    gate: bool | None = arg(None, "E4: E3 acts only on rollouts with A > 0 (by --method); --no-gate: on every rollout")
     # -- RLSD (App. B): the teacher's view of the sampled token reweights A
     rlsd_weight: float | None = arg(None, "λ₀, the weight of the teacher's evidence in RLSD's advantage (by --method)")
     rlsd_decay_steps: int = arg(-1, "λ(k) falls linearly from λ₀ to 0 over this many steps; -1 = steps/8 (50 of 400)")
@@ -571,8 +566,8 @@ def sampled_logp(policy, batch: dict, cfg: Config) -> torch.Tensor:
 
 def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1, the paper's Eq. 2.1); std_scale=False: A_i = R_i − mean_G R
-    (Dr. GRPO). rewards (B·G,) with each group's G rewards contiguous → (B·G,); std is the sample std (Bessel), ε =
-    eps; an all-equal group gets 0. Raises ValueError naming `group_size` when G < 2 or G does not divide the rewards."""
+    (Dr. GRPO). rewards (B·G,), each group's G rewards contiguous → (B·G,); std is the sample std (Bessel), ε = eps;
+    an all-equal group gets 0. Raises ValueError naming `group_size` when G < 2 or G does not divide the rewards."""
     if group_size < 2 or rewards.numel() % group_size:
         raise ValueError(f"need group_size ≥ 2 dividing {rewards.numel()} rewards, got {group_size}")
     groups = rewards.float().view(-1, group_size)  # (num_prompts, G), groups contiguous
@@ -638,7 +633,7 @@ def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 
     """β(k) = β_base · min(1, k/T_warm) · max(0, min(1, (T−k)/T_decay))   (E5, §3.5.2)
 
     k = step, T = total_steps, β_base = beta; T_warm = 0 or T_decay = 0 switches that factor off (it is 1). Past the
-    last step (k > T) β(k) is 0, never negative. Returns a float."""
+    last step (k > T) β(k) is 0, never negative."""
     warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
     decay = max(0.0, min(1.0, (total_steps - step) / decay_steps)) if decay_steps > 0 else 1.0
     return beta * warm * decay

@@ -244,7 +244,7 @@ def test_help_explains_every_flag_with_the_default_it_really_takes():
     for bad in ("(default: None)", "(default: True)", "(default: False)", "(default: 0.0)"):
         assert bad not in text, bad
     assert "[by --method: sdpg 0.28, grpo 0.2, rlsd 0.2, opcd 0.2]" in text  # --clip-high
-    assert "(default: 200)" in text and "default 1e-6 for full fine-tuning" in text
+    assert "(default: 200)" in text and "default 1e-6 (the authors'), 1e-5 with --lora-rank" in text
     assert "--gate, --no-gate" in text and "--no-gate: on every rollout" in text
 
 
@@ -610,12 +610,12 @@ def test_paper_eval_sets_load_and_each_rows_own_answer_boxed_scores_one(name, co
 
 
 def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
-    """Qwen's pad id is an EOS id: the mask comes from the first EOS, which stays in the mask."""
-    eos, pad = [2, 0], 0
-    response = torch.tensor([[5, 6, 2, 0, 0], [5, 0, 0, 0, 0], [5, 6, 7, 8, 9], [2, 2, 2, 0, 0]])
-    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    """Qwen's pad id is an EOS id: the mask comes from the first EOS, which stays in the mask (a response that ends
+    with the pad id ended there), and everything after it is out, whatever tokens it holds."""
+    eos = [2, 0]  # 0 is also the pad id here, as Qwen's <|endoftext|>
+    response = torch.tensor([[5, 6, 2, 0, 0], [5, 0, 0, 0, 0], [5, 6, 7, 8, 9], [2, 2, 2, 0, 0], [5, 2, 7, 8, 9]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
     assert torch.equal(sdpg.response_mask_from_eos(response, eos), expected)
-    assert pad in eos
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
@@ -1627,6 +1627,20 @@ def test_e7_uses_the_per_token_advantages_it_is_given(own_equation):
                 {"token_advantages ignored: when given (RLSD's Â_t), they replace A in E2": mean(reference_clipped_pg_loss(
                     x["logp"], x["old_logp"], x["advantages"][:, None].expand_as(x["logp"])))},
                 lambda i: "with token_advantages (Σ mask·l_t(Â_t) / Σ mask)")
+
+
+def test_e7_gives_e2_the_clip_settings_of_cfg(own_equation):
+    """E7's docstring: cfg gives E2's clip — ε_low, ε_high and c reach clipped_pg_loss (here 0.1, 0.5 and 1.5, not
+    the function's defaults)."""
+    x = random_loss_inputs()
+    x["old_logp"] = x["logp"].detach() + torch.tensor([0.6, -0.6, 0.3, -0.9], dtype=torch.float64)[:, None]
+    a = x["advantages"][:, None].expand_as(x["logp"])
+    mean = lambda per_token: (per_token * x["mask"]).sum() / x["mask"].sum()  # noqa: E731
+    got, _ = e7_call(x, 0.0, clip_low=0.1, clip_high=0.5, clip_c=1.5)
+    expected = mean(reference_clipped_pg_loss(x["logp"], x["old_logp"], a, 0.1, 0.5, 1.5))
+    first_wrong("E7", got, expected, {"cfg's clip ignored: pass cfg.clip_low, cfg.clip_high and cfg.clip_c to "
+                                      "clipped_pg_loss": mean(reference_clipped_pg_loss(x["logp"], x["old_logp"], a))},
+                lambda i: "with cfg.clip_low 0.1, clip_high 0.5, clip_c 1.5 (E2 with the run's clip)")
 
 
 def test_e7_opcd_ignores_rewards_entirely(own_equation):
@@ -2848,16 +2862,28 @@ def test_eval_prompt_is_token_identical_to_the_training_student_prompt(tiny, mon
     assert [row[m.bool()].tolist() for row, m in zip(ids, mask)] == [row["prompt_ids"] for row in rows]
 
 
-def test_plot_writes_a_png_with_one_line_per_run(tmp_path):
+def test_plot_writes_a_png_with_one_line_per_run(tmp_path, monkeypatch):
+    """`eval.py --plot A B`: a PNG whose every panel has one line per run, labelled by run, with the run's values."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
     for name, offset in (("grpo", 0.0), ("sdpg", 0.1)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("".join(
             json.dumps(dict(step=s, reward=offset + s / 10, reverse_kl=0.1, ref_kl=1e-3, entropy=2.0, response_len=50)) + "\n"
             for s in range(5)))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
     output = tmp_path / "curves.png"
     evaluation.main(evaluation.parse_args(["--plot", str(tmp_path / "grpo"), str(tmp_path / "sdpg"), "--plot-output", str(output)]))
-    data = output.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panels = [axis for axis in figures[0].axes if axis.get_lines()]
+    assert len(panels) >= 4, [axis.get_title() for axis in figures[0].axes]
+    for axis in panels:
+        assert [line.get_label() for line in axis.get_lines()] == ["grpo", "sdpg"], axis.get_title()
+    reward = next(axis for axis in panels if axis.get_title().startswith("reward"))
+    assert [list(line.get_ydata()) for line in reward.get_lines()] == [
+        pytest.approx([s / 10 for s in range(5)]), pytest.approx([0.1 + s / 10 for s in range(5)])]
 
 
 def write_run(folder, records):
@@ -3320,9 +3346,15 @@ def test_paper_grid_trains_each_method_with_the_settings_it_states(tmp_path):
 
 
 def test_help_of_the_scripts_names_no_path_outside_the_repository():
-    for script in ("sdpg.py", "eval.py", "inspect_page.py"):
-        result = subprocess.run([sys.executable, os.path.join(HERE, script), "--help"], capture_output=True, text=True)
-        assert result.returncode == 0 and "../" not in result.stdout and "shared" not in result.stdout, script
+    """Every path a --help names (of each script and each eval.py mode) is relative and stays inside the repository:
+    no absolute path of this machine, no `..` (the tests' ../shared is not a user's)."""
+    for command in (["sdpg.py"], ["eval.py"], ["eval.py", "--plot", "RUN"], ["inspect_page.py"]):
+        result = subprocess.run([sys.executable, os.path.join(HERE, command[0]), *command[1:], "--help"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr)
+        paths = re.findall(r"(?<![\w<])[~\w.-]*/[\w./{}-]*", result.stdout)
+        outside = [path for path in paths if re.match(r"/\w|~", path) or ".." in path.split("/")]
+        assert not outside, f"{' '.join(command)} --help names paths outside the repository: {outside}"
 
 
 # names the docs use that belong to other code: the authors' verl config key, DDP's method, a math symbol

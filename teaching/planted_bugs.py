@@ -85,6 +85,7 @@ BUGS = [
     ("E7", "sdpg_loss", "RLSD's per-token advantages ignored",
      'terms.get("token_advantages", advantages[:, None].expand_as(logp))', "advantages[:, None].expand_as(logp)"),
     ("E7", "sdpg_loss", "parts not detached", "value.detach()", "value"),
+    ("E7", "sdpg_loss", "cfg's clip not passed to E2", ", cfg.clip_low, cfg.clip_high, cfg.clip_c)", ")"),
     ("RLSD", "rlsd_advantages", "without sign(A)", "rlsd_evidence(advantages, old_logp, teacher_logp)",
      "torch.exp((teacher_logp - old_logp).clamp(-20.0, 20.0))"),
     ("RLSD", "rlsd_advantages", "u not clipped", ".clamp(1 - clip, 1 + clip)", ""),
