@@ -100,8 +100,7 @@ class Config:
     steps: int = arg(200, "T, training steps (rollout batches)")
     batch_size: int = arg(32, "B, prompts per step")
     group_size: int = arg(8, "G, responses sampled per prompt")
-    mini_batch_size: int | None = arg(None, "prompts per optimizer update; default B/8, the authors' 8 updates per "
-                                      "rollout batch (16 of 128; fewer when B is small), so E2's clip acts")
+    mini_batch_size: int | None = arg(None, "prompts per update; default B/8: the authors' 8 updates a batch")
     micro_batch_size: int = arg(8, "sequences per forward/backward; memory only, never the result")
     gradient_checkpointing: bool = arg(True, "recompute decoder layers in backward; --no-…: faster, more memory")
     logits_chunk_size: int = arg(128, "response positions per vocabulary projection (and its recompute); 0 = all")
@@ -147,6 +146,8 @@ class Config:
     device: str = arg("auto", "auto | cpu | cuda | cuda:N | mps (under torchrun: each rank's own GPU, or cpu)")
     fsdp: bool = arg(False, "under torchrun: shard weights, gradients and AdamW state (FSDP2); off: replicas (DDP)")
     dtype: str = arg("auto", "compute dtype under autocast: auto (bf16 on CUDA, fp32 elsewhere) | bfloat16 | float32")
+    report_to: str = arg("none", "live tracking, a comma list: none | tensorboard | wandb | trackio (pip install it)")
+    log_completions_every: int = arg(10, "--report-to: a table of one group's completions every N steps; 0: never")
 
     def __post_init__(self):
         """Defaults that follow from other fields (method, run folder, LoRA, B): each field holds the run's value."""
@@ -166,8 +167,7 @@ class Config:
             self.mini_batch_size = self.batch_size // max(u for u in range(1, 9) if self.batch_size % u == 0)
 
 
-# The compute context, set once by main (nanoGPT's `ctx`): the autocast every forward and generate() run under
-# (bf16 on CUDA, nothing in float32). Entered only where a model is called, never nested.
+# The compute context, set once by main (nanoGPT's `ctx`): autocast for every model call (bf16 on CUDA), never nested
 ctx = contextlib.nullcontext()
 
 # ----------------------------------------------------------------------------------------------
@@ -717,7 +717,7 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     truncated = truncated_responses(batch["response_ids"], eos_token_ids(plain, tokenizer))  # (B*G,)
     rewards, verifier_errors = score_responses(completions, [row["answer"] for row in per_sequence],
                                                truncated.tolist(), cfg.strict_format)
-    rewards = torch.tensor(rewards, device=device)  # (B*G,)
+    batch["rewards"] = rewards = torch.tensor(rewards, device=device)  # (B*G,)
     batch["advantages"] = group_advantages(rewards, cfg.group_size, cfg.std_scale)  # (B*G,)   E1
     set_layer_recompute(plain, cfg.gradient_checkpointing)
     if cfg.mini_batch_size < cfg.batch_size:  # several updates share the batch: π_old is the policy that sampled it
@@ -819,10 +819,10 @@ def main(cfg: Config) -> list[dict]:
     model, reference = distribute(model, reference, cfg, world)  # Appendix E: DDP or FSDP2 under torchrun
     trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = start_run(cfg, model, optimizer, resume_from, rows, world)  # Appendix C
+    run = start_run(cfg, model, tokenizer, optimizer, resume_from, rows, world)  # Appendix C
     heldout = heldout_rows(cfg, tokenizer)  # Appendix C: [] without --eval-every
 
-    with stop_at_step_end(rank) as stop_signal:
+    with stop_at_step_end(rank, run) as stop_signal:  # closes --report-to's trackers however the loop ends
         progress = tqdm(range(run["step"], cfg.steps), initial=run["step"], total=cfg.steps, desc="sdpg",
                         dynamic_ncols=True, disable=rank > 0)
         for step in progress:
@@ -836,7 +836,7 @@ def main(cfg: Config) -> list[dict]:
             record = step_record(step, all_reduce_sums({**counts, **sums}), dict(used, lr=lr), cfg)
             if heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):  # the policy after step
                 record["heldout_accuracy"] = heldout_accuracy(model, tokenizer, heldout, cfg)
-            log_step(dict(record, rollout_time=rollout_time, step_time=time.time() - started), run, progress)
+            log_step(dict(record, rollout_time=rollout_time, step_time=time.time() - started), run, progress, batch)
             stop = any_rank(bool(stop_signal))  # a signal stops every rank at the same step
             if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
                 save_resumable(model, adapter, tokenizer, optimizer, run, step + 1, cfg)  # Appendix C
@@ -1236,10 +1236,11 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torc
 # order and every RNG restored), Ctrl-C or SIGTERM stop at the end of a step with a resumable checkpoint.
 # A first reading skips this appendix.
 
-RUN_ARTEFACT = re.compile(r"config\.json|metrics\.jsonl|final|step_\d+(?:\.tmp|\.old)?")
+RUN_ARTEFACT = re.compile(r"config\.json|metrics\.jsonl|final|step_\d+(?:\.tmp|\.old)?|tensorboard|wandb")
 RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "eval_every", "eval_problems",
                      "eval_dataset", "device", "dtype", "micro_batch_size",
-                     "logits_chunk_size", "gradient_checkpointing"}  # memory and bookkeeping, never the result
+                     "logits_chunk_size", "gradient_checkpointing", "report_to",
+                     "log_completions_every"}  # memory and bookkeeping, never the result
 
 
 def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None, adapter=None, merge=False,
@@ -1374,11 +1375,14 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
-def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list[dict], world: int = 1) -> dict:
+def start_run(cfg: Config, model, tokenizer, optimizer, resume_from: str | None, rows: list[dict],
+              world: int = 1) -> dict:
     """The run's state — step, data order, shuffler, metrics so far — fresh, or restored from `resume_from` with
-    the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept (rank 0)."""
-    run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[],
-               metrics_path=os.path.join(cfg.output_dir, "metrics.jsonl"))
+    the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept, and
+    --report-to's trackers started (rank 0)."""
+    run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[], trackers=[], tokenizer=tokenizer,
+               metrics_path=os.path.join(cfg.output_dir, "metrics.jsonl"), group_size=cfg.group_size,
+               completions_every=cfg.log_completions_every)
     if resume_from:
         state = read_trainer_state(os.path.join(resume_from, "trainer_state.pt"))
         load_optimizer_state(model, optimizer, state["optimizer"])  # Appendix E: FSDP2 shards it
@@ -1405,6 +1409,7 @@ def start_run(cfg: Config, model, optimizer, resume_from: str | None, rows: list
     if len(rows) < cfg.batch_size:
         print(f"warning: --batch-size {cfg.batch_size} is more than the {len(rows)} rows of {cfg.dataset}: every step "
               f"repeats rows (a group of G responses each time)", flush=True)
+    run["trackers"] = open_trackers(cfg, run["step"])
     return run
 
 
@@ -1482,13 +1487,16 @@ def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config) -> float:
     return correct / len(rows)
 
 
-def log_step(record: dict, run: dict, progress):
-    """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl (rank 0)."""
+def log_step(record: dict, run: dict, progress, batch: dict | None = None):
+    """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl and sent to
+    --report-to's trackers, with a table of the step's first group of completions every --log-completions-every
+    steps (rank 0)."""
     run["history"].append(record)
     if rank_of() > 0:
         return
     with open(run["metrics_path"], "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+    report(run, record, batch)
     shown = {"reward": ".3f", "reverse_kl": ".4f", "ref_kl": ".2e", "response_len": ".0f"}
     if record.get("rlsd_weight") is not None:  # RLSD's own: how far the teacher moved A (|Â/A − 1|)
         shown["rlsd_shift"] = ".3f"
@@ -1563,9 +1571,10 @@ def announce_end(cfg: Config):
 
 
 @contextlib.contextmanager
-def stop_at_step_end(rank: int = 0):
+def stop_at_step_end(rank: int = 0, run: dict | None = None):
     """SIGINT (Ctrl-C) and SIGTERM (what schedulers send; torchrun forwards them to every rank) only set a flag:
-    the loop finishes its step, writes a resumable checkpoint and exits. A second signal aborts at once."""
+    the loop finishes its step, writes a resumable checkpoint and exits. A second signal aborts at once. However
+    the block ends (done, stopped, failed), the run's trackers are flushed and closed with its exit status."""
     received = []
 
     def handler(signum, frame):
@@ -1576,15 +1585,98 @@ def stop_at_step_end(rank: int = 0):
             print(f"\n{signal.Signals(signum).name}: stopping after this step (send it again to abort without "
                   f"saving)", file=sys.stderr, flush=True)
 
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield received
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous, status = {sig: signal.signal(sig, handler) for sig in signals}, 0  # signals reach the main thread only
     try:
         yield received
+    except BaseException as error:
+        status = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
+        raise
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        close_trackers(run or {}, status)
+
+
+# What a user of TRL or verl watches a run in: TensorBoard, Weights & Biases or trackio, each an optional extra,
+# imported only when --report-to names it. metrics.jsonl stays the record; a tracker gets the same names and steps.
+TRACKERS = ("tensorboard", "wandb", "trackio")  # the --report-to name is also the package to pip install
+
+
+def check_trackers(cfg: Config):
+    """--report-to: known names, each installed, before anything is written."""
+    names = [name.strip() for name in cfg.report_to.split(",") if name.strip()] or ["none"]
+    if set(names) - {"none", *TRACKERS} or ("none" in names and len(names) > 1):
+        fail(f"--report-to {cfg.report_to!r}: choose none, or a comma list of {', '.join(TRACKERS)}")
+    for name in set(names) - {"none"}:
+        if importlib.util.find_spec(name) is None:
+            fail(f"--report-to {name} needs {name}, an optional extra: pip install {name}")
+    if cfg.log_completions_every < 0:
+        fail(f"--log-completions-every {cfg.log_completions_every} must be ≥ 0 (0 = never)")
+
+
+def open_trackers(cfg: Config, step: int) -> list:
+    """[(name, handle)] for --report-to, each given the run's config. A resumed run continues its own: TensorBoard's
+    folder (events from `step` on are replaced), the W&B run and the trackio run named after this config.json."""
+    names = [name.strip() for name in cfg.report_to.split(",") if name.strip() not in ("", "none")]
+    config, trackers = dataclasses.asdict(cfg), []
+    stamp = os.stat(os.path.join(cfg.output_dir, "config.json")).st_mtime_ns if names else 0
+    run_id = re.sub(r"[^\w-]", "-", os.path.basename(os.path.abspath(cfg.output_dir)))[:48] + f"-{stamp % 10**8:08d}"
+    for name in names:
+        if name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=step or None)
+            writer.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "), step)
+            trackers.append((name, writer))
+        elif name == "wandb":
+            import wandb
+
+            wandb.init(project=os.environ.get("WANDB_PROJECT", "sdpg"), name=run_id, id=run_id, resume="allow",
+                       config=config, dir=cfg.output_dir)
+            trackers.append((name, wandb))
+        elif name == "trackio":
+            import trackio
+
+            trackio.init(project=os.environ.get("TRACKIO_PROJECT", "sdpg"), name=run_id, config=config,
+                         resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)
+            trackers.append((name, trackio))
+    return trackers
+
+
+def report(run: dict, record: dict, batch: dict | None):
+    """A step's record to every tracker (numbers only: a term the step did not compute is left out, as null is in
+    metrics.jsonl), and every --log-completions-every steps one group's completions as a table."""
+    step, every = record["step"], run.get("completions_every", 0)
+    values = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
+    rows = []
+    if batch is not None and every and step % every == 0:
+        group = slice(0, run["group_size"])  # the step's first prompt (this rank's under torchrun: rank 0's)
+        texts = decode_responses(run["tokenizer"], batch["response_ids"][group], batch["response_mask"][group])
+        rows = [[step, text, float(reward), float(advantage)] for text, reward, advantage in
+                zip(texts, batch["rewards"][group], batch["advantages"][group])]
+    columns = ["step", "completion", "reward", "advantage"]
+    for name, handle in run.get("trackers", []):
+        if name == "tensorboard":
+            for key, value in values.items():
+                handle.add_scalar(key, value, step)
+            if rows:
+                lines = [f"| {' | '.join(columns)} |", "|---|---|---|---|"] + [  # repr: one line; \| keeps the cell
+                    f"| {r[0]} | {repr(r[1]).replace('|', chr(92) + '|')} | {r[2]:g} | {r[3]:.3f} |" for r in rows]
+                handle.add_text("completions", "\n".join(lines), step)
+        else:  # wandb and trackio: the same calls (trackio's API follows W&B's)
+            table = {"completions": handle.Table(columns=columns, data=rows)} if rows else {}
+            handle.log(dict(values, **table), step=step)
+
+
+def close_trackers(run: dict, status: int):
+    """Flush and close every tracker, with the run's exit status where the tracker keeps one (W&B)."""
+    for name, handle in run.get("trackers", []):
+        if name == "tensorboard":
+            handle.close()
+        else:
+            handle.finish(exit_code=status) if name == "wandb" else handle.finish()
+    run["trackers"] = []
 
 
 # ==============================================================================================
@@ -1691,6 +1783,7 @@ def check_config(cfg: Config):
         load_rows(cfg.eval_dataset, cfg.question_field, cfg.answer_field, "test", "--eval-dataset")
     if cfg.resume and cfg.overwrite:
         fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
+    check_trackers(cfg)
     refuse_what_is_no_model(cfg.model)
     resolve_device(cfg.device)
 

@@ -2321,6 +2321,115 @@ def test_resume_accepts_the_output_dir_with_a_trailing_slash_and_more_steps(tmp_
     assert [r["step"] for r in history] == [0, 1, 2]
 
 
+def numbers_of(record):
+    """What a tracker gets of a metrics.jsonl record: every number but the step (a null term is left out)."""
+    return {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
+
+
+def test_report_to_tensorboard_logs_every_metric_at_its_step_with_the_config_and_completions(tmp_path):
+    """--report-to tensorboard: TensorBoard's own event reader finds every number of every metrics.jsonl line
+    (held-out accuracy included) at its step, the run's config, and a table of one group's G completions."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, history = train(tmp_path, "--report-to", "tensorboard", "--log-completions-every", "1", "--eval-every", "1",
+                       "--eval-problems", "4")
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    for record in history:
+        for key, value in numbers_of(record).items():
+            logged = {event.step: event.value for event in events.Scalars(key)}
+            assert logged[record["step"]] == pytest.approx(value, rel=1e-6, abs=1e-12), (key, record["step"])
+    assert "heldout_accuracy" in events.Tags()["scalars"] and "reverse_kl" not in events.Tags()["scalars"]  # null
+    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert '"method": "sdpg"' in config and '"report_to": "tensorboard"' in config
+    tables = events.Tensors("completions/text_summary")
+    assert [table.step for table in tables] == [0, 1]
+    assert tables[0].tensor_proto.string_val[0].decode().count("\n| 0 |") == 4  # G = 4 rows at step 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="--report-to trackio needs trackio: pip "
+                    "install trackio (CI installs it)")
+def test_report_to_trackio_writes_its_local_database(tmp_path):
+    """--report-to trackio, offline (TRACKIO_DIR): trackio's SQLite database holds the config and, per step, the
+    same numbers as metrics.jsonl and a table of completions."""
+    import sqlite3
+
+    command = [sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--steps", "2", "--batch-size", "2",
+               "--group-size", "4", "--max-new-tokens", "8", "--output-dir", str(tmp_path / "run"),
+               "--report-to", "trackio", "--log-completions-every", "1"]
+    env = dict(os.environ, TRACKIO_DIR=str(tmp_path / "trackio"), TRACKIO_PROJECT="tests")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = sdpg.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    database = sqlite3.connect(tmp_path / "trackio" / "tests.db")
+    logged = {step: json.loads(metrics) for step, metrics in database.execute("select step, metrics from metrics")}
+    assert sorted(logged) == [0, 1]
+    for record in history:
+        assert {key: logged[record["step"]][key] for key in numbers_of(record)} == pytest.approx(numbers_of(record))
+        table = logged[record["step"]]["completions"]["_value"]
+        assert len(table) == 4 and set(table[0]) == {"step", "completion", "reward", "advantage"}
+    (config,) = database.execute("select config from configs").fetchone()
+    assert json.loads(config)["method"] == "sdpg"
+
+
+def wandb_stand_in(monkeypatch):
+    """A module with the calls sdpg.py makes of wandb (init, log, Table, finish), recording them."""
+    import importlib.machinery
+    import types
+
+    calls = []
+    module = types.ModuleType("wandb")
+    module.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    module.init = lambda **kw: calls.append(("init", kw))
+    module.log = lambda data, step: calls.append(("log", step, data))
+    module.finish = lambda exit_code=0: calls.append(("finish", exit_code))
+    module.Table = lambda columns, data: dict(columns=columns, data=data)
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    return calls
+
+
+def test_report_to_wandb_logs_each_step_and_finishes_with_the_runs_exit_status(tmp_path, monkeypatch):
+    """--report-to wandb (a stand-in module): init with the config, each step's numbers at its step, completions
+    every N steps, finish at the end (0), after Ctrl-C (the stop's exit status) and after a failure (non-zero)."""
+    calls = wandb_stand_in(monkeypatch)
+    _, history = train(tmp_path / "done", "--report-to", "wandb", "--log-completions-every", "2")
+    assert calls[0][0] == "init" and calls[0][1]["config"]["report_to"] == "wandb" and calls[-1] == ("finish", 0)
+    logs = [call for call in calls if call[0] == "log"]
+    assert [step for _, step, _ in logs] == [0, 1]
+    for (_, _, data), record in zip(logs, history):
+        assert {key: data[key] for key in numbers_of(record)} == numbers_of(record)
+    assert len(logs[0][2]["completions"]["data"]) == 4 and "completions" not in logs[1][2]
+    calls.clear()
+    monkeypatch.setattr(sdpg, "any_rank", lambda flag: True)  # as if Ctrl-C came during step 0
+    with pytest.raises(SystemExit) as stopped:
+        train(tmp_path / "stopped", "--report-to", "wandb")
+    assert calls[-1] == ("finish", stopped.value.code) and stopped.value.code == 128 + signal.SIGTERM
+    assert [call[1] for call in calls if call[0] == "log"] == [0]
+    calls.clear()
+    monkeypatch.undo()
+    calls = wandb_stand_in(monkeypatch)
+    original = sdpg.sdpg_loss
+    monkeypatch.setattr(sdpg, "sdpg_loss", lambda *a, **k: (original(*a, **k)[0] * float("nan"), original(*a, **k)[1]))
+    with pytest.raises(SystemExit, match="non-finite loss"):
+        train(tmp_path / "failed", "--report-to", "wandb")
+    assert calls[-1] == ("finish", 1)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("tensorbord", r"--report-to 'tensorbord': choose none, or a comma list of tensorboard, wandb, trackio"),
+    ("none,wandb", r"--report-to 'none,wandb': choose none, or a comma list"),
+    ("wandb", r"--report-to wandb needs wandb, an optional extra: pip install wandb"),
+])
+def test_report_to_an_unknown_or_missing_tracker_is_one_line_before_anything_is_written(tmp_path, monkeypatch,
+                                                                                         value, message):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(SystemExit, match=message):
+        train(tmp_path / "run", "--report-to", value)
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Appendix D: bad input is one line; datasets, models (GGUF, local folders, run folders), LoRA
 
