@@ -1648,6 +1648,8 @@ def report(run: dict, record: dict, batch: dict | None):
     """A step's record to every tracker (numbers only: a term the step did not compute is left out, as null is in
     metrics.jsonl), and every --log-completions-every steps one group's completions as a table."""
     step, every = record["step"], run.get("completions_every", 0)
+    if not run.get("trackers"):
+        return
     values = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
     rows = []
     if batch is not None and every and step % every == 0:

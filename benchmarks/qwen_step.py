@@ -14,6 +14,8 @@ there, else the same numbers typed in below with the byte-level tokenizer of `ti
   python benchmarks/qwen_step.py                 # fp32 weights + AdamW, as sdpg.py trains
   python benchmarks/qwen_step.py --lora-rank 16  # a LoRA adapter instead: π_ref is the base, no copy
   python benchmarks/qwen_step.py --device cuda   # bf16 autocast on a GPU
+  python benchmarks/qwen_step.py --device cuda --batch-size 32 --steps 2   # the default run's step: 32 prompts ×
+                                                 # G 8 × 512 tokens, 8 updates (mini-batch 4); × 200 = its wall time
   torchrun --standalone --nproc_per_node 2 benchmarks/qwen_step.py --layers 12 [--fsdp]   # per-rank peak, DDP/FSDP2
 """
 
@@ -69,6 +71,8 @@ def write_random_checkpoint(path: str, layers: int) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=0, help="prompts per step (the GSM8K row repeated); 0: one "
+                        "per rank and one update, the peak-memory measurement; more: sdpg.py's default updates (B/8)")
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--micro-batch-size", type=int, default=sdpg.Config.micro_batch_size)
@@ -96,8 +100,9 @@ def main():
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.time()
+    one_update = ["--batch-size", str(world), "--mini-batch-size", str(world)]
     cfg = sdpg.parse_config(["--model", os.path.join(work, "model"), "--dataset", rows, "--steps", str(args.steps),
-                             "--batch-size", str(world), "--mini-batch-size", str(world),
+                             *(["--batch-size", str(args.batch_size)] if args.batch_size else one_update),
                              "--group-size", str(args.group_size), "--micro-batch-size", str(args.micro_batch_size),
                              "--max-new-tokens", str(args.max_new_tokens), "--device", str(device),
                              "--output-dir", os.path.join(work, "run"), "--no-gate", "--lora-rank", str(args.lora_rank)]
@@ -108,7 +113,8 @@ def main():
     kind = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
     rank = f"rank {os.environ['RANK']} of {world}, {'FSDP2' if args.fsdp else 'DDP'}: " if world > 1 else ""
     lora = f"LoRA rank {args.lora_rank}, " if args.lora_rank else "full fine-tuning, "
-    print(f"{rank}{lora}device={device}: {args.steps} SDPG step(s), G={args.group_size}, "
+    print(f"{rank}{lora}device={device}: {args.steps} SDPG step(s) of {cfg.batch_size} prompt(s), "
+          f"{cfg.batch_size // cfg.mini_batch_size} update(s) each, G={args.group_size}, "
           f"{record['response_len']:.0f} new tokens, micro-batch {args.micro_batch_size}: {kind} {peak:.2f} GiB; "
           f"last step {record['step_time']:.0f} s "
           f"(run {time.time() - started:.0f} s incl. loading and saving)")
