@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -3428,25 +3429,53 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
         paper_table.one_trainer(paper_table.read_runs(str(tmp_path)))
 
 
+@in_repository("experiments/paper_table.py")
+def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
+    """The paired grid's table: per pair, the mean of the per-seed differences with the paired t-interval (n − 1
+    degrees of freedom), "no difference larger than X" where the interval holds 0, and the seeds a 0.05 difference
+    would need at that spread — computed here by hand."""
+    paper_table = import_paper_table()
+    last = {"grpo": [0.2, 0.3, 0.1, 0.2], "sdpg": [0.3, 0.5, 0.1, 0.3], "sdpg-b0": [0.0, 0.1, -0.1, 0.0]}
+    for method, values in last.items():
+        for seed, value in enumerate(values):
+            write_paper_run(tmp_path, f"{method}-s{seed}", [0.1, 0.1, 0.1, value + 0.5], [0.0] * 40, greedy=value)
+    write_paper_run(tmp_path, "rlsd-s0", [0.1] * 4, [0.0] * 40)  # one seed: no interval, no row
+    table = paper_table.paired_table(paper_table.read_runs(str(tmp_path)), steps=40)
+    half = 3.1824 * statistics.stdev([0.1, 0.2, 0.0, 0.1]) / 2  # t(0.975, 3) · sd / √4
+    assert f"| SDPG-URKL − GRPO | 4 | {0.1:+.3f} [{0.1 - half:+.3f}, {0.1 + half:+.3f}] |" in table, table
+    assert f"no difference larger than {0.1 + half:.2f} | 21 |" in table, table  # ⌈(2.8016 · 0.0816 / 0.05)²⌉
+    assert f"| SDPG-URKL − SDPG, β = 0 | 4 | +0.300 [{0.3 - half:+.3f}, {0.3 + half:+.3f}] |" in table, table
+    assert "| SDPG-URKL higher | 21 |" in table, table  # the interval excludes 0
+    assert "RLSD" not in table
+
+
 @in_repository("experiments/paper_methods.sh")
-def test_paper_grid_trains_each_method_with_the_settings_it_states(tmp_path):
+@pytest.mark.parametrize("grid, problems, mini_batch", [("paired", 100, 1), ("v1", 50, 2)])
+def test_paper_grid_trains_each_method_with_the_settings_it_states(tmp_path, grid, problems, mini_batch):
     """experiments/paper_methods.sh's shared flags and per-method flags parse into the Configs the README promises:
-    the paper's prompt and strict reward, 2 × 8 rollouts, held-out accuracy every 10 steps on 50 problems, and each
-    method's own settings (sdpg-ufkl: SDPG with the forward KL); an unknown method is refused."""
+    the paper's prompt and strict reward, 2 × 8 rollouts, held-out accuracy every 10 steps (on 100 problems in the
+    paired grid, 50 in v1), the paired grid's 2 updates per rollout batch (sdpg.py's default for B = 2; v1: one), and
+    each method's own settings (sdpg-ufkl: SDPG with the forward KL; sdpg-b0: the paper's β = 0 ablation); an unknown
+    method is refused."""
     script = open(os.path.join(HERE, "experiments", "paper_methods.sh")).read()
+    grids = script[script.index("case $GRID in"):script.index("esac") + 4]
     shared = script[script.index("export COMMON="):script.index("evaluate() {")]  # COMMON and method_flags
     for method, expected in [("grpo", sdpg.METHODS["grpo"]), ("rlsd", sdpg.METHODS["rlsd"]),
                              ("opcd", sdpg.METHODS["opcd"]), ("sdpg", sdpg.METHODS["sdpg"]),
                              ("sdpg-ufkl", {**sdpg.METHODS["sdpg"], "kl_mode": "ufkl"}),
-                             ("sdpg-a0", {**sdpg.METHODS["sdpg"], "alpha": 0.0})]:
-        flags = subprocess.run(["bash", "-c", f'base=tiny DEVICE_FLAGS=""\n{shared}\necho $COMMON $(method_flags '
-                                f'{method})'], capture_output=True, text=True, check=True).stdout.split()
+                             ("sdpg-a0", {**sdpg.METHODS["sdpg"], "alpha": 0.0}),
+                             ("sdpg-b0", {**sdpg.METHODS["sdpg"], "beta": 0.0})]:
+        flags = subprocess.run(["bash", "-c", f'GRID={grid}\n{grids}\nbase=tiny DEVICE_FLAGS=""\n{shared}\n'
+                                f'echo $COMMON $(method_flags {method})'], capture_output=True, text=True,
+                               check=True).stdout.split()
         cfg = sdpg.parse_config([*flags, "--dataset", "arithmetic", "--steps", "40", "--output-dir", str(tmp_path)])
         assert (cfg.student_prompt, cfg.strict_format, cfg.batch_size, cfg.group_size) == ("paper", True, 2, 8)
-        assert (cfg.eval_every, cfg.eval_problems, cfg.max_new_tokens, cfg.lr) == (10, 50, 160, 1e-5)
+        assert (cfg.eval_every, cfg.eval_problems, cfg.max_new_tokens, cfg.lr) == (10, problems, 160, 1e-5)
+        assert cfg.mini_batch_size == mini_batch, f"{grid}: {cfg.batch_size // cfg.mini_batch_size} updates per batch"
         assert {key: getattr(cfg, key) for key in expected} == expected, method
         assert cfg.kl_mode == ("ufkl" if method == "sdpg-ufkl" else "urkl")
-    refused = subprocess.run(["bash", "-c", f'base=tiny\n{shared}\nmethod_flags sdgp'], capture_output=True, text=True)
+    refused = subprocess.run(["bash", "-c", f'GRID={grid}\n{grids}\nbase=tiny\n{shared}\nmethod_flags sdgp'],
+                             capture_output=True, text=True)
     assert refused.returncode != 0 and "unknown method sdgp" in refused.stderr
 
 

@@ -15,15 +15,19 @@ mean over seeds thick. The dynamics table carries the numbers the paper's claims
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
 import sys
 
-from seed_table import RUN_NAME, moving_mean, one_trainer, read_run, welch_interval
+from seed_table import RUN_NAME, moving_mean, one_trainer, read_run, student_t_quantile, welch_interval
 
 METHODS = {"grpo": "GRPO", "rlsd": "RLSD", "opcd": "OPCD", "sdpg": "SDPG-URKL", "sdpg-ufkl": "SDPG-UFKL",
-           "sdpg-a0": "SDPG-URKL, α = 0"}
+           "sdpg-a0": "SDPG-URKL, α = 0", "sdpg-b0": "SDPG, β = 0"}
+# the paired grid's comparisons (docs/results/paired): each seed trains both arms, so a difference is read seed by
+# seed. SDPG − SDPG β = 0 isolates distillation; SDPG β = 0 − GRPO would isolate clip-higher (0.28 against 0.2).
+PAIRS = [("sdpg", "grpo"), ("sdpg", "sdpg-b0"), ("rlsd", "grpo"), ("sdpg-ufkl", "sdpg")]
 # the paper's ablations: an arm and the method it changes one setting of. They are not Figure 3's or the README's
 # methods; they are compared with their method seed by seed (ablation())
 ABLATIONS = {"sdpg-a0": "sdpg"}
@@ -139,6 +143,49 @@ def table_one(runs: dict, steps: int, baseline: str = "grpo") -> str:
             difference, low, high = welch_interval(a, b)
             cells.append(f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]")
         lines.append(f"| {METHODS[method]} − {METHODS[baseline]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_interval(differences: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, low, high, sd) of per-seed differences a_s − b_s with the paired t-interval (n − 1 degrees of
+    freedom); the same seed draws the same problems and sampling noise in both arms, which is what pairing removes."""
+    mean, sd = statistics.mean(differences), statistics.stdev(differences)
+    half = student_t_quantile(1 - (1 - level) / 2, len(differences) - 1) * sd / math.sqrt(len(differences))
+    return mean, mean - half, mean + half, sd
+
+
+def seeds_needed(sd: float, effect: float) -> int:
+    """Paired seeds for a two-sided 5 % test to detect a true mean difference `effect` with 80 % power, at the
+    observed sd of the differences (normal approximation: n = ((1.96 + 0.84) · sd / effect)²)."""
+    return max(2, math.ceil(((1.96 + 0.8416) * sd / effect) ** 2))
+
+
+def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict")) -> str:
+    """Each pair of PAIRS over the seeds both arms finished: the mean difference with its paired 95 % interval per
+    metric, what the interval can tell ("no difference larger than X" where it holds 0), and the seeds that a
+    difference of 0.05 in held-out "last" would need at this spread."""
+    lines = ["| difference | seeds | " + " | ".join(f"{key} [95 % paired t]" for key in keys) + " | what the seeds "
+             "can tell (last) | seeds for 0.05 (last) |", "| --- | --- |" + " --- |" * (len(keys) + 2)]
+    for a, b in PAIRS:
+        seeds = sorted(seed for seed in runs.get(a, {}) if seed in runs.get(b, {})
+                       and finished(runs[a][seed], steps) and finished(runs[b][seed], steps))
+        if len(seeds) < 2:
+            continue
+        cells, reading, need = [], "–", "–"
+        for key in keys:
+            pairs = [(columns(runs[a][seed])[key], columns(runs[b][seed])[key]) for seed in seeds]
+            differences = [x - y for x, y in pairs if x is not None and y is not None]
+            if len(differences) < 2:
+                cells.append("–")
+                continue
+            mean, low, high, sd = paired_interval(differences)
+            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+            if key == "last":
+                reading = (f"{METHODS[a]} higher" if low > 0 else f"{METHODS[a]} lower" if high < 0 else
+                           f"no difference larger than {max(-low, high):.2f}")
+                need = str(seeds_needed(sd, 0.05)) if sd > 0 else "–"
+        lines.append(f"| {METHODS[a]} − {METHODS[b]} | {len(seeds)} | " + " | ".join(cells) + f" | {reading} | "
+                     f"{need} |")
     return "\n".join(lines)
 
 
@@ -317,6 +364,9 @@ def main():
           + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
           + per_run(runs) + "\n\nWhat each model learned to write:\n\n" + written(args.results, runs, args.base,
                                                                                        args.problem))
+    paired = paired_table(runs, args.steps)
+    if paired.count("\n") > 1:
+        print("\nPaired differences (each seed trains both arms):\n\n" + paired)
     compared = ablation(runs, args.steps)
     if compared:
         print("\nAblation, seed by seed:\n\n" + compared)
