@@ -13,6 +13,8 @@
 #   v1: the committed 3-seed grid of docs/results/paper/ (one update per rollout batch, 50 / 100 problems, mean@4).
 # Usage: bash experiments/paper_methods.sh pilot      the measured pilot that fixes TASK and STEPS (base model's
 #                                                     strict accuracy per candidate task and prompt; one GRPO seed)
+#        bash experiments/paper_methods.sh tau        can the base model earn a rewarded group at τ = 1.0 (the
+#                                                     paper's)? 8 samples of 50 training problems at 1.0 and 0.3
 #        bash experiments/paper_methods.sh            the paired grid, two jobs at a time
 #        GRID=v1 bash experiments/paper_methods.sh    the v1 grid: 5 methods × SEEDS 0 1 2
 #        JOBS="rlsd-s1 opcd-s2" PARALLEL=1 bash experiments/paper_methods.sh  these jobs only
@@ -119,6 +121,21 @@ pilot() {  # the base model's strict greedy accuracy per candidate task and prom
 export -f method_flags evaluate train pilot start_or_resume machine
 
 start=$(date +%s)
+if [ "${1:-}" = tau ]; then  # the sampling temperature's pilot: G = 8 samples per training problem, strict reward
+  mkdir -p docs/results/paired/pilot
+  for t in 1.0 0.3; do
+    out=docs/results/paired/pilot/base-train50-tau$t
+    [ -f $out.jsonl.summary.json ] || python3 eval.py --model $base --dataset $TASK --split train --limit 50 --n 8 \
+      --temperature $t --max-new-tokens 160 --batch-size 25 --student-prompt paper --strict-format \
+      --output $out.jsonl $DEVICE_FLAGS > $RUNS/pilot-tau$t.log 2>&1 &
+  done; wait
+  python3 -c "import json, sys
+for t in ('1.0', '0.3'):
+    rows = [json.loads(line) for line in open(f'docs/results/paired/pilot/base-train50-tau{t}.jsonl')]
+    rewarded = sum(sum(row['strict_correct']) > 0 for row in rows)
+    print(f'tau {t}: {rewarded} of {len(rows)} groups of 8 hold a rewarded response')"
+  exit
+fi
 if [ "${1:-}" = pilot ]; then  # PILOT_TASK: the candidate whose one-seed GRPO curve is measured
   export TASK=${PILOT_TASK:-arithmetic}
   pilot & RUNS=$RUNS/pilot-$TASK RESULTS=$RESULTS/pilot/$TASK train grpo-s0; wait
