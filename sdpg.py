@@ -1647,9 +1647,9 @@ def open_trackers(cfg: Config, step: int) -> list:
 def report(run: dict, record: dict, batch: dict | None):
     """A step's record to every tracker (numbers only: a term the step did not compute is left out, as null is in
     metrics.jsonl), and every --log-completions-every steps one group's completions as a table."""
-    step, every = record["step"], run.get("completions_every", 0)
     if not run.get("trackers"):
         return
+    step, every = record["step"], run["completions_every"]
     values = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
     rows = []
     if batch is not None and every and step % every == 0:
@@ -1658,13 +1658,14 @@ def report(run: dict, record: dict, batch: dict | None):
         rows = [[step, text, float(reward), float(advantage)] for text, reward, advantage in
                 zip(texts, batch["rewards"][group], batch["advantages"][group])]
     columns = ["step", "completion", "reward", "advantage"]
-    for name, handle in run.get("trackers", []):
+    for name, handle in run["trackers"]:
         if name == "tensorboard":
             for key, value in values.items():
                 handle.add_scalar(key, value, step)
-            if rows:
-                lines = [f"| {' | '.join(columns)} |", "|---|---|---|---|"] + [  # repr: one line; \| keeps the cell
-                    f"| {r[0]} | {repr(r[1]).replace('|', chr(92) + '|')} | {r[2]:g} | {r[3]:.3f} |" for r in rows]
+            if rows:  # a markdown table: each completion on one line (repr), its | escaped
+                cells = [(k, repr(text).replace("|", "\\|"), reward, advantage) for k, text, reward, advantage in rows]
+                lines = [f"| {' | '.join(columns)} |", "|---|---|---|---|"] + [
+                    f"| {k} | {text} | {reward:g} | {advantage:.3f} |" for k, text, reward, advantage in cells]
                 handle.add_text("completions", "\n".join(lines), step)
         else:  # wandb and trackio: the same calls (trackio's API follows W&B's)
             table = {"completions": handle.Table(columns=columns, data=rows)} if rows else {}
