@@ -54,11 +54,12 @@ def response_stats(model, prompt_ids, prompt_mask, teacher_ids, teacher_mask, re
     return logp, None if teacher_ids is None else kl
 
 
-def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", gate=True,
-              clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None, outcome=True, teacher_logp=None,
-              rlsd_weight=0.0, rlsd_clip=0.2):
-    """sdpg.sdpg_loss on these tensors and settings, with the sums sdpg.logged_sums logs from its parts; with
-    rlsd_weight λ > 0 RLSD's Â (sdpg.rlsd_advantages) replaces A in E2, as sdpg.update does."""
+def loss_and_parts(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl_mode="urkl", gate=True,
+                   clip_low=0.2, clip_high=0.28, clip_c=10.0, num_tokens=None, outcome=True, teacher_logp=None,
+                   rlsd_weight=0.0, rlsd_clip=0.2, token_advantages=None):
+    """sdpg.sdpg_loss on these tensors and settings: (loss, per-token parts, the terms and Config it was given). With
+    rlsd_weight λ > 0 RLSD's Â (sdpg.rlsd_advantages) replaces A in E2, as sdpg.update does; token_advantages: a
+    given Â_t."""
     cfg = sdpg.Config(alpha=alpha, kl_mode=kl_mode, gate=gate, clip_low=clip_low, clip_high=clip_high,
                       clip_c=clip_c, outcome=outcome, rlsd_clip=rlsd_clip)
     terms = dict(logp=logp, old_logp=old_logp, reverse_kl=torch.zeros_like(logp) if kl is None else kl,
@@ -68,7 +69,15 @@ def sdpg_loss(logp, old_logp, ref_logp, kl, advantages, mask, *, beta, alpha, kl
     if rlsd_weight > 0:
         terms.update(teacher_logp=teacher_logp, token_advantages=sdpg.rlsd_advantages(
             advantages, old_logp, teacher_logp, rlsd_weight, rlsd_clip))
+    elif token_advantages is not None:
+        terms["token_advantages"] = token_advantages
     loss, parts = sdpg.sdpg_loss(terms, beta, cfg, num_tokens)
+    return loss, parts, terms, cfg
+
+
+def sdpg_loss(*args, **kwargs):
+    """loss_and_parts' loss with the sums sdpg.logged_sums logs from its parts."""
+    loss, parts, terms, cfg = loss_and_parts(*args, **kwargs)
     return loss, sdpg.logged_sums(terms, parts, cfg)
 
 
@@ -1526,12 +1535,8 @@ def random_loss_inputs(seed=0, batch=4, length=6):
 
 
 def e7_call(x, beta_k, num_tokens=None, **settings):
-    """sdpg.sdpg_loss on random_loss_inputs-style tensors: (loss, per-token parts)."""
-    cfg = sdpg.Config(**{"alpha": 0.0, "gate": True, "outcome": True, "kl_mode": "urkl", **settings})
-    terms = dict(logp=x["logp"], old_logp=x["old_logp"], reverse_kl=x["kl"], advantages=x["advantages"],
-                 response_mask=x["mask"])
-    terms.update({key: x[key] for key in ("ref_logp", "token_advantages") if x.get(key) is not None})
-    return sdpg.sdpg_loss(terms, beta_k, cfg, num_tokens)
+    """sdpg.sdpg_loss on random_loss_inputs-style tensors (α 0 unless given): (loss, per-token parts)."""
+    return loss_and_parts(**{"alpha": 0.0, **x, **settings}, beta=beta_k, num_tokens=num_tokens)[:2]
 
 
 def test_e7_is_the_token_mean_of_its_three_parts(own_equation):
