@@ -18,8 +18,8 @@ A → `advantages`,  τ → `temperature`,  β_base / β(k) → `beta` / `beta_k
 `rlsd_weight_k`,  α → `alpha`,  E3's ℓ_t → `reverse_kl`,  E6's f → `ref_kl`.
 
 A reader who stops at `main` has read every line that decides a number the run reports. The appendices after it
-are engineering, and a first reading skips them: A answers that are not plain numbers (MATH), B memory, C runs
-that survive, D input checks, data and models, E torchrun (DDP, FSDP2).
+are engineering, and a first reading skips them: A memory, B runs that survive, C input checks, data and models,
+D torchrun (DDP, FSDP2). Answers that are not plain numbers (MATH) are compared by math_equivalence.py.
 Where this file departs from the paper (docs/implementation.md; `# [impl]` where they happen): no dynamic sampling
 and no overlong penalty (as the authors' code); the teacher runs only for rollouts that use it; the vocabulary
 projection runs in chunks, again in backward, so (B, T, V) logits never exist; with one update per rollout batch
@@ -32,32 +32,26 @@ Run:
   python sdpg.py --model Qwen/Qwen2.5-0.5B-Instruct     # GSM8K, one GPU
 """
 
-import argparse
-import cmath
 import collections
 import contextlib
-import copy
-import csv
 import dataclasses
 import importlib.util
 import json
-import math
 import os
 import random
 import re
-import shlex
 import shutil
 import signal
 import sys
-import threading
 import time
-import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from math_equivalence import closing_brackets, math_equal, normalize_answer  # MATH-style answers
 
 # ----------------------------------------------------------------------------------------------
 # Config: the single source of defaults. Defaults = the single-GPU Qwen2.5-0.5B GSM8K run of SDPG-URKL.
@@ -171,7 +165,7 @@ class Config:
 ctx = contextlib.nullcontext()
 
 # ----------------------------------------------------------------------------------------------
-# Data and privileged context (spec: "Data and privileged context"); reading datasets is in Appendix D
+# Data and privileged context (spec: "Data and privileged context"); reading datasets is in Appendix C
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # Qwen's math prompt
 PAPER_INSTRUCTION = ("Solve the following math problem step by step. Present your final answer inside \\boxed{}, "
@@ -235,7 +229,7 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
 #
 # The last explicit final answer wins (a box, `####`, "the answer is"), else the last number; plain numbers compare
 # exactly as fractions. Every pattern is linear (or bounded) on any input: a grader that backtracks can stall
-# training for minutes on one sentence. Answers that are not plain numbers (MATH) are compared in Appendix A.
+# training for minutes on one sentence. Answers that are not plain numbers (MATH) are compared by math_equivalence.py.
 
 BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 BOX_JOINER = re.compile(r"[\s$\\()\[\].]{0,8}(?:,|;|and|or|,\s?and|,\s?or)[\s$\\()\[\]]{0,8}"
@@ -247,18 +241,6 @@ STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{
 STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
 VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "valid", "consistent", "reasonable"}
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-def closing_brackets(text: str, opens: str = "([{", closes: str = ")]}") -> dict[int, int]:
-    """{index of an opening bracket: index of the bracket that closes it}, one pass with a stack, O(len). Any
-    closer closes the innermost opener, so the interval "(1, 2]" is one bracket; unclosed openers are left out."""
-    closing, stack = {}, []
-    for i, char in enumerate(text):
-        if char in opens:
-            stack.append(i)
-        elif char in closes and stack:
-            closing[stack.pop()] = i
-    return closing
 
 
 def last_boxed(text: str) -> tuple[int, str] | None:
@@ -346,7 +328,7 @@ def parse_number(text: str) -> Fraction | None:
 
 
 def answers_match(predicted: str, truth: str) -> bool:
-    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (Appendix A).
+    """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (its own module).
     Both sides are normalized first (normalize_answer: LaTeX spacing, units, `x =`, thousands commas)."""
     numbers = parse_number(normalize_answer(predicted)), parse_number(normalize_answer(truth))
     if None not in numbers:
@@ -380,7 +362,7 @@ def score_responses(completions: list[str], answers: list[str], truncated: list[
 
 
 # ----------------------------------------------------------------------------------------------
-# Rollouts (E8 steps 1–2); loading the model (load_model: hub id, folder, GGUF, `tiny`) is in Appendix D
+# Rollouts (E8 steps 1–2); loading the model (load_model: hub id, folder, GGUF, `tiny`) is in Appendix C
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -437,7 +419,7 @@ def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, tempe
     processors = LogitsProcessorList([inverse_cdf_sampler(temperature, uniforms)] if temperature > 0 else [])
     checkpoint_config, model.generation_config = model.generation_config, neutral
     try:
-        with ctx, gathered_for_generation(model) as synced:  # Appendix E: FSDP2 gathers the weights once
+        with ctx, gathered_for_generation(model) as synced:  # Appendix D: FSDP2 gathers the weights once
             output = model.generate(input_ids=prompts["prompt_ids"], attention_mask=prompts["prompt_mask"],
                                     logits_processor=processors, synced_gpus=synced)
     finally:
@@ -539,7 +521,7 @@ def policy_scores(model, batch: dict, temperature: float, chunk_size: int, teach
                 ids, mask = trim_padding(batch["teacher_ids"][taught], batch["teacher_mask"][taught], "left")
                 teacher_hidden = response_hidden(model, ids, mask, batch["response_ids"][taught],
                                                  batch["response_mask"][taught])[valid[taught]]  # (M, H)
-        lm_head = unwrap(model).get_output_embeddings()  # Appendix E: a DDP wrapper has no lm_head of its own
+        lm_head = unwrap(model).get_output_embeddings()  # Appendix D: a DDP wrapper has no lm_head of its own
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # float32 under bf16 autocast
         scores = [torch.zeros(valid.shape, dtype=dtype, device=valid.device) for _ in range(4)]
         for positions, teacher in ((valid & taught[:, None], teacher_hidden), (valid & ~taught[:, None], None)):
@@ -699,7 +681,7 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     view, verifier rewards, advantages (E1), and the no-gradient log-probs (π_old when several updates share the
     batch, π_ref when α > 0). Returns (batch, counts, seconds): the tensors `update` needs, one row per response, the
     step's counts for its log line (sums, so that ranks add them up) and the seconds spent generating."""
-    plain = unwrap(model)  # generate with the model itself, not a DDP wrapper (Appendix E)
+    plain = unwrap(model)  # generate with the model itself, not a DDP wrapper (Appendix D)
     device, pad_id = next(plain.parameters()).device, tokenizer.pad_token_id
     per_sequence = [row for _, row in prompts for _ in range(cfg.group_size)]  # groups contiguous
     batch = dict(zip(("prompt_ids", "prompt_mask"), left_pad([r["prompt_ids"] for r in per_sequence], pad_id, device)))
@@ -707,7 +689,7 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
                                                                device)))  # (B*G, P) and (B*G, Pc)
     responses = torch.tensor([index * cfg.group_size + j for index, _ in prompts for j in range(cfg.group_size)])
     uniforms = rollout_uniforms(cfg.seed, step, responses, cfg.batch_size * cfg.group_size,
-                                batch["prompt_ids"].shape[1])  # Appendix E: the same draws on any number of ranks
+                                batch["prompt_ids"].shape[1])  # Appendix D: the same draws on any number of ranks
     set_layer_recompute(plain, False)
     started = time.time()
     batch["response_ids"], batch["response_mask"] = sample_responses(plain, tokenizer, batch, cfg.max_new_tokens,
@@ -802,25 +784,25 @@ def learning_rate(step: int, cfg: Config) -> float:
 def main(cfg: Config) -> list[dict]:
     """E8 (the paper's Algorithm 1), `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line;
     returns the records. Every method (--method) runs this same loop: a method changes the loss terms, not E8.
-    Under torchrun each rank runs this same function on its share of the prompts (Appendix E)."""
+    Under torchrun each rank runs this same function on its share of the prompts (Appendix D)."""
     global ctx
     from tqdm.auto import tqdm
 
-    check_config(cfg)  # Appendix D: a Config built in Python is checked as the command line's is
-    rank, world, device = init_distributed(cfg)  # Appendix E: (0, 1, --device) in one process
-    resume_from = on_rank_zero(prepare_output_dir, cfg)  # Appendix C: before anything is loaded
+    check_config(cfg)  # Appendix C: a Config built in Python is checked as the command line's is
+    rank, world, device = init_distributed(cfg)  # Appendix D: (0, 1, --device) in one process
+    resume_from = on_rank_zero(prepare_output_dir, cfg)  # Appendix B: before anything is loaded
     seed_everything(cfg.seed)
     ctx = make_autocast(device, cfg.dtype)  # the compute context of every forward (bf16 on CUDA)
     model, adapter, tokenizer = load_policy(cfg, resume_from)
     rows = tokenize_rows(tokenizer, load_rows(cfg.dataset, cfg.question_field, cfg.answer_field),
                          cfg.teacher_context, cfg.max_prompt_length, cfg.student_prompt)
     model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
-    reference = reference_policy(cfg, model, adapter, resume_from, device)  # π_ref, Appendix D
-    model, reference = distribute(model, reference, cfg, world)  # Appendix E: DDP or FSDP2 under torchrun
+    reference = reference_policy(cfg, model, adapter, resume_from, device)  # π_ref, Appendix C
+    model, reference = distribute(model, reference, cfg, world)  # Appendix D: DDP or FSDP2 under torchrun
     trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    run = start_run(cfg, model, tokenizer, optimizer, resume_from, rows, world)  # Appendix C
-    heldout = heldout_rows(cfg, tokenizer)  # Appendix C: [] without --eval-every
+    run = start_run(cfg, model, tokenizer, optimizer, resume_from, rows, world)  # Appendix B
+    heldout = heldout_rows(cfg, tokenizer)  # Appendix B: [] without --eval-every
 
     with stop_at_step_end(rank, run) as stop_signal:  # closes --report-to's trackers however the loop ends
         progress = tqdm(range(run["step"], cfg.steps), initial=run["step"], total=cfg.steps, desc="sdpg",
@@ -839,340 +821,16 @@ def main(cfg: Config) -> list[dict]:
             log_step(dict(record, rollout_time=rollout_time, step_time=time.time() - started), run, progress, batch)
             stop = any_rank(bool(stop_signal))  # a signal stops every rank at the same step
             if stop or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                save_resumable(model, adapter, tokenizer, optimizer, run, step + 1, cfg)  # Appendix C
+                save_resumable(model, adapter, tokenizer, optimizer, run, step + 1, cfg)  # Appendix B
             if stop:
                 stop_run(cfg, progress, stop_signal[0] if stop_signal else signal.SIGTERM, step + 1, world)
-    save_final(model, adapter, tokenizer, cfg)  # Appendix C
+    save_final(model, adapter, tokenizer, cfg)  # Appendix B
     announce_end(cfg)
     return run["history"]
 
 
 # ==============================================================================================
-# Appendix A — the verifier's MATH-style equivalence: answers that are not plain numbers
-#
-# What it is for: MATH-500 / AIME-style answers (closed forms, sets, intervals, matrices) that are not plain
-# numbers; GSM8K's answers never reach math_equal. A first reading skips this appendix. Every pattern here is
-# linear (or bounded) on any input: a grader that backtracks can stall training for minutes on one sentence.
-#
-# What a careful human grader accepts: the same value written differently (closed forms are evaluated, exactly
-# where the arithmetic is rational, polynomials at fixed points, never with eval), sets and solution lists in any
-# order, tuples and intervals element by element, matrices, units, \text{}, a choice letter with or without "(…)",
-# capitalisation of words. Inputs are cut to _MAX_ANSWER characters first, so every step below is bounded.
-
-
-_MAX_ANSWER = 400
-_MIXED = re.compile(r"^(-?)(\d+)\s*\\frac\s*\{?(\d+)\}?\s*\{?(\d+)\}?$")  # 1\frac{4}{5}, 2\frac34
-_CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
-_BASE = re.compile(r"^(\w+?)_\{?(\d+)\}?$")
-_MATRIX = re.compile(r"^\\begin\{[pbvV]?matrix\}(.*)\\end\{[pbvV]?matrix\}$", re.S)
-_TOKEN = re.compile(r"\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\\[a-zA-Z]+|[a-zA-Z]|\S")
-_FUNCTIONS = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "cot": lambda z: 1 / cmath.tan(z),
-              "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z), "ln": cmath.log, "log": cmath.log,
-              "exp": cmath.exp, "arcsin": cmath.asin, "arccos": cmath.acos, "arctan": cmath.atan}
-_MAX_EXACT_BITS = 20_000  # an exact power larger than this is evaluated in floating point (10^{10^9} must not hang);
-# e-notation numerals are bounded the same way (_numeral), and there is no factorial to grow without bound
-
-
-# One spelling per thing. Applied to both sides before any comparison, GSM8K's and MATH's alike.
-_SPELLINGS = (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", ""),
-              ("\\$", ""), ("$", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("~", " "), ("**", ""),
-              ("^\\circ", ""), ("^{\\circ}", ""), ("°", ""), ("{,}", ","), ("−", "-"), ("\\cdot", "*"),
-              ("\\times", "*"), ("\\div", "/"), ("\\le", "<="), ("\\ge", ">="), ("\\%", "%"), ("\\lbrace", "\\{"),
-              ("\\rbrace", "\\}"), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""))
-_UNBRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_UNIT = re.compile(r"(?:(?<=[\d}])|(?<=\\pi))\s+(?:square|cubic)?\s*[a-zA-Z]{2,}(?:\s+[a-zA-Z]{2,})?"
-                   r"(?:\^\{?[23]\}?)?$")
-_NUMBER_AND_WORDS = re.compile(r"(-?[\d.,]+(?:/\d+)?)(?:\s+[a-zA-Z]|[a-zA-Z]{2})[a-zA-Z.\s]*")  # "18 dollars", "5cm"
-_PREFIX = re.compile(r"^(?:[a-zA-Z]\w*(?:\([a-z]\))?|\\angle\s*[A-Z]{1,3}|m\s*\\angle\s*[A-Z]{1,3})"
-                     r"\s*(?:=|\\in)(?!=)\s*")  # x =, total =, f(x) =, \angle ABC =, x \in
-_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\s?\d{3})+(?:\.\d+)?%?")  # 10,080 and 11, 111, 100 are one number each
-
-
-def normalize_answer(text: str) -> str:
-    """LaTeX spacing and sizing dropped, \\text{} unwrapped, outer braces, units, `x =` prefixes and thousands
-    commas cut: "$\\$1{,}000$ dollars" → "1000", "x = \\dfrac{3}{4}" → "\\frac{3}{4}"."""
-    for old, new in _SPELLINGS:
-        text = text.replace(old, new)
-    text = re.sub(r"(?<!\\)\\ ", " ", text)  # "\ " is a space; "\\ " (a matrix row break) is not
-    for _ in range(3):  # nested \text{\textbf{…}}
-        text = _UNBRACE.sub(r"\1", text)
-    text = text.strip().rstrip(".").strip()
-    while len(text) > 1 and text[0] == "{" and closing_brackets(text).get(0) == len(text) - 1:  # {5} → 5, not {a}{b}
-        text = text[1:-1].strip()
-    text = _PREFIX.sub("", _UNIT.sub("", text)).strip()
-    if number := _NUMBER_AND_WORDS.fullmatch(text):
-        text = number.group(1)
-    if _THOUSANDS.fullmatch(text):
-        text = text.replace(",", "").replace(" ", "")
-    return re.sub(r"\s+", " ", text)
-
-
-def math_equal(predicted: str, truth: str) -> bool:
-    """predicted and truth mean the same answer (both normalized, split into items, compared item by item)."""
-    a, b = normalize_answer(predicted[:_MAX_ANSWER]), normalize_answer(truth[:_MAX_ANSWER])
-    return a == b or _same_structure(_structure(a), _structure(b))
-
-
-def _encloses(text: str) -> bool:
-    """The first bracket closes at the last character: "(1,2)" yes, "(a+1)(b+2)" no."""
-    return closing_brackets(text).get(0) == len(text) - 1
-
-
-def _top_level_split(text: str, separators: tuple[str, ...]) -> list[str]:
-    """Split at separators outside every bracket: "(1,2), 3" → ["(1,2)", "3"]; an unclosed bracket runs to the end."""
-    parts, start, i, closing = [], 0, 0, closing_brackets(text)
-    while i < len(text):
-        if text[i] in "([{":
-            i = closing.get(i, len(text)) + 1
-        elif sep := next((s for s in separators if text.startswith(s, i)), None):
-            parts.append(text[start:i])
-            start = i = i + len(sep)
-        else:
-            i += 1
-    return [part.strip() for part in parts + [text[start:]]]
-
-
-def _structure(text: str):
-    """("set", items) | ("seq", open, items, close) (tuples and intervals) | ("union", sets) | ("matrix", rows) |
-    ("value", text). Items are structures themselves."""
-    matrix = _MATRIX.match(text)
-    if matrix:
-        rows = [row for row in matrix.group(1).split("\\\\") if row.strip()]
-        return ("matrix", [[_structure(normalize_answer(cell)) for cell in row.split("&")] for row in rows])
-    if len(pieces := _top_level_split(text, ("\\cup",))) > 1:
-        return ("union", [_structure(piece) for piece in pieces])
-    if text.startswith("\\{") and text.endswith("\\}"):
-        text = text[2:-2]
-    elif (text[:1] in "([" and text[-1:] in ")]" and _encloses(text)
-          and len(items := _top_level_split(text[1:-1], (",",))) > 1):
-        return ("seq", text[0], [_structure(normalize_answer(item)) for item in items], text[-1])
-    items = _top_level_split(text, (",", ";", " or ", " and "))
-    items = [expanded for item in items if item for expanded in _expand_pm(normalize_answer(item))]
-    return ("set", [("value", item) for item in items]) if len(items) != 1 else ("value", items[0])
-
-
-def _expand_pm(text: str) -> list[str]:
-    """"1 \\pm \\sqrt{19}" → ["1 + \\sqrt{19}", "1 - \\sqrt{19}"]: the two solutions it stands for."""
-    if text.count("\\pm") != 1:
-        return [text]
-    return [text.replace("\\pm", "+"), text.replace("\\pm", "-")]
-
-
-def _same_structure(a, b) -> bool:
-    if a[0] == "set" and len(a[1]) == 1:
-        a = a[1][0]
-    if b[0] == "set" and len(b[1]) == 1:
-        b = b[1][0]
-    if a[0] != b[0]:
-        return False
-    if a[0] == "value":
-        return _same_value(a[1], b[1])
-    if a[0] == "seq":
-        return a[1] == b[1] and a[3] == b[3] and len(a[2]) == len(b[2]) and all(map(_same_structure, a[2], b[2]))
-    if a[0] == "matrix":
-        return [len(row) for row in a[1]] == [len(row) for row in b[1]] and all(
-            _same_structure(x, y) for row_a, row_b in zip(a[1], b[1]) for x, y in zip(row_a, row_b))
-    unmatched = list(b[1])  # set, union: every item of one pairs with its own item of the other
-    for item in a[1]:
-        match = next((j for j, other in enumerate(unmatched) if _same_structure(item, other)), None)
-        if match is None:
-            return False
-        unmatched.pop(match)
-    return not unmatched
-
-
-def _same_value(a: str, b: str) -> bool:
-    """Equal as numbers/expressions, as base-n numerals, as choice letters, or as words (any capitalisation)."""
-    if a.lower() == b.lower() and not re.search(r"\d|\\", a) or a == b:
-        return True
-    choices = _CHOICE.match(a), _CHOICE.match(b)
-    if all(choices):
-        return choices[0].group(1).upper() == choices[1].group(1).upper()
-    bases = _BASE.match(a), _BASE.match(b)
-    if any(bases):  # 52_8: a subscript on one side only is the base the question asked for
-        (digits_a, base_a), (digits_b, base_b) = ((m.groups() if m else (s, None)) for m, s in zip(bases, (a, b)))
-        return digits_a == digits_b and (base_a == base_b or None in (base_a, base_b))
-    if "=" in a and "=" in b:  # equations: lhs − rhs equal as expressions
-        a, b = ("(" + ")-(".join(side.split("=", 1)) + ")" for side in (a, b))
-    percent_a, percent_b = a.endswith("%"), b.endswith("%")
-    values_a, values_b = _values(a.rstrip("%")), _values(b.rstrip("%"))
-    if values_a is None or values_b is None:
-        return False
-    if percent_a != percent_b:  # "50%" = 1/2; "25%" also answers "what percent …" when the truth is 25
-        scale = [v / 100 for v in (values_a if percent_a else values_b)]
-        other = values_b if percent_a else values_a
-        return all(map(_close, scale, other)) or (all(map(_close, values_a, values_b)) and abs(other[0]) >= 1)
-    return all(map(_close, values_a, values_b))
-
-
-def _close(x, y) -> bool:
-    """Exact values (Fractions: the arithmetic was rational) compare exactly; otherwise to float64's precision."""
-    if isinstance(x, Fraction) and isinstance(y, Fraction):
-        return x == y  # 10^{30} ≠ 10^{30} + 1, which no float tolerance can tell apart
-    try:
-        x, y = complex(x), complex(y)
-    except OverflowError:  # an exact value beyond float range next to an inexact one
-        return False
-    if not (cmath.isfinite(x) and cmath.isfinite(y)):
-        return x == y
-    return abs(x - y) <= 1e-12 * max(1.0, abs(x), abs(y))  # float64 keeps ~16 digits
-
-
-def _values(text: str) -> list | None:
-    """The expression's value at two fixed assignments of its letters (i is √−1, e is Euler's number), or None if
-    it does not parse. Two expressions that agree at both points are taken as equal: exact for numbers, and a
-    polynomial or rational identity that fails would have to vanish at both points."""
-    mixed = _MIXED.match(text)  # 1\frac{4}{5} is one and four fifths, not 4/5
-    if mixed:
-        sign, whole, numerator, denominator = mixed.groups()
-        text = f"{sign}({whole}+\\frac{{{numerator}}}{{{denominator}}})"
-    try:
-        values = []
-        for shift in (0.0, 0.731):
-            tokens = collections.deque(_TOKEN.findall(text))
-            values.append(_expression(tokens, shift, 0))
-            if tokens:
-                raise ValueError(f"unexpected {tokens[0]!r}")
-        return values
-    except (ValueError, ArithmeticError, IndexError, RecursionError):
-        return None
-
-
-# A recursive-descent reader over + − · / ^, implied products, \frac, \sqrt, functions, π, ∞, i, e and letters
-# (each letter a fixed irrational-looking value, moved by `shift`). No eval; depth and input length are bounded.
-# Numbers stay exact Fractions while the arithmetic is rational; anything irrational turns them complex.
-
-
-def _take(tokens, expected=None) -> str:
-    token = tokens[0] if tokens else None
-    if token is None or expected not in (None, token):
-        raise ValueError(f"expected {expected}, got {token}")
-    return tokens.popleft()
-
-
-def _starts_factor(token) -> bool:
-    return token is not None and (token[0].isdigit() or token[0] in ".({" or token.isalpha()
-                                  or token in ("\\frac", "\\sqrt", "\\pi", "\\infty") or token[1:] in _FUNCTIONS)
-
-
-def _peek(tokens):
-    return tokens[0] if tokens else None
-
-
-def _expression(tokens, shift, depth):
-    if depth > 60:
-        raise ValueError("nested too deeply")
-    value = _term(tokens, shift, depth)
-    while _peek(tokens) in ("+", "-"):
-        value = value + _term(tokens, shift, depth) if _take(tokens) == "+" else value - _term(tokens, shift, depth)
-    return value
-
-
-def _term(tokens, shift, depth):
-    value = _signed(tokens, shift, depth)
-    while _peek(tokens) in ("*", "/") or _starts_factor(_peek(tokens)):
-        operator = _take(tokens) if _peek(tokens) in ("*", "/") else "*"  # 2\sqrt{3}, (a+5)(b+2): implied products
-        right = _signed(tokens, shift, depth)
-        value = value * right if operator == "*" else value / right
-    return value
-
-
-def _signed(tokens, shift, depth):
-    if _peek(tokens) in ("-", "+"):
-        return -_signed(tokens, shift, depth + 1) if _take(tokens) == "-" else _signed(tokens, shift, depth + 1)
-    return _power_term(tokens, shift, depth)
-
-
-def _power_term(tokens, shift, depth):
-    """A primary with its exponent: 2^{10}, x^2, (a+b)^3."""
-    base = _primary(tokens, shift, depth + 1)
-    if _peek(tokens) == "^":
-        _take(tokens)
-        return _power(base, _argument(tokens, shift, depth + 1))
-    return base
-
-
-def _power(base, exponent):
-    """base^exponent, exact when both are rational and the exponent whole (and the result not huge)."""
-    if isinstance(base, Fraction) and isinstance(exponent, Fraction) and exponent.denominator == 1:
-        bits = max(base.numerator.bit_length(), base.denominator.bit_length()) * abs(exponent.numerator)
-        if bits <= _MAX_EXACT_BITS:
-            return base ** exponent.numerator
-    return complex(base) ** complex(exponent)
-
-
-def _numeral(token: str):
-    """7, 2.5 or 1.5e3 as an exact Fraction; an e-notation exponent past ±300 in floating point (inf or 0), since
-    Fraction("1e999999999") would build 10^999999999 digit by digit and stall the reward for good."""
-    exponent = token.lower().partition("e")[2]
-    if exponent and abs(int(exponent)) > 300:
-        return complex(float(token))
-    return Fraction(token)
-
-
-def _argument(tokens, shift, depth, whole_number=False):
-    """A LaTeX argument: {…}, or one token; `\\frac34` and `x^25` take one digit, `\\sqrt51` the number."""
-    token = _peek(tokens)
-    if token == "{":
-        _take(tokens)
-        value = _expression(tokens, shift, depth + 1)
-        _take(tokens, "}")
-        return value
-    if token == "-":
-        _take(tokens)
-        return -_argument(tokens, shift, depth + 1, whole_number)
-    if token is not None and token.isdigit() and len(token) > 1 and not whole_number:
-        tokens[0] = token[1:]
-        return Fraction(int(token[0]))
-    return _primary(tokens, shift, depth + 1)
-
-
-def _primary(tokens, shift, depth):
-    if depth > 60:
-        raise ValueError("nested too deeply")
-    token = _take(tokens)
-    if token in ("(", "[", "{"):
-        value = _expression(tokens, shift, depth + 1)
-        _take(tokens, {"(": ")", "[": "]", "{": "}"}[token])
-        return value
-    if token[0].isdigit() or token[0] == ".":
-        return _numeral(token)
-    if token == "\\frac":
-        numerator = _argument(tokens, shift, depth)
-        return numerator / _argument(tokens, shift, depth)
-    if token == "\\sqrt":
-        index = Fraction(2)
-        if _peek(tokens) == "[":
-            _take(tokens)
-            index = _expression(tokens, shift, depth + 1)
-            _take(tokens, "]")
-        return complex(_argument(tokens, shift, depth, whole_number=True)) ** (1 / complex(index))
-    if token[1:] in _FUNCTIONS:
-        return _function(token[1:], tokens, shift, depth)
-    constants = {"\\pi": math.pi, "\\infty": math.inf, "i": 1j, "e": math.e}
-    if token in constants:
-        return complex(constants[token])
-    if token.isalpha():
-        return complex(math.sqrt(ord(token)) / 3 + shift)
-    raise ValueError(f"cannot read {token!r}")
-
-
-def _function(name, tokens, shift, depth):
-    """\\sin x, \\cos^2 x, \\ln(2), \\sin 2x = sin(2x)."""
-    exponent = None
-    if _peek(tokens) == "^":
-        _take(tokens)
-        exponent = _argument(tokens, shift, depth)
-    argument = _power_term(tokens, shift, depth + 1)
-    while _starts_factor(_peek(tokens)) and _peek(tokens)[1:] not in _FUNCTIONS and _peek(tokens) != "(":
-        argument *= _power_term(tokens, shift, depth + 1)
-    value = _FUNCTIONS[name](complex(argument))
-    return value if exponent is None else value ** complex(exponent)
-
-
-
-# ==============================================================================================
-# Appendix B — memory and speed: layer recompute, micro-batches, teacher forwards only where used
+# Appendix A — memory and speed: layer recompute, micro-batches, teacher forwards only where used
 #
 # What it is for: memory (micro-batches with their padding trimmed, decoder-layer recompute) and speed (no teacher
 # forward for a row whose E3 and RLSD weight are 0: the loss is the same). The chunked vocabulary projection is in
@@ -1230,7 +888,7 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torc
 
 
 # ==============================================================================================
-# Appendix C — runs that survive: checkpoints, resume, interrupts, the log line, the start and end lines
+# Appendix B — runs that survive: checkpoints, resume, interrupts, the log line, the start and end lines
 #
 # What it is for: a run is never lost and never silently overwritten. Resume continues exactly (optimizer, data
 # order and every RNG restored), Ctrl-C or SIGTERM stop at the end of a step with a resumable checkpoint.
@@ -1385,7 +1043,7 @@ def start_run(cfg: Config, model, tokenizer, optimizer, resume_from: str | None,
                completions_every=cfg.log_completions_every)
     if resume_from:
         state = read_trainer_state(os.path.join(resume_from, "trainer_state.pt"))
-        load_optimizer_state(model, optimizer, state["optimizer"])  # Appendix E: FSDP2 shards it
+        load_optimizer_state(model, optimizer, state["optimizer"])  # Appendix D: FSDP2 shards it
         run.update(step=state["step"], order=state["order"])
         run["shuffler"].setstate(state["shuffler"])
         set_rng_states(state["rng"])
@@ -1507,7 +1165,7 @@ def log_step(record: dict, run: dict, progress, batch: dict | None = None):
 def save_resumable(model, adapter, tokenizer, optimizer, run: dict, step: int, cfg: Config):
     """step_N/: weights (with LoRA the adapter alone) + trainer_state.pt (optimizer, data order, RNG states); the
     oldest beyond --keep-checkpoints are deleted. Every rank takes part (FSDP2 gathers); rank 0 writes."""
-    weights = full_state_dict(model) if adapter is None else None  # Appendix E: None when nothing is sharded
+    weights = full_state_dict(model) if adapter is None else None  # Appendix D: None when nothing is sharded
     state = dict(step=step, optimizer=full_optimizer_state(model, optimizer), order=run["order"],
                  shuffler=run["shuffler"].getstate(), rng=rng_states())
     if rank_of() == 0:
@@ -1530,6 +1188,7 @@ def save_final(model, adapter, tokenizer, cfg: Config):
 
 def resume_command(cfg: Config, world: int = 1) -> str:
     """The command line that continues this run: every flag that differs from its default, plus --resume."""
+    import shlex
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # ranks on this machine (torchrun's --nproc_per_node)
     words = (["python"] if world == 1 else
              ["torchrun", *(["--standalone"] if local == world else []), "--nproc_per_node", str(local)]) + ["sdpg.py"]
@@ -1559,6 +1218,8 @@ def stop_run(cfg: Config, progress, signum: int, step: int, world: int = 1):
 
 
 def announce_end(cfg: Config):
+    import shlex
+
     if rank_of() > 0:
         return
     final, quote = os.path.join(cfg.output_dir, "final"), shlex.quote
@@ -1575,6 +1236,8 @@ def stop_at_step_end(rank: int = 0, run: dict | None = None):
     """SIGINT (Ctrl-C) and SIGTERM (what schedulers send; torchrun forwards them to every rank) only set a flag:
     the loop finishes its step, writes a resumable checkpoint and exits. A second signal aborts at once. However
     the block ends (done, stopped, failed), the run's trackers are flushed and closed with its exit status."""
+    import threading
+
     received = []
 
     def handler(signum, frame):
@@ -1683,7 +1346,7 @@ def close_trackers(run: dict, status: int):
 
 
 # ==============================================================================================
-# Appendix D — input checks, devices, datasets and models from outside, LoRA adapters
+# Appendix C — input checks, devices, datasets and models from outside, LoRA adapters
 #
 # What it is for: bad input ends in one line that names the problem and the fix, never a traceback from deep
 # inside a library, and never silently wrong training. A first reading skips this appendix.
@@ -1699,6 +1362,7 @@ def parse_config(argv=None) -> Config:
     """argparse generated from Config's fields and their help texts, with the default each takes (a field set by
     --method lists each method's value). A switch that is on by default gets a --no-… flag, one that the method sets
     gets both; unknown or abbreviated flags are errors."""
+    import argparse
     parser = argparse.ArgumentParser(description="SDPG: Self-Distilled Policy Gradient (arXiv 2606.04036)",
                                      allow_abbrev=False)
     for field in dataclasses.fields(Config):
@@ -1884,6 +1548,7 @@ def load_hub_table(name: str, split: str):
 def read_local_table(name: str, question_field: str, answer_field: str, flag: str = "--dataset"):
     """(table, question field) of a local .jsonl/.json/.csv/.parquet file; a MATH-style `problem` column is taken
     when there is no `question`. Every malformed file is one line, not a `datasets` traceback."""
+    import csv
     import datasets
 
     builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(os.path.splitext(name)[1])
@@ -1999,6 +1664,7 @@ def arithmetic_rows(n: int = 2000, split: str = "train", easy: bool = False) -> 
     """Built-in offline task: seeded one- and two-step word problems with worked solutions; `easy`
     (`arithmetic-easy`): one addition of two numbers from 2 to 9. One seeded stream of distinct questions is
     split by a hash of the text (1 in 5 to `test`), so train and test never share a question."""
+    import zlib
     rng, rows, seen = random.Random(0), [], set()
     for _ in range(50 * n):  # the easy task has only 1 536 distinct questions: stop when they run out
         if len(rows) == n:
@@ -2022,17 +1688,17 @@ def format_field(value) -> str:
 
 def load_model(name: str, seed: int = 0):
     """(model, tokenizer) from `tiny`, a hub id, a local directory or run folder, or a `.gguf` file; fp32 weights
-    for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix D."""
+    for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix C."""
     if name == "tiny":
         return build_tiny_model(seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, kwargs = resolve_model_path(name)  # Appendix D
+    path, kwargs = resolve_model_path(name)  # Appendix C
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as error:
-        fail_to_load(name, "model", error)  # Appendix D
+        fail_to_load(name, "model", error)  # Appendix C
     if kwargs:  # [impl] the weights are plain fp32 now; forget the GGUF origin so save_pretrained writes safetensors
         model.config.__dict__.pop("quantization_config", None)
         model.hf_quantizer, model.is_quantized = None, False
@@ -2045,6 +1711,7 @@ def reference_policy(cfg: Config, model, adapter, resume_from: str | None, devic
     """π_ref for E6 as (policy, context to score it in); None when α = 0. Full fine-tuning: a frozen copy of the
     initial weights (on resume reloaded from --model, never from the checkpoint). LoRA: the base weights never
     change, so π_ref is this model with the adapter switched off — no second copy."""
+    import copy
     if cfg.alpha == 0:
         return None
     if adapter is not None:
@@ -2057,7 +1724,7 @@ def load_policy(cfg: Config, resume_from: str | None):
     """(model, adapter, tokenizer) for π_θ. Full fine-tuning: the model of --model, or of the checkpoint resumed.
     LoRA: the base of --model (never a checkpoint: it is π_ref) with a fresh adapter or the checkpoint's. `model` is
     the plain transformers model every function here takes (peft injects its layers in place); `adapter` is peft's
-    wrapper, None without LoRA, kept for switching the adapter off (π_ref), saving and merging (Appendix D)."""
+    wrapper, None without LoRA, kept for switching the adapter off (π_ref), saving and merging (Appendix C)."""
     if not cfg.lora_rank:
         model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
         return model, None, tokenizer
@@ -2112,7 +1779,7 @@ def build_tiny_model(seed: int = 0):
 
 
 # ==============================================================================================
-# Appendix E — several processes: torchrun, DDP and FSDP2
+# Appendix D — several processes: torchrun, DDP and FSDP2
 #
 # What it is for: `torchrun --nproc_per_node N sdpg.py …` (and `--nnodes M` across machines) trains the same run
 # as one process, on PyTorch's own engines: DistributedDataParallel, or FSDP2 (`--fsdp`, sharded weights,
