@@ -157,6 +157,7 @@ def training_settings(model: str) -> dict:
     training saw."""
     saved = sdpg.run_config(model)
     defaults = sdpg.Config(model="tiny")
+    sdpg.check_config(defaults)  # the defaults that are resolved when a run starts (the teacher context)
     keys = ("student_prompt", "teacher_context", "temperature", "max_new_tokens", "strict_format", "group_size",
             "logits_chunk_size", "gate", "beta")
     return {key: saved.get(key, getattr(defaults, key)) for key in keys} | {"from_run": bool(saved)}

@@ -144,17 +144,14 @@ class Config:
     log_completions_every: int = arg(10, "--report-to: a table of one group's completions every N steps; 0: never")
 
     def __post_init__(self):
-        """Defaults that follow from other fields (method, run folder, LoRA, B): each field holds the run's value."""
+        """Defaults that follow from other fields (method, LoRA, B): each field holds the run's value."""
         if self.method not in METHODS:
             fail(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
         for name, value in METHODS[self.method].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        saved = run_config(self.model)  # --model RUN_FOLDER continues with the dataset and context it trained with
-        if self.dataset is None:
-            self.dataset = "arithmetic" if self.model == "tiny" else saved.get("dataset") or "gsm8k"
-        if self.teacher_context is None:
-            self.teacher_context = saved.get("teacher_context") or "paper"
+        if self.dataset is None and self.model == "tiny":  # a run folder's own: check_config (it reads the disk)
+            self.dataset = "arithmetic"
         if self.lr is None:
             self.lr = 1e-5 if self.lora_rank else 1e-6
         if self.mini_batch_size is None:  # the authors' scheme: 8 updates per rollout batch, or as many as B allows
@@ -181,16 +178,6 @@ PAPER_CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve t
                  "exists, articulate the standard approach with exceptional clarity. Do NOT state that you were given "
                  "the answer or reference.")  # the paper's Figure 4
 TEACHER_CONTEXTS = {"paper": PAPER_CONTEXT, "answer": ANSWER_CONTEXT, "solution": SOLUTION_CONTEXT}
-
-
-def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
-    """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None).
-    The calculator notes `<<48/2=24>>` are dropped: they repeat the result that follows them, and no chat model
-    writes them, so in a teacher prompt they only shift the teacher away from text the student would produce."""
-    if "####" not in text:
-        return text.strip(), None
-    solution, answer = text.rsplit("####", 1)
-    return answer.strip().replace(",", ""), re.sub(r"<<[^<>\n]{0,200}>>", "", solution).strip()
 
 
 def build_prompt(tokenizer, question: str, context: str | None = None, style: str = "qwen") -> list[int]:
@@ -228,8 +215,8 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
 # Rule-based verifier: R = 1 iff the final answer equals the ground truth (E1's rewards)
 #
 # The last explicit final answer wins (a box, `####`, "the answer is"), else the last number; plain numbers compare
-# exactly as fractions. Every pattern is linear (or bounded) on any input: a grader that backtracks can stall
-# training for minutes on one sentence. Answers that are not plain numbers (MATH) are compared by math_equivalence.py.
+# exactly, anything else in math_equivalence.py. Every pattern is linear (or bounded): one that backtracks can stall
+# training for minutes on one sentence.
 
 BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 BOX_JOINER = re.compile(r"[\s$\\()\[\].]{0,8}(?:,|;|and|or|,\s?and|,\s?or)[\s$\\()\[\]]{0,8}"
@@ -303,14 +290,6 @@ def extract_answer(completion: str, strict: bool = False) -> str | None:
     return find_answer(completion, strict)[0]
 
 
-def has_answer_format(completion: str) -> bool:
-    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
-    try:
-        return find_answer(completion, strict=True)[1]
-    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
-        return False
-
-
 def parse_number(text: str) -> Fraction | None:
     """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
     text = text.replace(" ", "")
@@ -346,9 +325,8 @@ def verify(completion: str, answer: str, strict: bool = False) -> float:
 
 def score_responses(completions: list[str], answers: list[str], truncated: list[bool],
                     strict: bool = False) -> tuple[list[float], int]:
-    """(R_i ∈ {0, 1} per response, how many the verifier failed on). A truncated response is graded strictly: its
-    last number is an intermediate result, and at low accuracy such lucky matches would be much of all reward.
-    A verifier bug must not end a run, nor hide: the response scores 0, it is counted, and its text is shown."""
+    """(R_i ∈ {0, 1} per response, how many the verifier failed on). A truncated response is graded strictly (its last
+    number is an intermediate result). A verifier bug neither ends a run nor hides: 0, counted, its text shown."""
     rewards, errors = [], 0
     for completion, answer, cut in zip(completions, answers, truncated):
         try:
@@ -387,21 +365,6 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> to
     return (~eos_seen_before).long()
 
 
-def inverse_cdf_sampler(temperature: float, uniforms=None):
-    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row
-    and returns a score that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw.
-    uniforms(input_ids) → (N, 1) float64 in [0, 1): the rows' draws for this token (default: torch.rand).
-    [impl] Same distribution as `do_sample=True`, whose torch.multinomial over Qwen's 151 936
-    entries costs ~15× more on a CPU (docs/performance.md)."""
-    def sample(input_ids, scores):
-        cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
-        draws = torch.rand(len(cdf), 1, dtype=torch.float64) if uniforms is None else uniforms(input_ids)
-        uniform = draws.to(cdf.device) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
-    return sample
-
-
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, temperature: float, uniforms=None):
     """(response_ids, response_mask), (N, T) each, for prompts = {prompt_ids, prompt_mask} (N, P), KV-cached: pure
@@ -410,16 +373,15 @@ def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, tempe
     from transformers import GenerationConfig, LogitsProcessorList
 
     eos_ids = eos_token_ids(model, tokenizer)
-    # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7,
-    # top_k 20, top_p 0.8, repetition_penalty 1.1) into any config passed to it, and transformers 4.x even
-    # overrides an explicit do_sample=False. Swapping in an all-default config for this call is the one way
-    # that works on every version: nothing reshapes the logits but our sampler, so y ~ π_θ exactly.
+    # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7, top_k 20,
+    # top_p 0.8, repetition_penalty 1.1) into any config passed to it (transformers 4.x even overrides do_sample=False).
+    # An all-default config for this call works on every version: only our sampler shapes the logits, so y ~ π_θ.
     neutral = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
                                pad_token_id=tokenizer.pad_token_id, use_cache=True)
     processors = LogitsProcessorList([inverse_cdf_sampler(temperature, uniforms)] if temperature > 0 else [])
     checkpoint_config, model.generation_config = model.generation_config, neutral
     try:
-        with ctx, gathered_for_generation(model) as synced:  # Appendix D: FSDP2 gathers the weights once
+        with ctx, generation_mode(model) as synced:  # Appendix A: layer recompute off, FSDP2 weights gathered
             output = model.generate(input_ids=prompts["prompt_ids"], attention_mask=prompts["prompt_mask"],
                                     logits_processor=processors, synced_gpus=synced)
     finally:
@@ -677,10 +639,9 @@ def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[tuple[int
 
 
 def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: int, cfg: Config):
-    """E8 steps 2–4 for this process's prompts (all B of them in one process): G responses each from the student
-    view, verifier rewards, advantages (E1), and the no-gradient log-probs (π_old when several updates share the
-    batch, π_ref when α > 0). Returns (batch, counts, seconds): the tensors `update` needs, one row per response, the
-    step's counts for its log line (sums, so that ranks add them up) and the seconds spent generating."""
+    """E8 steps 2–4 for this process's prompts: G responses each, rewards, advantages (E1), and without gradient
+    π_old (when several updates share the batch) and π_ref (α > 0). Returns (batch: the tensors `update` needs, one
+    row per response; counts: sums for the log line, which ranks add up; seconds spent generating)."""
     plain = unwrap(model)  # generate with the model itself, not a DDP wrapper (Appendix D)
     device, pad_id = next(plain.parameters()).device, tokenizer.pad_token_id
     per_sequence = [row for _, row in prompts for _ in range(cfg.group_size)]  # groups contiguous
@@ -690,7 +651,6 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     responses = torch.tensor([index * cfg.group_size + j for index, _ in prompts for j in range(cfg.group_size)])
     uniforms = rollout_uniforms(cfg.seed, step, responses, cfg.batch_size * cfg.group_size,
                                 batch["prompt_ids"].shape[1])  # Appendix D: the same draws on any number of ranks
-    set_layer_recompute(plain, False)
     started = time.time()
     batch["response_ids"], batch["response_mask"] = sample_responses(plain, tokenizer, batch, cfg.max_new_tokens,
                                                                      cfg.temperature, uniforms)  # (B*G, T) each
@@ -701,7 +661,6 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
                                                truncated.tolist(), cfg.strict_format)
     batch["rewards"] = rewards = torch.tensor(rewards, device=device)  # (B*G,)
     batch["advantages"] = group_advantages(rewards, cfg.group_size, cfg.std_scale)  # (B*G,)   E1
-    set_layer_recompute(plain, cfg.gradient_checkpointing)
     if cfg.mini_batch_size < cfg.batch_size:  # several updates share the batch: π_old is the policy that sampled it
         batch["old_logp"] = sampled_logp(model, batch, cfg)
     if reference is not None:
@@ -715,34 +674,9 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
     return batch, {key: float(value) for key, value in counts.items()}, seconds
 
 
-@torch.no_grad()
-def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
-    """The micro-batch's sums over its response tokens for the step's log line (docs/metrics.md): each part of E7,
-    the tokens E2 clips (`clip_frac`) and dual-clips, the entropy; E3's over the tokens whose gate is open
-    (`gate_tokens`); RLSD's clip of u_t and |Â/A − 1| over the tokens with A ≠ 0. Micro-batches and ranks add up."""
-    mask, advantages = terms["response_mask"].float(), terms["advantages"]
-    token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(mask))
-    ratio = torch.exp((terms["logp"] - terms["old_logp"]).clamp(-20.0, 20.0))
-    clipped = ((token_advantages < 0) & (ratio < 1 - cfg.clip_low)) | ((token_advantages > 0) &
-                                                                       (ratio > 1 + cfg.clip_high))
-    gated = mask * (advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool))[:, None]
-    sums = dict(parts, clip_frac=clipped, dual_clip_frac=(token_advantages < 0) & (ratio > cfg.clip_c),
-                entropy=terms["entropy"], tokens=torch.ones_like(mask))  # −A·r > −A·c exactly when r > c
-    sums = {name: (value * mask).sum() for name, value in sums.items()}
-    sums["gate_tokens"] = gated.sum()
-    if "token_advantages" in terms:  # RLSD: how often u_t hits its clip, and how far Â moved from A
-        signed = mask * (advantages != 0)[:, None]
-        evidence = rlsd_evidence(advantages, terms["old_logp"], terms["teacher_logp"])
-        shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
-        sums.update(rlsd_clip_frac=(((evidence - 1).abs() > cfg.rlsd_clip) * signed).sum(),
-                    rlsd_shift=(shift * signed).sum(), rlsd_tokens=signed.sum())
-    return sums
-
-
 def update(model, optimizer, batch: dict, cfg: Config, step: int) -> tuple[dict, dict]:
-    """E8 step 5: for each mini-batch, student + teacher forward, E7 over the mini-batch's tokens, backward,
-    gradient-norm clip, AdamW step. Returns the step's sums (logged_sums') and what it used: β(k), λ(k), the mean
-    gradient norm. Under torchrun each rank holds its share of every mini-batch."""
+    """E8 step 5, per mini-batch: student + teacher forward, E7 over its tokens, backward, gradient-norm clip, AdamW
+    step (each rank its share). Returns the step's sums (logged_sums) and β(k), λ(k), the mean gradient norm."""
     windows = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
     beta_k = beta_schedule(step, cfg.steps, cfg.beta, *windows)  # E5
     rlsd_weight_k = rlsd_weight_schedule(step, cfg.steps, cfg.rlsd_weight, cfg.rlsd_decay_steps)  # RLSD's λ(k)
@@ -776,11 +710,6 @@ def update(model, optimizer, batch: dict, cfg: Config, step: int) -> tuple[dict,
     return dict(sums), dict(beta=beta_k, rlsd_weight=rlsd_weight_k, grad_norm=sum(grad_norms) / len(grad_norms))
 
 
-def learning_rate(step: int, cfg: Config) -> float:
-    """Linear warmup over --warmup-steps, then constant (the authors' schedule)."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr
-
-
 def main(cfg: Config) -> list[dict]:
     """E8 (the paper's Algorithm 1), `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line;
     returns the records. Every method (--method) runs this same loop: a method changes the loss terms, not E8.
@@ -799,6 +728,7 @@ def main(cfg: Config) -> list[dict]:
     model.to(device).eval()  # eval(): dropout off in both views, as in the paper's π_θ
     reference = reference_policy(cfg, model, adapter, resume_from, device)  # π_ref, Appendix C
     model, reference = distribute(model, reference, cfg, world)  # Appendix D: DDP or FSDP2 under torchrun
+    set_layer_recompute(unwrap(model), cfg.gradient_checkpointing)  # Appendix A: memory for the updates
     trained = [p for p in model.parameters() if p.requires_grad]  # all of them, or the LoRA adapter's
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = start_run(cfg, model, tokenizer, optimizer, resume_from, rows, world)  # Appendix B
@@ -811,7 +741,7 @@ def main(cfg: Config) -> list[dict]:
             started = time.time()
             prompts = rank_share(next_prompts(rows, run, cfg.batch_size), cfg, rank, world)  # 1
             batch, counts, rollout_time = rollout(model, reference, tokenizer, prompts, step, cfg)  # 2–4
-            lr = learning_rate(step, cfg)
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else cfg.lr  # warmup
             for group in optimizer.param_groups:
                 group["lr"] = lr
             sums, used = update(model, optimizer, batch, cfg, step)  # 5
@@ -851,6 +781,46 @@ def set_layer_recompute(model, enabled: bool):
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = enabled
+
+
+@contextlib.contextmanager
+def generation_mode(model):
+    """For one generate() call: decoder-layer recompute off (HF gives up the KV cache under it) and, under FSDP2,
+    every decoder layer's weights gathered once for the whole call instead of once per token (the root's stay
+    gathered anyway); both restored after. Yields whether generate must keep the ranks in step (synced_gpus)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    recompute = [layer.training for layer in layers]  # set_layer_recompute's switch
+    gathered = [m for m in model.modules() if m is not model and sharded(m)]
+    for layer in layers:
+        layer.training = False
+    for layer in gathered:
+        layer.unshard()
+        layer.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield sharded(model)
+    finally:
+        for layer, on in zip(layers, recompute):
+            layer.training = on
+        for layer in gathered:
+            layer.set_reshard_after_forward(True, recurse=False)
+            layer.reshard()
+
+
+def inverse_cdf_sampler(temperature: float, uniforms=None):
+    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row
+    and returns a score that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw.
+    uniforms(input_ids) → (N, 1) float64 in [0, 1): the rows' draws for this token (default: torch.rand).
+    [impl] Same distribution as `do_sample=True`, whose torch.multinomial over Qwen's 151 936
+    entries costs ~15× more on a CPU (docs/performance.md)."""
+    def sample(input_ids, scores):
+        cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
+        draws = torch.rand(len(cdf), 1, dtype=torch.float64) if uniforms is None else uniforms(input_ids)
+        uniform = draws.to(cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+    return sample
 
 
 def teacher_rows_needed(advantages, cfg: Config, beta_k: float, rlsd_weight_k: float):
@@ -1090,6 +1060,38 @@ def method_summary(cfg: Config) -> str:
     return f"method {cfg.method}: {'; '.join(terms)}; lr {cfg.lr}{overridden}"
 
 
+def has_answer_format(completion: str) -> bool:
+    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
+    try:
+        return find_answer(completion, strict=True)[1]
+    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
+        return False
+
+
+@torch.no_grad()
+def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
+    """The micro-batch's sums over its response tokens for the step's log line (docs/metrics.md): each part of E7,
+    the tokens E2 clips (`clip_frac`) and dual-clips, the entropy; E3's over the tokens whose gate is open
+    (`gate_tokens`); RLSD's clip of u_t and |Â/A − 1| over the tokens with A ≠ 0. Micro-batches and ranks add up."""
+    mask, advantages = terms["response_mask"].float(), terms["advantages"]
+    token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(mask))
+    ratio = torch.exp((terms["logp"] - terms["old_logp"]).clamp(-20.0, 20.0))
+    clipped = ((token_advantages < 0) & (ratio < 1 - cfg.clip_low)) | ((token_advantages > 0) &
+                                                                       (ratio > 1 + cfg.clip_high))
+    gated = mask * (advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool))[:, None]
+    sums = dict(parts, clip_frac=clipped, dual_clip_frac=(token_advantages < 0) & (ratio > cfg.clip_c),
+                entropy=terms["entropy"], tokens=torch.ones_like(mask))  # −A·r > −A·c exactly when r > c
+    sums = {name: (value * mask).sum() for name, value in sums.items()}
+    sums["gate_tokens"] = gated.sum()
+    if "token_advantages" in terms:  # RLSD: how often u_t hits its clip, and how far Â moved from A
+        signed = mask * (advantages != 0)[:, None]
+        evidence = rlsd_evidence(advantages, terms["old_logp"], terms["teacher_logp"])
+        shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
+        sums.update(rlsd_clip_frac=(((evidence - 1).abs() > cfg.rlsd_clip) * signed).sum(),
+                    rlsd_shift=(shift * signed).sum(), rlsd_tokens=signed.sum())
+    return sums
+
+
 def step_record(step: int, totals: dict, used: dict, cfg: Config) -> dict:
     """One line of metrics.jsonl (docs/metrics.md) from the step's totals (rollout's counts and update's sums, over
     every rank): means over every response token of the step; `used`: β(k), λ(k), lr and the mean gradient norm. A
@@ -1132,7 +1134,6 @@ def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config) -> float:
     under torchrun every rank decodes the same rows (FSDP2 needs every rank in generate)."""
     plain = unwrap(model)
     device = next(plain.parameters()).device
-    set_layer_recompute(plain, False)
     correct, size = 0.0, cfg.micro_batch_size * cfg.group_size
     for start in range(0, len(rows), size):
         batch = rows[start:start + size]
@@ -1141,7 +1142,6 @@ def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config) -> float:
         response_ids, response_mask = sample_responses(plain, tokenizer, prompts, cfg.max_new_tokens, 0.0)
         completions = decode_responses(tokenizer, response_ids, response_mask)
         correct += sum(score_responses(completions, [row["answer"] for row in batch], [True] * len(batch))[0])
-    set_layer_recompute(plain, cfg.gradient_checkpointing)
     return correct / len(rows)
 
 
@@ -1266,73 +1266,58 @@ def stop_at_step_end(rank: int = 0, run: dict | None = None):
 TRACKERS = ("tensorboard", "wandb", "trackio")  # the --report-to name is also the package to pip install
 
 
-def check_trackers(cfg: Config):
-    """--report-to: known names, each installed, before anything is written."""
-    names = [name.strip() for name in cfg.report_to.split(",") if name.strip()] or ["none"]
-    if set(names) - {"none", *TRACKERS} or ("none" in names and len(names) > 1):
-        fail(f"--report-to {cfg.report_to!r}: choose none, or a comma list of {', '.join(TRACKERS)}")
-    for name in set(names) - {"none"}:
-        if importlib.util.find_spec(name) is None:
-            fail(f"--report-to {name} needs {name}, an optional extra: pip install {name}")
-    if cfg.log_completions_every < 0:
-        fail(f"--log-completions-every {cfg.log_completions_every} must be ≥ 0 (0 = never)")
+def tracker_names(cfg: Config) -> list[str]:
+    return [name.strip() for name in cfg.report_to.split(",") if name.strip() not in ("", "none")]
 
 
 def open_trackers(cfg: Config, step: int) -> list:
     """[(name, handle)] for --report-to, each given the run's config. A resumed run continues its own: TensorBoard's
     folder (events from `step` on are replaced), the W&B run and the trackio run named after this config.json."""
-    names = [name.strip() for name in cfg.report_to.split(",") if name.strip() not in ("", "none")]
     config, trackers = dataclasses.asdict(cfg), []
-    stamp = os.stat(os.path.join(cfg.output_dir, "config.json")).st_mtime_ns if names else 0
+    stamp = os.stat(os.path.join(cfg.output_dir, "config.json")).st_mtime_ns if tracker_names(cfg) else 0
     run_id = re.sub(r"[^\w-]", "-", os.path.basename(os.path.abspath(cfg.output_dir)))[:48] + f"-{stamp % 10**8:08d}"
-    for name in names:
+    for name in tracker_names(cfg):
         if name == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=step or None)
-            writer.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "), step)
-            trackers.append((name, writer))
+            handle = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=step or None)
+            handle.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "), step)
         elif name == "wandb":
-            import wandb
+            import wandb as handle
 
-            wandb.init(project=os.environ.get("WANDB_PROJECT", "sdpg"), name=run_id, id=run_id, resume="allow",
-                       config=config, dir=cfg.output_dir)
-            trackers.append((name, wandb))
-        elif name == "trackio":
-            import trackio
+            handle.init(project=os.environ.get("WANDB_PROJECT", "sdpg"), name=run_id, id=run_id, resume="allow",
+                        config=config, dir=cfg.output_dir)
+        else:
+            import trackio as handle
 
-            trackio.init(project=os.environ.get("TRACKIO_PROJECT", "sdpg"), name=run_id, config=config,
-                         resume="allow", embed=False, auto_log_cpu=False, auto_log_gpu=False)
-            trackers.append((name, trackio))
+            handle.init(project=os.environ.get("TRACKIO_PROJECT", "sdpg"), name=run_id, config=config, resume="allow",
+                        embed=False, auto_log_cpu=False, auto_log_gpu=False)
+        trackers.append((name, handle))
     return trackers
 
 
 def report(run: dict, record: dict, batch: dict | None):
     """A step's record to every tracker (numbers only: a term the step did not compute is left out, as null is in
     metrics.jsonl), and every --log-completions-every steps one group's completions as a table."""
-    if not run.get("trackers"):
-        return
-    step, every = record["step"], run["completions_every"]
+    step, every, rows = record["step"], run["completions_every"], []
     values = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
-    rows = []
-    if batch is not None and every and step % every == 0:
+    if run["trackers"] and batch is not None and every and step % every == 0:
         group = slice(0, run["group_size"])  # the step's first prompt (this rank's under torchrun: rank 0's)
         texts = decode_responses(run["tokenizer"], batch["response_ids"][group], batch["response_mask"][group])
         rows = [[step, text, float(reward), float(advantage)] for text, reward, advantage in
                 zip(texts, batch["rewards"][group], batch["advantages"][group])]
     columns = ["step", "completion", "reward", "advantage"]
     for name, handle in run["trackers"]:
-        if name == "tensorboard":
-            for key, value in values.items():
-                handle.add_scalar(key, value, step)
-            if rows:  # a markdown table: each completion on one line (repr), its | escaped
-                cells = [(k, repr(text).replace("|", "\\|"), reward, advantage) for k, text, reward, advantage in rows]
-                lines = [f"| {' | '.join(columns)} |", "|---|---|---|---|"] + [
-                    f"| {k} | {text} | {reward:g} | {advantage:.3f} |" for k, text, reward, advantage in cells]
-                handle.add_text("completions", "\n".join(lines), step)
-        else:  # wandb and trackio: the same calls (trackio's API follows W&B's)
-            table = {"completions": handle.Table(columns=columns, data=rows)} if rows else {}
-            handle.log(dict(values, **table), step=step)
+        if name != "tensorboard":  # wandb and trackio: the same calls (trackio's API follows W&B's)
+            handle.log(dict(values, **({"completions": handle.Table(columns=columns, data=rows)} if rows else {})),
+                       step=step)
+            continue
+        for key, value in values.items():
+            handle.add_scalar(key, value, step)
+        if rows:  # a markdown table: each completion on one line (repr), its | escaped
+            cells = [(k, repr(text).replace("|", "\\|"), reward, advantage) for k, text, reward, advantage in rows]
+            handle.add_text("completions", "\n".join([f"| {' | '.join(columns)} |", "|---|---|---|---|"] + [
+                f"| {k} | {text} | {reward:g} | {advantage:.3f} |" for k, text, reward, advantage in cells]), step)
 
 
 def close_trackers(run: dict, status: int):
@@ -1395,54 +1380,48 @@ def field_kind(field) -> type:
     return next(t for t in typing.get_args(field.type) or (field.type,) if t is not type(None))
 
 
+# Each number flag's valid values, checked before anything is loaded: (is the value valid?, the rule an error names)
+AT_LEAST_ONE = (lambda v: v >= 1, "must be ≥ 1")
+OFF_AT_ZERO = (lambda v: v >= 0, "must be ≥ 0 (0 turns it off)")
+PAPER_OR_STEPS = (lambda v: v >= -1, "must be -1 (the paper's proportion), 0 (off) or a number of steps")
+FLAG_RANGES = {
+    "group_size": (lambda v: v >= 2, "must be ≥ 2 (E1 compares responses within a group: G must be ≥ 2)"),
+    **dict.fromkeys(("steps", "batch_size", "mini_batch_size", "micro_batch_size", "max_new_tokens",
+                     "max_prompt_length", "eval_problems"), AT_LEAST_ONE),
+    **dict.fromkeys(("lr", "max_grad_norm", "temperature", "lora_alpha"), (lambda v: v > 0, "must be > 0")),
+    **dict.fromkeys(("beta", "alpha", "weight_decay", "clip_high", "warmup_steps", "save_every", "keep_checkpoints",
+                     "logits_chunk_size", "log_completions_every", "eval_every", "lora_rank"), OFF_AT_ZERO),
+    **dict.fromkeys(("beta_warmup_steps", "beta_decay_steps", "rlsd_decay_steps"), PAPER_OR_STEPS),
+    "clip_low": (lambda v: 0 <= v < 1, "must be < 1 and ≥ 0 (E2's ratio clip)"),
+    "clip_c": (lambda v: v > 1, "must be > 1 (E2's dual clip)"),
+    "rlsd_weight": (lambda v: 0 <= v <= 1, "must be in [0, 1] (λ mixes A with the teacher's evidence)"),
+    "rlsd_clip": (lambda v: 0 <= v < 1, "must be in [0, 1) (ε_w clips u_t to [1 − ε_w, 1 + ε_w])"),
+}
+
+
 def check_config(cfg: Config):
-    """Every flag checked before anything is loaded: one line naming the one bad flag and the fix."""
+    """Every flag checked before anything is loaded: one line naming the one bad flag and the fix. --model
+    RUN_FOLDER continues with the dataset and teacher context it trained with (unless given)."""
+    saved = run_config(cfg.model)
+    cfg.dataset = cfg.dataset or saved.get("dataset") or "gsm8k"
+    cfg.teacher_context = cfg.teacher_context or saved.get("teacher_context") or "paper"
     if not cfg.output_dir.strip():
         fail("--output-dir is empty: it would write the run into the current folder; name a folder, e.g. runs/sdpg")
     cfg.output_dir = os.path.normpath(cfg.output_dir)  # runs/x/ and runs/x are one run
-    if cfg.group_size < 2:
-        fail(f"--group-size {cfg.group_size}: E1 compares responses within a group, so G must be ≥ 2")
-    for flag in ("steps", "batch_size", "mini_batch_size", "micro_batch_size", "max_new_tokens", "max_prompt_length"):
-        if getattr(cfg, flag) < 1:
-            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be ≥ 1")
-    if cfg.batch_size % cfg.mini_batch_size:
-        fail(f"--batch-size {cfg.batch_size} must be a multiple of --mini-batch-size {cfg.mini_batch_size}")
     for flag, choices in (("kl_mode", KL_MODES), ("teacher_context", TEACHER_CONTEXTS),
                           ("student_prompt", STUDENT_PROMPTS)):
         if getattr(cfg, flag) not in choices:
             fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r} is unknown; choose one of {', '.join(choices)}")
-    if cfg.temperature <= 0:
-        fail(f"--temperature {cfg.temperature} must be > 0 for on-policy sampling")
-    if cfg.lora_rank < 0:
-        fail(f"--lora-rank {cfg.lora_rank} must be ≥ 0 (0 = full fine-tuning)")
-    if cfg.lora_alpha <= 0:
-        fail(f"--lora-alpha {cfg.lora_alpha} must be > 0")
+    for flag, (valid, rule) in FLAG_RANGES.items():
+        if not valid(getattr(cfg, flag)):
+            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} {rule}")
+    if cfg.batch_size % cfg.mini_batch_size:
+        fail(f"--batch-size {cfg.batch_size} must be a multiple of --mini-batch-size {cfg.mini_batch_size}")
     if cfg.lora_rank and importlib.util.find_spec("peft") is None:
         fail("--lora-rank needs peft, an optional dependency: pip install peft")
-    for flag in ("lr", "max_grad_norm"):
-        if not getattr(cfg, flag) > 0:
-            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be > 0")
-    if not 0 <= cfg.rlsd_weight <= 1:
-        fail(f"--rlsd-weight {cfg.rlsd_weight} must be in [0, 1] (λ mixes A with the teacher's evidence)")
-    if not 0 <= cfg.rlsd_clip < 1:
-        fail(f"--rlsd-clip {cfg.rlsd_clip} must be in [0, 1) (ε_w clips u_t to [1 − ε_w, 1 + ε_w])")
     if not (cfg.outcome or cfg.beta > 0):
         cause = "--method opcd (no E2)" if cfg.method == "opcd" else "--no-outcome"
         fail(f"{cause} with --beta 0 leaves no loss term; give --beta > 0, or another --method for --beta 0")
-    for flag in ("beta", "alpha", "weight_decay", "clip_low", "clip_high", "warmup_steps", "save_every",
-                 "keep_checkpoints", "logits_chunk_size"):
-        if not getattr(cfg, flag) >= 0:
-            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)} must be ≥ 0 (0 turns it off)")
-    if cfg.clip_c <= 1:
-        fail(f"--clip-c {cfg.clip_c} must be > 1 (E2's dual clip)")
-    if cfg.clip_low >= 1:
-        fail(f"--clip-low {cfg.clip_low} must be < 1 (E2's ratio clip)")
-    for flag in ("beta_warmup_steps", "beta_decay_steps", "rlsd_decay_steps"):
-        if getattr(cfg, flag) < -1:
-            fail(f"--{flag.replace('_', '-')} {getattr(cfg, flag)}: -1 (the paper's proportion), 0 (off) or a number "
-                 f"of steps")
-    if cfg.eval_every < 0 or cfg.eval_problems < 1:
-        fail(f"--eval-every {cfg.eval_every} must be ≥ 0 and --eval-problems {cfg.eval_problems} ≥ 1")
     if cfg.eval_every and not cfg.eval_dataset and os.path.splitext(cfg.dataset)[1]:
         fail(f"--eval-every on the local file {cfg.dataset!r}: it has no test split; pass --eval-dataset with "
              f"held-out problems")
@@ -1450,7 +1429,11 @@ def check_config(cfg: Config):
         load_rows(cfg.eval_dataset, cfg.question_field, cfg.answer_field, "test", "--eval-dataset")
     if cfg.resume and cfg.overwrite:
         fail("--resume continues the run in --output-dir and --overwrite deletes it: pass one of them")
-    check_trackers(cfg)
+    names = [name.strip() for name in cfg.report_to.split(",")]
+    if set(names) - {"none", *TRACKERS} or ("none" in names and len(names) > 1):
+        fail(f"--report-to {cfg.report_to!r}: choose none, or a comma list of {', '.join(TRACKERS)}")
+    for name in (name for name in tracker_names(cfg) if importlib.util.find_spec(name) is None):
+        fail(f"--report-to {name} needs {name}, an optional extra: pip install {name}")
     refuse_what_is_no_model(cfg.model)
     resolve_device(cfg.device)
 
@@ -1505,6 +1488,16 @@ HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
                 "aime25": ("math-ai/aime25", None, "test", "problem", "answer"),
                 "amc23": ("math-ai/amc23", None, "test", "question", "answer")}
 BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
+
+
+def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
+    """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None).
+    The calculator notes `<<48/2=24>>` are dropped: they repeat the result that follows them, and no chat model
+    writes them, so in a teacher prompt they only shift the teacher away from text the student would produce."""
+    if "####" not in text:
+        return text.strip(), None
+    solution, answer = text.rsplit("####", 1)
+    return answer.strip().replace(",", ""), re.sub(r"<<[^<>\n]{0,200}>>", "", solution).strip()
 
 
 def load_rows(name: str, question_field="question", answer_field="answer", split="train",
@@ -1973,25 +1966,6 @@ def load_optimizer_state(model, optimizer, state: dict):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-
-@contextlib.contextmanager
-def gathered_for_generation(model):
-    """FSDP2: every decoder layer's weights gathered once for the whole generate() call instead of once per token
-    (the root's stay gathered anyway); yields whether generate must keep the ranks in step (synced_gpus)."""
-    if not sharded(model):
-        yield False
-        return
-    layers = [m for m in model.modules() if m is not model and sharded(m)]
-    for layer in layers:
-        layer.unshard()
-        layer.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield True
-    finally:
-        for layer in layers:
-            layer.set_reshard_after_forward(True, recurse=False)
-            layer.reshard()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -200,7 +200,9 @@ def test_a_method_flag_sets_the_papers_settings_and_an_explicit_flag_wins(method
     it, from the command line and from Python alike."""
     cfg = sdpg.parse_config(["--model", "tiny", "--method", method])
     assert {key: getattr(cfg, key) for key in expected} == expected
-    assert sdpg.Config(method=method) == sdpg.parse_config(["--method", method])
+    built = sdpg.Config(method=method)
+    sdpg.check_config(built)  # what main does first: a Config from Python is checked as a command line is
+    assert built == sdpg.parse_config(["--method", method])
     overridden = sdpg.parse_config(["--model", "tiny", "--method", method, "--clip-high", "0.3", "--alpha", "0",
                                     "--no-gate"])
     assert (overridden.clip_high, overridden.alpha, overridden.gate) == (0.3, 0.0, False)
@@ -260,10 +262,11 @@ def test_help_explains_every_flag_with_the_default_it_really_takes():
 
 def test_config_fields_hold_the_values_a_run_uses_and_main_trains_from_python(tmp_path):
     """Config() is usable as it is: the derived defaults (learning rate by LoRA or not, mini-batch, dataset for tiny,
-    the method's settings) are resolved when it is built, and main(Config(...)) trains, as a notebook would call it."""
+    the method's settings) are resolved when it is built, those read from disk (a run folder's dataset, else gsm8k)
+    when it is checked, and main(Config(...)) trains, as a notebook would call it."""
     assert (sdpg.Config().lr, sdpg.Config(lora_rank=8).lr, sdpg.Config(lr=3e-4).lr) == (1e-6, 1e-5, 3e-4)
     assert sdpg.Config(batch_size=6).mini_batch_size == 1 and sdpg.Config(model="tiny").dataset == "arithmetic"
-    assert sdpg.Config().dataset == "gsm8k" and sdpg.Config().clip_high == 0.28 and sdpg.Config().gate is True
+    assert sdpg.parse_config([]).dataset == "gsm8k" and sdpg.Config().clip_high == 0.28 and sdpg.Config().gate is True
     history = sdpg.main(sdpg.Config(model="tiny", dataset="arithmetic", steps=2, batch_size=2, max_new_tokens=16,
                                     output_dir=str(tmp_path / "run")))
     assert len(history) == 2 and (tmp_path / "run" / "final" / "config.json").is_file()
@@ -2628,7 +2631,7 @@ def test_a_run_folder_as_model_trains_on_its_own_dataset(tmp_path):
     """--model RUN_FOLDER (what the finished-run message suggests) takes the run's dataset from its config.json, not
     gsm8k from the Hub."""
     train(tmp_path / "run", "--steps", "1", "--dataset", "arithmetic-easy")
-    assert sdpg.Config(model=str(tmp_path / "run")).dataset == "arithmetic-easy"
+    assert sdpg.parse_config(["--model", str(tmp_path / "run")]).dataset == "arithmetic-easy"
     assert sdpg.parse_config(["--model", str(tmp_path / "run"), "--dataset", "arithmetic"]).dataset == "arithmetic"
 
 
