@@ -71,11 +71,9 @@ METHODS = {
                  alpha=1e-3, clip_low=0.2, clip_high=0.2, clip_c=10.0),  # App. C: E3 alone, on every response
 }
 
-
 def arg(default, help_text: str):
     """A Config field and its --help text (argparse is built from the fields, as HfArgumentParser does)."""
     return dataclasses.field(default=default, metadata={"help": help_text})
-
 
 @dataclass
 class Config:
@@ -157,7 +155,6 @@ class Config:
         if self.mini_batch_size is None:  # the authors' scheme: 8 updates per rollout batch, or as many as B allows
             self.mini_batch_size = self.batch_size // max(u for u in range(1, 9) if self.batch_size % u == 0)
 
-
 # The compute context, set once by main (nanoGPT's `ctx`): autocast for every model call (bf16 on CUDA), never nested
 ctx = contextlib.nullcontext()
 
@@ -179,7 +176,6 @@ PAPER_CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve t
                  "the answer or reference.")  # the paper's Figure 4
 TEACHER_CONTEXTS = {"paper": PAPER_CONTEXT, "answer": ANSWER_CONTEXT, "solution": SOLUTION_CONTEXT}
 
-
 def build_prompt(tokenizer, question: str, context: str | None = None, style: str = "qwen") -> list[int]:
     """Student prompt x (context None) or teacher prompt (c, x): one user turn, chat template, generation prompt.
     style: `qwen` (the question, then Qwen's instruction) or `paper` (Figure 4's instruction around the question)."""
@@ -189,14 +185,12 @@ def build_prompt(tokenizer, question: str, context: str | None = None, style: st
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False).input_ids
 
-
 def privileged_context(row: dict, kind: str) -> str:
     """c for one row: `paper` (answer + worked solution, Figure 4), `answer` (authors' README), `solution` (ours)."""
     if kind != "answer" and not row.get("solution"):
         fail(f"--teacher-context {kind} needs a worked solution per row (GSM8K's rationale, a `solution` field, "
              f"or text before `####`); choose --teacher-context answer, or add solutions")
     return TEACHER_CONTEXTS[kind].format(answer=row["answer"], solution=row.get("solution"))
-
 
 def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_length: int,
                   style: str = "qwen") -> list[dict]:
@@ -209,7 +203,6 @@ def tokenize_rows(tokenizer, rows: list[dict], teacher_context: str, max_prompt_
                 fail(f"row {index}: {view} prompt has {len(row[key])} tokens, over --max-prompt-length "
                      f"{max_prompt_length}; raise the limit or drop long rows")
     return rows
-
 
 # ----------------------------------------------------------------------------------------------
 # Rule-based verifier: R = 1 iff the final answer equals the ground truth (E1's rewards)
@@ -228,7 +221,6 @@ STATED = re.compile(r"answer\s{1,3}is|^[ \t*#>_-]{0,6}(?:final\s{1,3})?answer\s{
 STATED_SPAN = re.compile(r"[ \t:*$]{0,8}\n?[ \t*$]{0,4}([^\n]{0,200}?)(?:\.\s|\.?$|\n)", re.M)  # bounded: O(1) a try
 VERDICTS = {"correct", "right", "wrong", "incorrect", "verified", "confirmed", "valid", "consistent", "reasonable"}
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
 
 def last_boxed(text: str) -> tuple[int, str] | None:
     """(position, content) of the last closed, non-empty \\boxed{…}/\\fbox{…}. An empty box is usually the
@@ -249,7 +241,6 @@ def last_boxed(text: str) -> tuple[int, str] | None:
     contents = list(dict.fromkeys(text[end:close] for _, end, close in reversed(run)))  # one answer boxed twice is one
     return run[-1][0], ", ".join(contents)
 
-
 def stated_value(text: str) -> str | None:
     """The value in "the answer is …": the whole text if it reads as one value ("$\\frac{\\pi}{2}$", "yes"),
     else after the last `=` ("10 bags × 5 = 50 books" → 50), else its first number ("18 dollars because …")."""
@@ -262,7 +253,6 @@ def stated_value(text: str) -> str | None:
         return text or None
     number = NUMBER.search(text)
     return number.group() if number else None
-
 
 def find_answer(completion: str, strict: bool = False) -> tuple[str | None, bool]:
     """(final answer text, explicit?). Explicit answers: \\boxed{}, `#### x`, "answer is x" / "Answer: x"; the one
@@ -283,12 +273,10 @@ def find_answer(completion: str, strict: bool = False) -> tuple[str | None, bool
             return value, True
     return (numbers[-1].group(), False) if numbers else (None, False)
 
-
 def extract_answer(completion: str, strict: bool = False) -> str | None:
     """Final answer text: the last explicit answer, else — unless strict — the last number. strict is also right
     for a response cut at --max-new-tokens: its last number is an intermediate result, not an answer."""
     return find_answer(completion, strict)[0]
-
 
 def parse_number(text: str) -> Fraction | None:
     """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
@@ -305,7 +293,6 @@ def parse_number(text: str) -> Fraction | None:
     except (ValueError, ZeroDivisionError):
         return None
 
-
 def answers_match(predicted: str, truth: str) -> bool:
     """Plain numbers (all of GSM8K) compare exactly as fractions; anything else goes to math_equal (its own module).
     Both sides are normalized first (normalize_answer: LaTeX spacing, units, `x =`, thousands commas)."""
@@ -314,14 +301,12 @@ def answers_match(predicted: str, truth: str) -> bool:
         return numbers[0] == numbers[1]
     return math_equal(predicted, truth)
 
-
 def verify(completion: str, answer: str, strict: bool = False) -> float:
     """Rule-based reward R ∈ {0, 1}: 1 iff the final answer (extract_answer) means the same as the ground truth
     (answers_match). strict: only an explicit final answer counts (the authors' scorer; also used for truncated
     responses)."""
     predicted = extract_answer(completion, strict)
     return float(predicted is not None and answers_match(predicted, str(answer)))
-
 
 def score_responses(completions: list[str], answers: list[str], truncated: list[bool],
                     strict: bool = False) -> tuple[list[float], int]:
@@ -338,17 +323,14 @@ def score_responses(completions: list[str], answers: list[str], truncated: list[
                   f"(answer {answer!r}); scored 0", file=sys.stderr)
     return rewards, errors
 
-
 # ----------------------------------------------------------------------------------------------
 # Rollouts (E8 steps 1–2); loading the model (load_model: hub id, folder, GGUF, `tiny`) is in Appendix C
-
 
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends a response (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>)."""
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
     return sorted(ids | {tokenizer.eos_token_id})
-
 
 def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts are left-padded so every response starts at the same column."""
@@ -357,13 +339,11 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
     return ids, mask
 
-
 def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     """1 up to and including the first EOS, 0 after; built from EOS, not `!= pad` (Qwen's pad IS an EOS)."""
     is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (N, T)
     eos_seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     return (~eos_seen_before).long()
-
 
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, temperature: float, uniforms=None):
@@ -371,7 +351,6 @@ def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, tempe
     temperature sampling (on-policy log-probs); temperature 0 = greedy. uniforms: the sampler's source of
     randomness (rollout_uniforms), default the global torch RNG."""
     from transformers import GenerationConfig, LogitsProcessorList
-
     eos_ids = eos_token_ids(model, tokenizer)
     # [impl] generate() merges the checkpoint's generation_config (Qwen2.5: do_sample, temperature 0.7, top_k 20,
     # top_p 0.8, repetition_penalty 1.1) into any config passed to it (transformers 4.x even overrides do_sample=False).
@@ -389,21 +368,17 @@ def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, tempe
     response_ids = output[:, prompts["prompt_ids"].shape[1]:]  # (N, T), right-padded with pad after EOS
     return response_ids, response_mask_from_eos(response_ids, eos_ids)
 
-
 def truncated_responses(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     """(N,) bool: the response never emitted an EOS, i.e. it was cut at --max-new-tokens."""
     return ~torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device)).any(dim=1)
-
 
 def decode_responses(tokenizer, response_ids, response_mask) -> list[str]:
     """Text the verifier reads: the masked response, special tokens dropped."""
     masked = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     return tokenizer.batch_decode(masked, skip_special_tokens=True)
 
-
 # ----------------------------------------------------------------------------------------------
 # Per-token log-probs of both views and E3 (its inputs and the E3 that trains)
-
 
 def response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask):
     """Final hidden states at the positions that predict each response token: (B, T, H)."""
@@ -418,13 +393,11 @@ def response_hidden(model, prompt_ids, prompt_mask, response_ids, response_mask)
     prompt_length, response_length = prompt_ids.shape[1], response_ids.shape[1]
     return hidden[:, prompt_length - 1: prompt_length - 1 + response_length]  # position t-1 predicts token t
 
-
 def tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(z/τ) over the last (vocabulary) dim in float32 or wider: log p for the student's logits, log q
     for the teacher's. The one place τ is applied to logits."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return (logits if temperature == 1.0 else logits / temperature).log_softmax(dim=-1)  # skip a pass at τ = 1
-
 
 def reverse_kl(log_p, log_q):
     """ℓ_t = Σ_v p(v) · (log p(v) − log SG q(v)),  p = softmax(z/τ), q = softmax(z^c/τ)   (E3, the paper's Eq. 3.2)
@@ -435,7 +408,6 @@ def reverse_kl(log_p, log_q):
     by autograd, in recomputed chunks). Returns (…): one value per position, in log_p's dtype.
     """
     return (log_p.exp() * (log_p - log_q.detach())).sum(dim=-1)
-
 
 def token_scores(hidden, teacher_hidden, tokens, weight, bias, temperature):
     """For N response positions with final hidden states (N, H) and the output layer (weight, bias): (N,) each of
@@ -453,7 +425,6 @@ def token_scores(hidden, teacher_hidden, tokens, weight, bias, temperature):
         entropy = -(log_p.exp() * log_p).sum(-1)
     return logp, kl, entropy, teacher_logp
 
-
 def chunked_scores(hidden, teacher_hidden, tokens, lm_head, temperature: float, chunk_size: int) -> list:
     """token_scores over N positions, `chunk_size` at a time, each chunk under torch's activation checkpoint: its
     forward keeps nothing V-sized, and backward projects the chunk again and differentiates token_scores (and
@@ -465,7 +436,6 @@ def chunked_scores(hidden, teacher_hidden, tokens, lm_head, temperature: float, 
     pieces = [checkpoint(token_scores, *chunk, *head, use_reentrant=False) if chunk_size
               else token_scores(*chunk, *head) for chunk in chunks]
     return [torch.cat(column) for column in zip(*pieces)]
-
 
 def policy_scores(model, batch: dict, temperature: float, chunk_size: int, teacher_rows=None) -> list:
     """[logp, reverse_kl, entropy, teacher_logp], each (B, T) and 0 where response_mask is 0: log π_θ(y_t | x, y<t)
@@ -493,7 +463,6 @@ def policy_scores(model, batch: dict, temperature: float, chunk_size: int, teach
                 scores = [out.masked_scatter(positions, value) for out, value in zip(scores, values)]
     return scores
 
-
 @torch.no_grad()
 def sampled_logp(policy, batch: dict, cfg: Config) -> torch.Tensor:
     """log π(y_t | x, y<t) of the sampled tokens for a whole rollout batch (π_old or π_ref): (N, T)."""
@@ -503,10 +472,8 @@ def sampled_logp(policy, batch: dict, cfg: Config) -> torch.Tensor:
         pieces.append(F.pad(logp, (0, width - logp.shape[1])))  # undo the micro-batch's padding trim
     return torch.cat(pieces)
 
-
 # ----------------------------------------------------------------------------------------------
 # Advantages (E1)
-
 
 def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """A_i = (R_i − mean_G R) / (std_G R + ε)   (E1, the paper's Eq. 2.1); std_scale=False: A_i = R_i − mean_G R
@@ -520,10 +487,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std_scale: bool = T
         centered = centered / (groups.std(dim=1, keepdim=True) + eps)  # sample std; all-equal group → 0/ε = 0
     return centered.view(-1)
 
-
 # ----------------------------------------------------------------------------------------------
 # Losses (E2–E7) and the baselines' advantage (RLSD)
-
 
 def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=10.0):
     """Per-token DAPO dual-clip surrogate   (E2, the paper's Eq. 2.2 with the authors' dual clip)
@@ -540,12 +505,10 @@ def clipped_pg_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, cl
     loss = torch.maximum(unclipped, clipped)
     return torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
 
-
 def rlsd_evidence(advantages, old_logp, teacher_logp):
     """u_t = exp(sign(A) · SG[log q(y_t) − log p(y_t)]) = (q(y_t) / p(y_t))^sign(A): (B, T), detached   (RLSD)"""
     # [impl] the log-ratio clamped to ±20 nats, as E2's: exp stays finite, far outside any clip of u anyway
     return torch.exp(torch.sign(advantages)[:, None] * (teacher_logp - old_logp).detach().clamp(-20.0, 20.0))
-
 
 def rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip=0.2):
     """Â_t = A · [(1 − λ) + λ · clip(u_t, 1 − ε_w, 1 + ε_w)],  u_t = exp(sign(A) · SG[log q(y_t) − log p(y_t)])
@@ -559,19 +522,16 @@ def rlsd_advantages(advantages, old_logp, teacher_logp, weight, clip=0.2):
     scale = (1 - weight) + weight * rlsd_evidence(advantages, old_logp, teacher_logp).clamp(1 - clip, 1 + clip)
     return (advantages[:, None] * scale).detach()
 
-
 def rlsd_weight_schedule(step: int, total_steps: int, rlsd_weight: float, decay_steps: int = -1) -> float:
     """λ(k) = λ₀ · max(0, 1 − k / T_λ); T_λ = −1: steps/8 (50 of 400); 0: constant   (RLSD, the paper's App. B)"""
     decay = max(1, round(total_steps / 8)) if decay_steps < 0 else decay_steps
     return rlsd_weight * max(0.0, 1 - step / decay) if decay > 0 else rlsd_weight
-
 
 def paper_beta_windows(total_steps: int, warmup_steps: int = -1, decay_steps: int = -1) -> tuple[int, int]:
     """(T_warm, T_decay) for E5 (§3.5.2): −1 takes the paper's proportions (§4.1: 50 and 350 of 400 steps), so β
     rises over the first 1/8 of any run and falls to 0 over the rest; a value ≥ 0 is used as given (0: off)."""
     warm = round(total_steps / 8) if warmup_steps < 0 else warmup_steps
     return warm, (total_steps - warm if decay_steps < 0 else decay_steps)
-
 
 def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 0, decay_steps: int = 0) -> float:
     """β(k) = β_base · min(1, k/T_warm) · max(0, min(1, (T−k)/T_decay))   (E5, §3.5.2)
@@ -581,7 +541,6 @@ def beta_schedule(step: int, total_steps: int, beta: float, warmup_steps: int = 
     warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
     decay = max(0.0, min(1.0, (total_steps - step) / decay_steps)) if decay_steps > 0 else 1.0
     return beta * warm * decay
-
 
 def ref_kl(logp, ref_logp, mode="urkl"):
     """E6 integrand f(log w), log w = logp − ref_logp:  urkl ½(log w)²,  ufkl e^(−log w) + log w,
@@ -597,7 +556,6 @@ def ref_kl(logp, ref_logp, mode="urkl"):
     if mode == "fkl":
         return torch.exp(-log_w)
     raise ValueError(f"unknown kl mode {mode!r}; valid modes: {', '.join(KL_MODES)}")
-
 
 def sdpg_loss(terms: dict, beta_k: float, cfg: Config, num_tokens=None):
     """L = Σ_t mask · [E2 + β(k) · 1[A > 0] · min(ℓ_t, 20) + α · f(log w_t)] / num_tokens
@@ -624,10 +582,8 @@ def sdpg_loss(terms: dict, beta_k: float, cfg: Config, num_tokens=None):
     return loss, {name: value.detach() for name, value in
                   dict(loss=per_token, pg_loss=pg, reverse_kl=kl, ref_kl=anchor).items()}
 
-
 # ----------------------------------------------------------------------------------------------
 # Training (E8)
-
 
 def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[tuple[int, dict]]:
     """E8 step 1: the next B rows of a shuffled pass over the data, reshuffled every epoch (a dataset smaller
@@ -636,7 +592,6 @@ def next_prompts(rows: list[dict], run: dict, batch_size: int) -> list[tuple[int
         run["order"] += run["shuffler"].sample(range(len(rows)), len(rows))
     chosen, run["order"] = run["order"][:batch_size], run["order"][batch_size:]
     return list(enumerate(rows[i] for i in chosen))
-
 
 def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: int, cfg: Config):
     """E8 steps 2–4 for this process's prompts: G responses each, rewards, advantages (E1), and without gradient
@@ -673,7 +628,6 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
                   verifier_errors=verifier_errors)
     return batch, {key: float(value) for key, value in counts.items()}, seconds
 
-
 def update(model, optimizer, batch: dict, cfg: Config, step: int) -> tuple[dict, dict]:
     """E8 step 5, per mini-batch: student + teacher forward, E7 over its tokens, backward, gradient-norm clip, AdamW
     step (each rank its share). Returns the step's sums (logged_sums) and β(k), λ(k), the mean gradient norm."""
@@ -709,14 +663,12 @@ def update(model, optimizer, batch: dict, cfg: Config, step: int) -> tuple[dict,
         grad_norms.append(grad_norm.item())
     return dict(sums), dict(beta=beta_k, rlsd_weight=rlsd_weight_k, grad_norm=sum(grad_norms) / len(grad_norms))
 
-
 def main(cfg: Config) -> list[dict]:
     """E8 (the paper's Algorithm 1), `steps` times: the next B prompts (1), rollout (2–4), update (5), one log line;
     returns the records. Every method (--method) runs this same loop: a method changes the loss terms, not E8.
     Under torchrun each rank runs this same function on its share of the prompts (Appendix D)."""
     global ctx
     from tqdm.auto import tqdm
-
     check_config(cfg)  # Appendix C: a Config built in Python is checked as the command line's is
     rank, world, device = init_distributed(cfg)  # Appendix D: (0, 1, --device) in one process
     resume_from = on_rank_zero(prepare_output_dir, cfg)  # Appendix B: before anything is loaded
@@ -758,21 +710,17 @@ def main(cfg: Config) -> list[dict]:
     announce_end(cfg)
     return run["history"]
 
-
 # ==============================================================================================
-# Appendix A — memory and speed: layer recompute, micro-batches, teacher forwards only where used
+# Appendix A — memory and speed: layer recompute, fast sampling, micro-batches, teacher forwards only where used
 #
-# What it is for: memory (micro-batches with their padding trimmed, decoder-layer recompute) and speed (no teacher
-# forward for a row whose E3 and RLSD weight are 0: the loss is the same). The chunked vocabulary projection is in
-# the paper path (chunked_scores). A first reading skips this appendix.
-
+# What it is for: memory (decoder-layer recompute, micro-batches with their padding trimmed) and speed (the sampler,
+# no teacher forward for a row whose E3 and RLSD weight are 0: the loss is the same). The chunked vocabulary
+# projection is in the paper path (chunked_scores). A first reading skips this appendix.
 
 def set_layer_recompute(model, enabled: bool):
-    """[impl] Activation checkpointing of the decoder layers during the update (HF's gradient
-    checkpointing). HF only recomputes layers whose `.training` is set, so it is set on the layers
-    alone: their dropout children stay in eval mode, and generation keeps its KV cache when off."""
+    """[impl] Activation checkpointing of the decoder layers in the update (HF's gradient checkpointing). HF only
+    recomputes layers whose `.training` is set, so it is set on them alone: their dropout children stay off."""
     from transformers.modeling_layers import GradientCheckpointingLayer
-
     if enabled and not any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
         if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -782,38 +730,33 @@ def set_layer_recompute(model, enabled: bool):
         if isinstance(module, GradientCheckpointingLayer):
             module.training = enabled
 
-
 @contextlib.contextmanager
 def generation_mode(model):
     """For one generate() call: decoder-layer recompute off (HF gives up the KV cache under it) and, under FSDP2,
     every decoder layer's weights gathered once for the whole call instead of once per token (the root's stay
     gathered anyway); both restored after. Yields whether generate must keep the ranks in step (synced_gpus)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
-
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     recompute = [layer.training for layer in layers]  # set_layer_recompute's switch
-    gathered = [m for m in model.modules() if m is not model and sharded(m)]
     for layer in layers:
         layer.training = False
-    for layer in gathered:
-        layer.unshard()
-        layer.set_reshard_after_forward(False, recurse=False)
+        if sharded(layer):  # FSDP2 shards each decoder layer (Appendix D)
+            layer.unshard()
+            layer.set_reshard_after_forward(False, recurse=False)
     try:
         yield sharded(model)
     finally:
         for layer, on in zip(layers, recompute):
             layer.training = on
-        for layer in gathered:
-            layer.set_reshard_after_forward(True, recurse=False)
-            layer.reshard()
-
+            if sharded(layer):
+                layer.set_reshard_after_forward(True, recurse=False)
+                layer.reshard()
 
 def inverse_cdf_sampler(temperature: float, uniforms=None):
-    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row
-    and returns a score that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw.
-    uniforms(input_ids) → (N, 1) float64 in [0, 1): the rows' draws for this token (default: torch.rand).
-    [impl] Same distribution as `do_sample=True`, whose torch.multinomial over Qwen's 151 936
-    entries costs ~15× more on a CPU (docs/performance.md)."""
+    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row and returns a score
+    that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw. uniforms(input_ids) → (N, 1) float64
+    in [0, 1): the rows' draws for this token (default: torch.rand). [impl] The distribution of `do_sample=True`,
+    whose torch.multinomial over Qwen's 151 936 entries costs ~15× more on a CPU (docs/performance.md)."""
     def sample(input_ids, scores):
         cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
         draws = torch.rand(len(cdf), 1, dtype=torch.float64) if uniforms is None else uniforms(input_ids)
@@ -821,7 +764,6 @@ def inverse_cdf_sampler(temperature: float, uniforms=None):
         tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
         return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
     return sample
-
 
 def teacher_rows_needed(advantages, cfg: Config, beta_k: float, rlsd_weight_k: float):
     """(B,) bool: the rollouts whose teacher view is used — E3's (every row, or E4's A > 0) when β(k) > 0, RLSD's
@@ -832,7 +774,6 @@ def teacher_rows_needed(advantages, cfg: Config, beta_k: float, rlsd_weight_k: f
     if rlsd_weight_k > 0:
         rows |= advantages != 0
     return rows
-
 
 def micro_batches(batch: dict, indices: list[int], size: int):
     """Slices of a mini-batch with the columns that are padding in every row trimmed away."""
@@ -847,7 +788,6 @@ def micro_batches(batch: dict, indices: list[int], size: int):
                 micro[key] = micro[key][:, :micro["response_ids"].shape[1]]
         yield micro
 
-
 def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop the columns that are padding in every row (left-padded prompts, right-padded responses)."""
     used = mask.any(dim=0).nonzero().squeeze(-1)
@@ -855,7 +795,6 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torc
         return ids[:, :0], mask[:, :0]
     keep = slice(int(used[0]), None) if side == "left" else slice(0, int(used[-1]) + 1)
     return ids[:, keep], mask[:, keep]
-
 
 # ==============================================================================================
 # Appendix B — runs that survive: checkpoints, resume, interrupts, the log line, the start and end lines
@@ -865,18 +804,15 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torc
 # A first reading skips this appendix.
 
 RUN_ARTEFACT = re.compile(r"config\.json|metrics\.jsonl|final|step_\d+(?:\.tmp|\.old)?|tensorboard|wandb")
-RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "eval_every", "eval_problems",
-                     "eval_dataset", "device", "dtype", "micro_batch_size",
-                     "logits_chunk_size", "gradient_checkpointing", "report_to",
-                     "log_completions_every"}  # memory and bookkeeping, never the result
-
+RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "eval_every", "eval_problems",  # memory
+                     "eval_dataset", "device", "dtype", "micro_batch_size", "logits_chunk_size",  # and bookkeeping,
+                     "gradient_checkpointing", "report_to", "log_completions_every"}  # never the result
 
 def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None, adapter=None, merge=False,
                     state_dict=None):
-    """A folder `from_pretrained` loads (+ trainer_state.pt for resume). With LoRA: the adapter alone in
-    `path/adapter/` (what resume needs), and with merge=True (final/ only: merging changes the model for good) the
-    merged model beside it. [impl] Written to `path.tmp` and renamed, so a crash or a full disk never leaves a
-    half-written checkpoint under `path`."""
+    """A folder `from_pretrained` loads (+ trainer_state.pt for resume). LoRA: the adapter alone in `path/adapter/`,
+    with merge=True (final/ only) the merged model beside it. [impl] Written to `path.tmp` and renamed: a crash or a
+    full disk never leaves a half-written checkpoint under `path`."""
     temporary, previous = path + ".tmp", path + ".old"
     shutil.rmtree(temporary, ignore_errors=True)
     if adapter is not None:  # its own subfolder: an adapter_config.json beside config.json changes how it loads
@@ -893,18 +829,15 @@ def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = No
     os.rename(temporary, path)
     shutil.rmtree(previous, ignore_errors=True)
 
-
 def resumable_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     """(step, path) of every complete step_N/ checkpoint, oldest first."""
     names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
     found = [(int(name[5:]), os.path.join(output_dir, name)) for name in names if re.fullmatch(r"step_\d+", name)]
     return sorted((step, path) for step, path in found if os.path.isfile(os.path.join(path, "trainer_state.pt")))
 
-
 def read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
 
 def prepare_output_dir(cfg: Config) -> str | None:
     """Before any model is loaded: refuse to overwrite a run by accident; the checkpoint to resume from, or None."""
@@ -927,7 +860,6 @@ def prepare_output_dir(cfg: Config) -> str | None:
         fail(f"--output-dir {out!r} cannot be written ({error.strerror}); pass another --output-dir")
     return None
 
-
 def checkpoint_to_resume(cfg: Config) -> str:
     """The latest step_N/ of the run in --output-dir, after checking that the flags are the run's. --steps may
     grow (a finished run trains on; E5's schedule then spans the new total)."""
@@ -939,46 +871,36 @@ def checkpoint_to_resume(cfg: Config) -> str:
                if k not in RESUMABLE_CHANGES | {"steps"} and saved.get(k) != v]
     if changed:
         fail(f"--resume with other settings than the run in {out!r} ({'; '.join(changed)}); pass the run's flags")
-    done = found[-1][0] if found else 0
-    if os.path.isdir(os.path.join(out, "final")) and done >= cfg.steps:
-        fail(f"the run in {out!r} is finished (step {done} of {saved['steps']}, final/ written); to train on pass "
-             f"--resume --steps N with N > {done}, or --overwrite to start it again")
-    if not found and os.path.isdir(os.path.join(out, "final")):
-        fail(f"the run in {out!r} is finished (final/ written) and kept no step_N/ checkpoint to continue from; "
-             f"start a new run from it with --model {out}, or --overwrite to start it again")
+    done, finished = found[-1][0] if found else 0, os.path.isdir(os.path.join(out, "final"))
     if not found:
-        fail(f"--resume: no step_N/ checkpoint in {out!r} (the run saves one every --save-every steps and on "
-             f"Ctrl-C, not after a second Ctrl-C): nothing to continue from; start it again with --overwrite")
+        new_run = f", or a new run from its final/ with --model {out}" if finished else ""
+        fail(f"--resume: no step_N/ checkpoint in {out!r} (one is saved every --save-every steps and on Ctrl-C, not "
+             f"after a second Ctrl-C); start it again with --overwrite{new_run}")
     if done >= cfg.steps:
-        fail(f"the run in {out!r} already reached step {done}; pass --steps N with N > {done} to train on")
+        fail(f"the run in {out!r} is {'finished' if finished else 'stopped'} (step {done} of {saved['steps']}"
+             f"{', final/ written' if finished else ''}); to train on pass --resume --steps N with N > {done}")
     return found[-1][1]
-
 
 def rng_states() -> dict:
     """Every RNG's state as tensors, tuples, lists and numbers: what torch.load(weights_only=True) reads back."""
     import numpy
-
-    name, keys, position, has_gauss, gauss = numpy.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, keys.tolist(), position, has_gauss, gauss),
+    name, keys, *position_and_gauss = numpy.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), *position_and_gauss),
             "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
 
 def set_rng_states(states: dict):
     import numpy
-
     random.setstate(states["python"])
-    name, keys, position, has_gauss, gauss = states["numpy"]
-    numpy.random.set_state((name, numpy.array(keys, dtype=numpy.uint32), position, has_gauss, gauss))
+    name, keys, *position_and_gauss = states["numpy"]
+    numpy.random.set_state((name, numpy.array(keys, dtype=numpy.uint32), *position_and_gauss))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
 
 def read_trainer_state(path: str) -> dict:
     """trainer_state.pt read with weights_only=True: tensors and plain values only, so a run folder handed out by
     someone else cannot run code on this machine (a full unpickle can)."""
     import pickle
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -986,7 +908,6 @@ def read_trainer_state(path: str) -> dict:
         fail(f"{path} holds more than tensors and plain values ({found[1] if found else 'an object'}), so it is not "
              f"loaded: unpickling it could run code. A checkpoint of sdpg.py before 2026-12-06 is such a file; start a "
              f"new run from its weights with --model {os.path.dirname(path)}")
-
 
 def read_metrics(path: str) -> list[dict]:
     """metrics.jsonl records; a half-written last line (the process was killed mid-write) is skipped."""
@@ -1002,12 +923,10 @@ def read_metrics(path: str) -> list[dict]:
                     records[-1]["reverse_kl"] = records[-1].pop("opd_kl")
     return records
 
-
 def start_run(cfg: Config, model, tokenizer, optimizer, resume_from: str | None, rows: list[dict],
               world: int = 1) -> dict:
-    """The run's state — step, data order, shuffler, metrics so far — fresh, or restored from `resume_from` with
-    the optimizer and every RNG; config.json written once; metrics.jsonl rewritten to the steps kept, and
-    --report-to's trackers started (rank 0)."""
+    """The run's state (step, data order, shuffler, metrics so far), fresh or restored from `resume_from` with the
+    optimizer and every RNG; config.json written once, metrics.jsonl cut to the steps kept, trackers started."""
     run = dict(step=0, order=[], shuffler=random.Random(cfg.seed), history=[], trackers=[], tokenizer=tokenizer,
                metrics_path=os.path.join(cfg.output_dir, "metrics.jsonl"), group_size=cfg.group_size,
                completions_every=cfg.log_completions_every)
@@ -1040,7 +959,6 @@ def start_run(cfg: Config, model, tokenizer, optimizer, resume_from: str | None,
     run["trackers"] = open_trackers(cfg, run["step"])
     return run
 
-
 def method_summary(cfg: Config) -> str:
     """The start line's account of every setting the method implies (and any flag that overrode one)."""
     warm, decay = paper_beta_windows(cfg.steps, cfg.beta_warmup_steps, cfg.beta_decay_steps)
@@ -1059,14 +977,12 @@ def method_summary(cfg: Config) -> str:
     overridden = f"; overridden: {', '.join(sorted(given))}" if given else ""
     return f"method {cfg.method}: {'; '.join(terms)}; lr {cfg.lr}{overridden}"
 
-
 def has_answer_format(completion: str) -> bool:
     """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
     try:
         return find_answer(completion, strict=True)[1]
     except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
         return False
-
 
 @torch.no_grad()
 def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
@@ -1091,12 +1007,10 @@ def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
                     rlsd_shift=(shift * signed).sum(), rlsd_tokens=signed.sum())
     return sums
 
-
 def step_record(step: int, totals: dict, used: dict, cfg: Config) -> dict:
-    """One line of metrics.jsonl (docs/metrics.md) from the step's totals (rollout's counts and update's sums, over
-    every rank): means over every response token of the step; `used`: β(k), λ(k), lr and the mean gradient norm. A
-    term the step does not compute (E3 when β = 0, E6 when α = 0, RLSD's reweighting when λ = 0) is null, never a
-    measured 0."""
+    """One line of metrics.jsonl (docs/metrics.md): means over the step's response tokens of its totals over every
+    rank, and `used` (β(k), λ(k), lr, the mean gradient norm). A term the step does not compute (E3 when β = 0, E6
+    when α = 0, RLSD's reweighting when λ = 0) is null, never a measured 0."""
     tokens, responses, beta_k, rlsd_weight_k = totals["tokens"], totals["responses"], used["beta"], used["rlsd_weight"]
     distilled = beta_k > 0 and totals["gate_tokens"] > 0
     reweighted = rlsd_weight_k > 0 and totals.get("rlsd_tokens", 0) > 0
@@ -1114,24 +1028,20 @@ def step_record(step: int, totals: dict, used: dict, cfg: Config) -> dict:
                 rlsd_shift=totals["rlsd_shift"] / totals["rlsd_tokens"] if reweighted else None,
                 verifier_errors=int(totals["verifier_errors"]), heldout_accuracy=None)  # set by --eval-every
 
-
 def heldout_rows(cfg: Config, tokenizer) -> list[dict]:
     """The held-out problems of --eval-every, tokenized with the training prompt; [] when it is off."""
     if not cfg.eval_every:
         return []
-    name = cfg.eval_dataset or cfg.dataset
-    flag = "--eval-dataset" if cfg.eval_dataset else "--dataset"
-    rows = load_rows(name, cfg.question_field, cfg.answer_field, "test", flag)[:cfg.eval_problems]
+    rows = load_rows(cfg.eval_dataset or cfg.dataset, cfg.question_field, cfg.answer_field, "test",
+                     "--eval-dataset" if cfg.eval_dataset else "--dataset")[:cfg.eval_problems]
     for row in rows:
         row["prompt_ids"] = build_prompt(tokenizer, row["question"], style=cfg.student_prompt)
     return rows
 
-
 @torch.no_grad()
 def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config) -> float:
-    """Greedy accuracy of the current policy on held-out rows, strict (only an explicit final answer counts, as the
-    authors' scorer). Greedy decoding draws no random number, so the run's RNG, and with it resume, is untouched;
-    under torchrun every rank decodes the same rows (FSDP2 needs every rank in generate)."""
+    """Greedy, strict accuracy of the current policy on held-out rows (the authors' scorer). Greedy draws no random
+    number: resume is untouched. Under torchrun every rank decodes the same rows (FSDP2 needs them all)."""
     plain = unwrap(model)
     device = next(plain.parameters()).device
     correct, size = 0.0, cfg.micro_batch_size * cfg.group_size
@@ -1144,11 +1054,9 @@ def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: Config) -> float:
         correct += sum(score_responses(completions, [row["answer"] for row in batch], [True] * len(batch))[0])
     return correct / len(rows)
 
-
 def log_step(record: dict, run: dict, progress, batch: dict | None = None):
-    """One fixed-format line per step (the bar's postfix) and the same record appended to metrics.jsonl and sent to
-    --report-to's trackers, with a table of the step's first group of completions every --log-completions-every
-    steps (rank 0)."""
+    """One fixed-format line per step (the bar's postfix); the same record appended to metrics.jsonl and sent to
+    --report-to's trackers (rank 0)."""
     run["history"].append(record)
     if rank_of() > 0:
         return
@@ -1161,30 +1069,24 @@ def log_step(record: dict, run: dict, progress, batch: dict | None = None):
     progress.set_postfix({key.replace("response_", ""): "–" if record[key] is None else format(record[key], spec)
                           for key, spec in shown.items()})
 
-
 def save_resumable(model, adapter, tokenizer, optimizer, run: dict, step: int, cfg: Config):
     """step_N/: weights (with LoRA the adapter alone) + trainer_state.pt (optimizer, data order, RNG states); the
     oldest beyond --keep-checkpoints are deleted. Every rank takes part (FSDP2 gathers); rank 0 writes."""
-    weights = full_state_dict(model) if adapter is None else None  # Appendix D: None when nothing is sharded
     state = dict(step=step, optimizer=full_optimizer_state(model, optimizer), order=run["order"],
                  shuffler=run["shuffler"].getstate(), rng=rng_states())
-    if rank_of() == 0:
-        save_checkpoint(unwrap(model), tokenizer, os.path.join(cfg.output_dir, f"step_{step}"), state,
-                        adapter=adapter, state_dict=weights)
-        for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints] if cfg.keep_checkpoints else []:
+    save_final(model, adapter, tokenizer, cfg, f"step_{step}", state)
+    if rank_of() == 0 and cfg.keep_checkpoints:
+        for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints]:
             shutil.rmtree(path)
-    barrier()  # nobody reads or deletes a checkpoint another rank is still writing
 
-
-def save_final(model, adapter, tokenizer, cfg: Config):
-    """final/: the model (LoRA: merged, with the adapter in final/adapter/), gathered from every rank, written by
-    rank 0."""
-    weights = full_state_dict(model) if adapter is None else None
+def save_final(model, adapter, tokenizer, cfg: Config, name: str = "final", trainer_state: dict | None = None):
+    """final/ (or a step_N/ with its trainer state): the model (LoRA: final/ merged, the adapter in adapter/),
+    gathered from every rank, written by rank 0."""
+    weights = full_state_dict(model) if adapter is None else None  # Appendix D: None when nothing is sharded
     if rank_of() == 0:
-        save_checkpoint(unwrap(model), tokenizer, os.path.join(cfg.output_dir, "final"), adapter=adapter, merge=True,
-                        state_dict=weights)
-    barrier()
-
+        save_checkpoint(unwrap(model), tokenizer, os.path.join(cfg.output_dir, name), trainer_state, adapter=adapter,
+                        merge=name == "final", state_dict=weights)
+    barrier()  # nobody reads or deletes a checkpoint another rank is still writing
 
 def resume_command(cfg: Config, world: int = 1) -> str:
     """The command line that continues this run: every flag that differs from its default, plus --resume."""
@@ -1192,21 +1094,15 @@ def resume_command(cfg: Config, world: int = 1) -> str:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # ranks on this machine (torchrun's --nproc_per_node)
     words = (["python"] if world == 1 else
              ["torchrun", *(["--standalone"] if local == world else []), "--nproc_per_node", str(local)]) + ["sdpg.py"]
-    # the defaults as this run resolved them (the method's settings, the dataset, lr, mini-batch): only flags that
-    # differ from those are needed
-    given = ("method", "model", "batch_size", "lora_rank")  # the fields the others' defaults are resolved from
+    # the fields the other defaults follow (method, model, B, LoRA) are always given; others only where they differ
+    given = ("method", "model", "batch_size", "lora_rank")
     defaults = Config(**{name: getattr(cfg, name) for name in given})
     for field in dataclasses.fields(Config):
-        value = getattr(cfg, field.name)
-        default = field.default if field.name in given else getattr(defaults, field.name)
-        if field.name not in ("resume", "overwrite") and value != default:
-            flag = "--" + field.name.replace("_", "-")
-            if field_kind(field) is bool:
-                words.append(flag if value else "--no-" + flag[2:])
-            else:
-                words += [flag, shlex.quote(str(value))]
+        value, flag = getattr(cfg, field.name), "--" + field.name.replace("_", "-")
+        if field.name in given or field.name not in ("resume", "overwrite") and value != getattr(defaults, field.name):
+            words += ([flag if value else "--no-" + flag[2:]] if field_kind(field) is bool else
+                      [flag, shlex.quote(str(value))])
     return " ".join(words + ["--resume"])
-
 
 def stop_run(cfg: Config, progress, signum: int, step: int, world: int = 1):
     progress.close()  # so the bar is not redrawn under the last line
@@ -1216,10 +1112,8 @@ def stop_run(cfg: Config, progress, signum: int, step: int, world: int = 1):
         print(f"interrupted at step {step}; resume with: {resume_command(cfg, world)}{several}", file=sys.stderr)
     raise SystemExit(128 + signum)
 
-
 def announce_end(cfg: Config):
     import shlex
-
     if rank_of() > 0:
         return
     final, quote = os.path.join(cfg.output_dir, "final"), shlex.quote
@@ -1230,14 +1124,12 @@ def announce_end(cfg: Config):
           f"   (and python eval.py --plot {quote(cfg.output_dir)} --plot-output "
           f"{quote(os.path.join(cfg.output_dir, 'curves.png'))})", flush=True)
 
-
 @contextlib.contextmanager
 def stop_at_step_end(rank: int = 0, run: dict | None = None):
     """SIGINT (Ctrl-C) and SIGTERM (what schedulers send; torchrun forwards them to every rank) only set a flag:
     the loop finishes its step, writes a resumable checkpoint and exits. A second signal aborts at once. However
     the block ends (done, stopped, failed), the run's trackers are flushed and closed with its exit status."""
     import threading
-
     received = []
 
     def handler(signum, frame):
@@ -1260,15 +1152,12 @@ def stop_at_step_end(rank: int = 0, run: dict | None = None):
             signal.signal(sig, old)
         close_trackers(run or {}, status)
 
-
 # What a user of TRL or verl watches a run in: TensorBoard, Weights & Biases or trackio, each an optional extra,
 # imported only when --report-to names it. metrics.jsonl stays the record; a tracker gets the same names and steps.
 TRACKERS = ("tensorboard", "wandb", "trackio")  # the --report-to name is also the package to pip install
 
-
 def tracker_names(cfg: Config) -> list[str]:
     return [name.strip() for name in cfg.report_to.split(",") if name.strip() not in ("", "none")]
-
 
 def open_trackers(cfg: Config, step: int) -> list:
     """[(name, handle)] for --report-to, each given the run's config. A resumed run continues its own: TensorBoard's
@@ -1279,22 +1168,18 @@ def open_trackers(cfg: Config, step: int) -> list:
     for name in tracker_names(cfg):
         if name == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
-
             handle = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=step or None)
             handle.add_text("config", "    " + json.dumps(config, indent=2).replace("\n", "\n    "), step)
         elif name == "wandb":
             import wandb as handle
-
             handle.init(project=os.environ.get("WANDB_PROJECT", "sdpg"), name=run_id, id=run_id, resume="allow",
                         config=config, dir=cfg.output_dir)
         else:
             import trackio as handle
-
             handle.init(project=os.environ.get("TRACKIO_PROJECT", "sdpg"), name=run_id, config=config, resume="allow",
                         embed=False, auto_log_cpu=False, auto_log_gpu=False)
         trackers.append((name, handle))
     return trackers
-
 
 def report(run: dict, record: dict, batch: dict | None):
     """A step's record to every tracker (numbers only: a term the step did not compute is left out, as null is in
@@ -1319,7 +1204,6 @@ def report(run: dict, record: dict, batch: dict | None):
             handle.add_text("completions", "\n".join([f"| {' | '.join(columns)} |", "|---|---|---|---|"] + [
                 f"| {k} | {text} | {reward:g} | {advantage:.3f} |" for k, text, reward, advantage in cells]), step)
 
-
 def close_trackers(run: dict, status: int):
     """Flush and close every tracker, with the run's exit status where the tracker keeps one (W&B)."""
     for name, handle in run.get("trackers", []):
@@ -1329,24 +1213,20 @@ def close_trackers(run: dict, status: int):
             handle.finish(exit_code=status) if name == "wandb" else handle.finish()
     run["trackers"] = []
 
-
 # ==============================================================================================
 # Appendix C — input checks, devices, datasets and models from outside, LoRA adapters
 #
 # What it is for: bad input ends in one line that names the problem and the fix, never a traceback from deep
 # inside a library, and never silently wrong training. A first reading skips this appendix.
 
-
 def fail(message: str):
     """Bad input ends the program with one line naming the problem and the fix, no traceback (under torchrun
     printed by rank 0 alone; the others exit with status 1)."""
     raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
 
-
 def parse_config(argv=None) -> Config:
-    """argparse generated from Config's fields and their help texts, with the default each takes (a field set by
-    --method lists each method's value). A switch that is on by default gets a --no-… flag, one that the method sets
-    gets both; unknown or abbreviated flags are errors."""
+    """argparse from Config's fields and help texts, with each default (or each method's value). A switch on by
+    default gets a --no-… flag, one the method sets gets both; unknown or abbreviated flags are errors."""
     import argparse
     parser = argparse.ArgumentParser(description="SDPG: Self-Distilled Policy Gradient (arXiv 2606.04036)",
                                      allow_abbrev=False)
@@ -1372,13 +1252,10 @@ def parse_config(argv=None) -> Config:
     check_config(cfg)
     return cfg
 
-
 def field_kind(field) -> type:
     """A Config field's value type: `int | None` (a default resolved in __post_init__) → int."""
     import typing
-
     return next(t for t in typing.get_args(field.type) or (field.type,) if t is not type(None))
-
 
 # Each number flag's valid values, checked before anything is loaded: (is the value valid?, the rule an error names)
 AT_LEAST_ONE = (lambda v: v >= 1, "must be ≥ 1")
@@ -1397,7 +1274,6 @@ FLAG_RANGES = {
     "rlsd_weight": (lambda v: 0 <= v <= 1, "must be in [0, 1] (λ mixes A with the teacher's evidence)"),
     "rlsd_clip": (lambda v: 0 <= v < 1, "must be in [0, 1) (ε_w clips u_t to [1 − ε_w, 1 + ε_w])"),
 }
-
 
 def check_config(cfg: Config):
     """Every flag checked before anything is loaded: one line naming the one bad flag and the fix. --model
@@ -1437,7 +1313,6 @@ def check_config(cfg: Config):
     refuse_what_is_no_model(cfg.model)
     resolve_device(cfg.device)
 
-
 def resolve_device(name: str) -> torch.device:
     """auto | cpu | cuda | cuda:N | mps → a device this machine has (one-line error otherwise)."""
     if name == "auto":
@@ -1451,7 +1326,6 @@ def resolve_device(name: str) -> torch.device:
         fail("--device mps: MPS is not available on this machine; use --device cpu or auto")
     return torch.device(name)
 
-
 def make_autocast(device: torch.device, dtype_name: str):
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
              "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype_name)
@@ -1460,26 +1334,18 @@ def make_autocast(device: torch.device, dtype_name: str):
     # float32: no context at all (a disabled autocast would switch off one a caller entered around it)
     return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
-
 def seed_everything(seed: int):
     import numpy  # installed with datasets
-
     random.seed(seed)
     numpy.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
-
-def offline_hint() -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return "" if offline else " (offline? set HF_HUB_OFFLINE=1 to skip the Hub's retries)"
-
-
 def fail_to_load(name: str, what: str, error: Exception):
     fix = ("check the id or path, or use --model tiny" if what == "model" else
            "with no network pass a local file with the same fields: --dataset rows.jsonl")
+    hint = "" if os.environ.get("HF_HUB_OFFLINE") == "1" else " (offline? HF_HUB_OFFLINE=1 skips the Hub's retries)"
     fail(f"{what} {name!r} is not a local file or folder and could not be fetched from the Hugging Face Hub "
-         f"({type(error).__name__}){offline_hint()}; {fix}")
-
+         f"({type(error).__name__}){hint}; {fix}")
 
 # Hub datasets by name: (id, config, split or None = the split asked for, question field, answer field)
 HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
@@ -1488,7 +1354,6 @@ HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
                 "aime25": ("math-ai/aime25", None, "test", "problem", "answer"),
                 "amc23": ("math-ai/amc23", None, "test", "question", "answer")}
 BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
-
 
 def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
     """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None).
@@ -1499,7 +1364,6 @@ def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
     solution, answer = text.rsplit("####", 1)
     return answer.strip().replace(",", ""), re.sub(r"<<[^<>\n]{0,200}>>", "", solution).strip()
 
-
 def load_rows(name: str, question_field="question", answer_field="answer", split="train",
               flag="--dataset") -> list[dict]:
     """Rows of {question, answer, solution}: a built-in task, a Hub dataset by name, or a local file. `flag`: the
@@ -1508,8 +1372,13 @@ def load_rows(name: str, question_field="question", answer_field="answer", split
         if split not in ("train", "test"):
             fail(f"--split {split!r}: the built-in {name} task has the splits train and test")
         return arithmetic_rows(split=split, easy=name == "arithmetic-easy")
-    if name in HUB_DATASETS:
-        table, question_field, answer_field = load_hub_table(name, split)
+    if name in HUB_DATASETS:  # through `datasets`
+        import datasets
+        hub_id, config, fixed_split, question_field, answer_field = HUB_DATASETS[name]
+        try:
+            table = datasets.load_dataset(hub_id, config, split=fixed_split or split)
+        except Exception as error:  # noqa: BLE001 — offline, gated or renamed: say what to do instead
+            fail_to_load(hub_id, "dataset", error)
     else:
         table, question_field = read_local_table(name, question_field, answer_field, flag)
     rows, dropped = [], 0
@@ -1526,24 +1395,11 @@ def load_rows(name: str, question_field="question", answer_field="answer", split
         fail(f"dataset {name!r} has no row with both a question and an answer")
     return rows
 
-
-def load_hub_table(name: str, split: str):
-    """(table, question field, answer field) of a dataset named in HUB_DATASETS, through `datasets`."""
-    import datasets
-
-    hub_id, config, fixed_split, question_field, answer_field = HUB_DATASETS[name]
-    try:
-        return datasets.load_dataset(hub_id, config, split=fixed_split or split), question_field, answer_field
-    except Exception as error:  # noqa: BLE001 — offline, gated or renamed: say what to do instead
-        fail_to_load(hub_id, "dataset", error)
-
-
 def read_local_table(name: str, question_field: str, answer_field: str, flag: str = "--dataset"):
     """(table, question field) of a local .jsonl/.json/.csv/.parquet file; a MATH-style `problem` column is taken
     when there is no `question`. Every malformed file is one line, not a `datasets` traceback."""
     import csv
     import datasets
-
     builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(os.path.splitext(name)[1])
     if builder is None:
         known = ["gsm8k", *BUILT_IN_DATASETS, *(n for n in HUB_DATASETS if n != "gsm8k")]
@@ -1588,7 +1444,6 @@ def read_local_table(name: str, question_field: str, answer_field: str, flag: st
                  f"pass --question-field/--answer-field")
     return table, question_field
 
-
 def run_config(model: str) -> dict:
     """The config.json of a sdpg.py run folder given as `--model RUN_FOLDER` (what it was trained with); else {}."""
     path = os.path.join(model, "config.json")
@@ -1598,7 +1453,6 @@ def run_config(model: str) -> dict:
         return read_json(path)
     except (OSError, ValueError):
         return {}
-
 
 def resolve_model_path(name: str) -> tuple[str, dict]:
     """(path for from_pretrained, its extra arguments): a GGUF file becomes its folder + gguf_file=; a sdpg.py run
@@ -1621,11 +1475,9 @@ def resolve_model_path(name: str) -> tuple[str, dict]:
     refuse_what_is_no_model(name)
     return name, {}
 
-
 def is_run_folder(name: str) -> bool:
     """A sdpg.py --output-dir: it holds metrics.jsonl or final/ (its config.json is the run's, not a model's)."""
     return os.path.isfile(os.path.join(name, "metrics.jsonl")) or os.path.isdir(os.path.join(name, "final"))
-
 
 def refuse_what_is_no_model(name: str):
     """A local folder without config.json (and not a run folder), or a file that is not a .gguf, is no model."""
@@ -1635,7 +1487,6 @@ def refuse_what_is_no_model(name: str):
     if os.path.isfile(name) and not name.endswith(".gguf"):
         fail(f"--model {name!r} is a file but not a .gguf: pass a model folder, a run folder, a .gguf file, a hub id "
              f"or tiny")
-
 
 def arithmetic_question(rng: random.Random, easy: bool) -> tuple[str, str, int]:
     """One seeded word problem: (question, worked solution, answer)."""
@@ -1651,7 +1502,6 @@ def arithmetic_question(rng: random.Random, easy: bool) -> tuple[str, str, int]:
                 f"{a} * {b} = {a * b}", a * b)
     return (f"{name} has {a + b} {item}, gives away {b}, then gets {c} more. How many {item} does {name} have?",
             f"{a + b} - {b} = {a}, then {a} + {c} = {a + c}", a + c)
-
 
 def arithmetic_rows(n: int = 2000, split: str = "train", easy: bool = False) -> list[dict]:
     """Built-in offline task: seeded one- and two-step word problems with worked solutions; `easy`
@@ -1669,7 +1519,6 @@ def arithmetic_rows(n: int = 2000, split: str = "train", easy: bool = False) -> 
         rows.append({"question": question, "answer": str(answer), "solution": solution})
     return rows
 
-
 def format_field(value) -> str:
     """A cell as text; a float that is a whole number loses its `.0` (AMC 2023's answers are JSON numbers: 27.0)."""
     if value is None:
@@ -1678,14 +1527,12 @@ def format_field(value) -> str:
         return str(int(value))
     return str(value).strip()
 
-
 def load_model(name: str, seed: int = 0):
     """(model, tokenizer) from `tiny`, a hub id, a local directory or run folder, or a `.gguf` file; fp32 weights
     for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix C."""
     if name == "tiny":
         return build_tiny_model(seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path, kwargs = resolve_model_path(name)  # Appendix C
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -1699,7 +1546,6 @@ def load_model(name: str, seed: int = 0):
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
-
 def reference_policy(cfg: Config, model, adapter, resume_from: str | None, device):
     """π_ref for E6 as (policy, context to score it in); None when α = 0. Full fine-tuning: a frozen copy of the
     initial weights (on resume reloaded from --model, never from the checkpoint). LoRA: the base weights never
@@ -1712,24 +1558,20 @@ def reference_policy(cfg: Config, model, adapter, resume_from: str | None, devic
     reference = load_model(cfg.model, cfg.seed)[0].to(device).eval() if resume_from else copy.deepcopy(model)
     return reference.requires_grad_(False), contextlib.nullcontext
 
-
 def load_policy(cfg: Config, resume_from: str | None):
-    """(model, adapter, tokenizer) for π_θ. Full fine-tuning: the model of --model, or of the checkpoint resumed.
-    LoRA: the base of --model (never a checkpoint: it is π_ref) with a fresh adapter or the checkpoint's. `model` is
-    the plain transformers model every function here takes (peft injects its layers in place); `adapter` is peft's
-    wrapper, None without LoRA, kept for switching the adapter off (π_ref), saving and merging (Appendix C)."""
+    """(model, adapter, tokenizer) for π_θ: the model of --model or of the checkpoint resumed; with LoRA the base of
+    --model (it is π_ref) and a fresh adapter or the checkpoint's. `model` is the plain transformers model (peft
+    injects its layers in place); `adapter`, peft's wrapper or None, switches the adapter off, saves and merges."""
     if not cfg.lora_rank:
         model, tokenizer = load_model(resume_from or cfg.model, cfg.seed)
         return model, None, tokenizer
     model, tokenizer = load_model(cfg.model, cfg.seed)
     return model, attach_lora(model, cfg, resume_from), tokenizer
 
-
 def attach_lora(model, cfg: Config, resume_from: str | None):
     """peft's LoRA on every linear layer of the decoder (not the output layer), injected into `model` in place: a
     fresh adapter (B = 0, so training starts at the base model), or the adapter of the checkpoint resumed."""
     import warnings
-
     from peft import LoraConfig, PeftModel, get_peft_model
 
     # peft asks transformers ≥ 5 for a renamed attribute, which warns on every run; nothing for a user to change
@@ -1740,13 +1582,11 @@ def attach_lora(model, cfg: Config, resume_from: str | None):
                         bias="none")
     return get_peft_model(model, config)
 
-
 def build_tiny_model(seed: int = 0):
     """A small random Qwen2ForCausalLM with a byte-level ChatML tokenizer (259 tokens), built offline. Its weights
     come from `seed` alone; the global RNG is left as it was."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
     # Byte-level BPE with no merges: Qwen2's own pre-tokenizer and decoder, so the tokenizer survives a
     # save/reload through AutoTokenizer (which picks Qwen2Tokenizer from the checkpoint's model_type)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # the ids' roles match Qwen's (pad, chat, eos)
@@ -1770,7 +1610,6 @@ def build_tiny_model(seed: int = 0):
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = [2, 0], 0
     return model, tokenizer
 
-
 # ==============================================================================================
 # Appendix D — several processes: torchrun, DDP and FSDP2
 #
@@ -1780,7 +1619,6 @@ def build_tiny_model(seed: int = 0):
 # E1 stays local), E7's divisor counts every rank's tokens, sampling randomness is drawn per response
 # (rollout_uniforms), and the logged metrics are sums over ranks: the same numbers one process would log.
 # Rank 0 alone writes files and prints. In one process every helper here does nothing. A first reading skips this.
-
 
 def rollout_uniforms(seed: int, step: int, response_ids: torch.Tensor, responses_in_step: int, prompt_width: int):
     """The sampler's uniforms drawn per response, not per process: token t of the step's response i gets number i of
@@ -1793,7 +1631,6 @@ def rollout_uniforms(seed: int, step: int, response_ids: torch.Tensor, responses
         return torch.rand(responses_in_step, generator=generator, dtype=torch.float64)[response_ids][:, None]
     return uniforms
 
-
 def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment (NCCL on CUDA, gloo on CPU); (0, 1, --device)
     without it."""
@@ -1801,8 +1638,8 @@ def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:
         if cfg.fsdp:
             fail("--fsdp shards the model across torchrun's ranks: launch with torchrun --nproc_per_node N sdpg.py …")
         return 0, 1, resolve_device(cfg.device)
+    import datetime
     import torch.distributed as dist
-
     world, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     for flag in ("batch_size", "mini_batch_size"):  # whole prompts per rank, in every mini-batch
         if getattr(cfg, flag) % world:
@@ -1814,26 +1651,20 @@ def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")  # LOCAL_RANK: this machine's GPU
     if cuda:
         torch.cuda.set_device(device)
-    import datetime
-
     # a rank that dies must not leave the others waiting forever in a collective: they fail after this timeout (and
     # torchrun stops the rest); long enough for a step's rollouts, which hold no collective under DDP
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     return dist.get_rank(), world, device  # the global rank (RANK), not LOCAL_RANK, decides who writes
 
-
 def distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
 
 def rank_of() -> int:
     return torch.distributed.get_rank() if distributed() else int(os.environ.get("RANK", 0))  # RANK: torchrun's
 
-
 def barrier():
     if distributed():
         torch.distributed.barrier()
-
 
 def on_rank_zero(function, *args):
     """function(*args) on rank 0, its result (or its one-line failure) shared with every rank."""
@@ -1850,7 +1681,6 @@ def on_rank_zero(function, *args):
         raise SystemExit(outcome[0][1] if rank_of() == 0 else 1)  # one error line, from rank 0
     return outcome[0][1]
 
-
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     """The sum over ranks (E7's token count); the value itself in one process."""
     if distributed():
@@ -1858,36 +1688,28 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(value)
     return value
 
-
 def token_divisor(count: torch.Tensor) -> torch.Tensor:
     """E7's divisor for one rank's loss: the whole mini-batch's token count over every rank (at least 1), divided by
     the number of ranks, because DDP and FSDP2 average the ranks' gradients where E7 wants their sum."""
     world = torch.distributed.get_world_size() if distributed() else 1
     return all_reduce_sum(count).clamp(min=1) / world
 
-
 def all_reduce_sums(totals: dict) -> dict:
     """A step's counts and loss sums, added over ranks in one collective: what one process would have summed."""
-    values = all_reduce_sum(torch.tensor(list(totals.values()), dtype=torch.float64, device=collective_device()))
+    nccl = distributed() and torch.distributed.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    values = all_reduce_sum(torch.tensor(list(totals.values()), dtype=torch.float64, device=device))
     return dict(zip(totals, values.tolist()))
-
 
 def any_rank(flag: bool) -> bool:
     """True on every rank if it is true on any (a stop signal): all ranks then stop at the same safe point."""
-    return bool(all_reduce_sum(torch.tensor([float(flag)], device=collective_device())).item())
-
-
-def collective_device() -> torch.device:
-    is_nccl = distributed() and torch.distributed.get_backend() == "nccl"
-    return torch.device("cuda", torch.cuda.current_device()) if is_nccl else torch.device("cpu")
-
+    return all_reduce_sums({"flag": float(flag)})["flag"] > 0
 
 def rank_share(prompts: list, cfg: Config, rank: int, world: int) -> list:
     """This rank's slice of every mini-batch: whole prompts (their groups stay together), in step order."""
     share = cfg.mini_batch_size // world
     return [prompt for start in range(0, len(prompts), cfg.mini_batch_size)
             for prompt in prompts[start + rank * share:start + (rank + 1) * share]]
-
 
 def distribute(model, reference, cfg: Config, world: int):
     """(model to train, reference) under torchrun: DDP around the model, or FSDP2 over each decoder layer and the
@@ -1897,11 +1719,9 @@ def distribute(model, reference, cfg: Config, world: int):
     device = next(model.parameters()).device
     if not cfg.fsdp:
         from torch.nn.parallel import DistributedDataParallel
-
         # broadcast_buffers=False: the buffers (rotary tables) are constants, and a collective in every forward
         # would hang the ranks whose gate skips a teacher forward
         import inspect
-
         newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters  # torch ≥ 2.13
         no_buffer_sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -1909,7 +1729,6 @@ def distribute(model, reference, cfg: Config, world: int):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from transformers.modeling_layers import GradientCheckpointingLayer
-
     import warnings
 
     # our forward returns hidden states that are a view; nothing writes into them in place, which is what it warns of
@@ -1921,32 +1740,25 @@ def distribute(model, reference, cfg: Config, world: int):
         fully_shard(module, mesh=mesh)  # the root: embeddings, final norm and (tied) lm_head
     return model, reference
 
-
 def unwrap(model):
     return getattr(model, "module", model)  # DDP keeps the model in .module; FSDP2 changes it in place
-
 
 def full_tensor(value):
     return value.full_tensor() if hasattr(value, "full_tensor") else value  # FSDP2's gradient norm is a DTensor
 
-
 def sharded(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
-
 
 def full_state_dict(model):
     """FSDP2: every rank's shards gathered into full weights on rank 0's CPU (a collective); None otherwise."""
     if not sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if getattr(model.config, "tie_word_embeddings", False):
         weights.pop("lm_head.weight", None)  # gathered twice when tied; from_pretrained ties it again
     return weights
-
 
 def full_optimizer_state(model, optimizer) -> dict:
     """AdamW's state as one dict: FSDP2's shards gathered on rank 0's CPU (so a resume may use another number of
@@ -1954,19 +1766,15 @@ def full_optimizer_state(model, optimizer) -> dict:
     if not sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
                                                                                cpu_offload=True))
 
-
 def load_optimizer_state(model, optimizer, state: dict):
-    if not sharded(model):
-        optimizer.load_state_dict(state)
-        return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
+    if sharded(model):  # every rank takes its shard of the full state
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
 
 # ----------------------------------------------------------------------------------------------
 
