@@ -732,9 +732,8 @@ def set_layer_recompute(model, enabled: bool):
 
 @contextlib.contextmanager
 def generation_mode(model):
-    """For one generate() call: decoder-layer recompute off (HF gives up the KV cache under it) and, under FSDP2,
-    every decoder layer's weights gathered once for the whole call instead of once per token (the root's stay
-    gathered anyway); both restored after. Yields whether generate must keep the ranks in step (synced_gpus)."""
+    """For one generate(): layer recompute off (HF drops the KV cache under it), under FSDP2 each layer gathered once,
+    not once per token; both restored after. Yields whether generate must keep the ranks in step (synced_gpus)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     recompute = [layer.training for layer in layers]  # set_layer_recompute's switch
@@ -873,9 +872,9 @@ def checkpoint_to_resume(cfg: Config) -> str:
         fail(f"--resume with other settings than the run in {out!r} ({'; '.join(changed)}); pass the run's flags")
     done, finished = found[-1][0] if found else 0, os.path.isdir(os.path.join(out, "final"))
     if not found:
-        new_run = f", or a new run from its final/ with --model {out}" if finished else ""
+        new_run = f"start a new run from its final/ with --model {out}, or " if finished else ""
         fail(f"--resume: no step_N/ checkpoint in {out!r} (one is saved every --save-every steps and on Ctrl-C, not "
-             f"after a second Ctrl-C); start it again with --overwrite{new_run}")
+             f"after a second Ctrl-C): nothing to continue from; {new_run}start it again with --overwrite")
     if done >= cfg.steps:
         fail(f"the run in {out!r} is {'finished' if finished else 'stopped'} (step {done} of {saved['steps']}"
              f"{', final/ written' if finished else ''}); to train on pass --resume --steps N with N > {done}")
@@ -898,8 +897,7 @@ def set_rng_states(states: dict):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 def read_trainer_state(path: str) -> dict:
-    """trainer_state.pt read with weights_only=True: tensors and plain values only, so a run folder handed out by
-    someone else cannot run code on this machine (a full unpickle can)."""
+    """trainer_state.pt with weights_only=True: a run folder from someone else cannot run code here."""
     import pickle
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -986,9 +984,8 @@ def has_answer_format(completion: str) -> bool:
 
 @torch.no_grad()
 def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
-    """The micro-batch's sums over its response tokens for the step's log line (docs/metrics.md): each part of E7,
-    the tokens E2 clips (`clip_frac`) and dual-clips, the entropy; E3's over the tokens whose gate is open
-    (`gate_tokens`); RLSD's clip of u_t and |Â/A − 1| over the tokens with A ≠ 0. Micro-batches and ranks add up."""
+    """The micro-batch's sums over its response tokens for the log line (docs/metrics.md; micro-batches and ranks
+    add up): E7's parts, tokens E2 clips and dual-clips, the entropy, open gates, RLSD's clip of u_t and |Â/A − 1|."""
     mask, advantages = terms["response_mask"].float(), terms["advantages"]
     token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(mask))
     ratio = torch.exp((terms["logp"] - terms["old_logp"]).clamp(-20.0, 20.0))
@@ -1080,8 +1077,7 @@ def save_resumable(model, adapter, tokenizer, optimizer, run: dict, step: int, c
             shutil.rmtree(path)
 
 def save_final(model, adapter, tokenizer, cfg: Config, name: str = "final", trainer_state: dict | None = None):
-    """final/ (or a step_N/ with its trainer state): the model (LoRA: final/ merged, the adapter in adapter/),
-    gathered from every rank, written by rank 0."""
+    """final/ (or step_N/ with its trainer state), gathered from every rank, written by rank 0; LoRA: merged."""
     weights = full_state_dict(model) if adapter is None else None  # Appendix D: None when nothing is sharded
     if rank_of() == 0:
         save_checkpoint(unwrap(model), tokenizer, os.path.join(cfg.output_dir, name), trainer_state, adapter=adapter,
@@ -1126,9 +1122,8 @@ def announce_end(cfg: Config):
 
 @contextlib.contextmanager
 def stop_at_step_end(rank: int = 0, run: dict | None = None):
-    """SIGINT (Ctrl-C) and SIGTERM (what schedulers send; torchrun forwards them to every rank) only set a flag:
-    the loop finishes its step, writes a resumable checkpoint and exits. A second signal aborts at once. However
-    the block ends (done, stopped, failed), the run's trackers are flushed and closed with its exit status."""
+    """SIGINT (Ctrl-C) and SIGTERM (schedulers; torchrun forwards them) only set a flag: the loop finishes its step,
+    saves and exits; a second one aborts. However the block ends, the trackers are closed with its exit status."""
     import threading
     received = []
 
@@ -1152,9 +1147,9 @@ def stop_at_step_end(rank: int = 0, run: dict | None = None):
             signal.signal(sig, old)
         close_trackers(run or {}, status)
 
-# What a user of TRL or verl watches a run in: TensorBoard, Weights & Biases or trackio, each an optional extra,
-# imported only when --report-to names it. metrics.jsonl stays the record; a tracker gets the same names and steps.
-TRACKERS = ("tensorboard", "wandb", "trackio")  # the --report-to name is also the package to pip install
+# --report-to: TensorBoard, Weights & Biases or trackio (optional extras: the name is the package to pip install),
+# given metrics.jsonl's names and steps; metrics.jsonl stays the record.
+TRACKERS = ("tensorboard", "wandb", "trackio")
 
 def tracker_names(cfg: Config) -> list[str]:
     return [name.strip() for name in cfg.report_to.split(",") if name.strip() not in ("", "none")]
@@ -1184,9 +1179,11 @@ def open_trackers(cfg: Config, step: int) -> list:
 def report(run: dict, record: dict, batch: dict | None):
     """A step's record to every tracker (numbers only: a term the step did not compute is left out, as null is in
     metrics.jsonl), and every --log-completions-every steps one group's completions as a table."""
+    if not run.get("trackers"):
+        return
     step, every, rows = record["step"], run["completions_every"], []
     values = {key: value for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
-    if run["trackers"] and batch is not None and every and step % every == 0:
+    if batch is not None and every and step % every == 0:
         group = slice(0, run["group_size"])  # the step's first prompt (this rank's under torchrun: rank 0's)
         texts = decode_responses(run["tokenizer"], batch["response_ids"][group], batch["response_mask"][group])
         rows = [[step, text, float(reward), float(advantage)] for text, reward, advantage in
@@ -1343,7 +1340,7 @@ def seed_everything(seed: int):
 def fail_to_load(name: str, what: str, error: Exception):
     fix = ("check the id or path, or use --model tiny" if what == "model" else
            "with no network pass a local file with the same fields: --dataset rows.jsonl")
-    hint = "" if os.environ.get("HF_HUB_OFFLINE") == "1" else " (offline? HF_HUB_OFFLINE=1 skips the Hub's retries)"
+    hint = "" if os.environ.get("HF_HUB_OFFLINE") == "1" else " (offline? set HF_HUB_OFFLINE=1 to skip its retries)"
     fail(f"{what} {name!r} is not a local file or folder and could not be fetched from the Hugging Face Hub "
          f"({type(error).__name__}){hint}; {fix}")
 
@@ -1356,9 +1353,8 @@ HUB_DATASETS = {"gsm8k": ("openai/gsm8k", "main", None, "question", "answer"),
 BUILT_IN_DATASETS = ("arithmetic", "arithmetic-easy")
 
 def split_gsm8k_answer(text: str) -> tuple[str, str | None]:
-    """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None).
-    The calculator notes `<<48/2=24>>` are dropped: they repeat the result that follows them, and no chat model
-    writes them, so in a teacher prompt they only shift the teacher away from text the student would produce."""
+    """GSM8K `answer` = worked solution + `#### 72` → ("72", solution); plain text → (text, None). Calculator notes
+    `<<48/2=24>>` are dropped: no chat model writes them, so they would only shift the teacher from the student."""
     if "####" not in text:
         return text.strip(), None
     solution, answer = text.rsplit("####", 1)
@@ -1504,9 +1500,8 @@ def arithmetic_question(rng: random.Random, easy: bool) -> tuple[str, str, int]:
             f"{a + b} - {b} = {a}, then {a} + {c} = {a + c}", a + c)
 
 def arithmetic_rows(n: int = 2000, split: str = "train", easy: bool = False) -> list[dict]:
-    """Built-in offline task: seeded one- and two-step word problems with worked solutions; `easy`
-    (`arithmetic-easy`): one addition of two numbers from 2 to 9. One seeded stream of distinct questions is
-    split by a hash of the text (1 in 5 to `test`), so train and test never share a question."""
+    """Built-in offline task: seeded one- and two-step word problems with worked solutions (`easy`: one addition of
+    2…9). Distinct questions split by a hash of the text (1 in 5 to `test`): train and test share none."""
     import zlib
     rng, rows, seen = random.Random(0), [], set()
     for _ in range(50 * n):  # the easy task has only 1 536 distinct questions: stop when they run out
@@ -1530,7 +1525,8 @@ def format_field(value) -> str:
 def load_model(name: str, seed: int = 0):
     """(model, tokenizer) from `tiny`, a hub id, a local directory or run folder, or a `.gguf` file; fp32 weights
     for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix C."""
-    if name == "tiny":
+    if name == "tiny":  # a small random Qwen2 built offline (tiny.py)
+        from tiny import build_tiny_model
         return build_tiny_model(seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path, kwargs = resolve_model_path(name)  # Appendix C
@@ -1547,9 +1543,8 @@ def load_model(name: str, seed: int = 0):
     return model, tokenizer
 
 def reference_policy(cfg: Config, model, adapter, resume_from: str | None, device):
-    """π_ref for E6 as (policy, context to score it in); None when α = 0. Full fine-tuning: a frozen copy of the
-    initial weights (on resume reloaded from --model, never from the checkpoint). LoRA: the base weights never
-    change, so π_ref is this model with the adapter switched off — no second copy."""
+    """π_ref for E6 as (policy, context to score it in), None when α = 0: a frozen copy of the initial weights (on
+    resume reloaded from --model); with LoRA this model with its adapter off (the base never changes)."""
     import copy
     if cfg.alpha == 0:
         return None
@@ -1582,48 +1577,17 @@ def attach_lora(model, cfg: Config, resume_from: str | None):
                         bias="none")
     return get_peft_model(model, config)
 
-def build_tiny_model(seed: int = 0):
-    """A small random Qwen2ForCausalLM with a byte-level ChatML tokenizer (259 tokens), built offline. Its weights
-    come from `seed` alone; the global RNG is left as it was."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-    # Byte-level BPE with no merges: Qwen2's own pre-tokenizer and decoder, so the tokenizer survives a
-    # save/reload through AutoTokenizer (which picks Qwen2Tokenizer from the checkpoint's model_type)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # the ids' roles match Qwen's (pad, chat, eos)
-    vocab = {token: i for i, token in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(specials)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tokenizer.chat_template = (  # Qwen2.5's template shape, default system message included
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    config = Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, initializer_range=0.1, bos_token_id=0, pad_token_id=0,
-                         eos_token_id=[2, 0])  # initializer_range 0.1 (not 0.02): the two views differ visibly
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id, model.generation_config.pad_token_id = [2, 0], 0
-    return model, tokenizer
-
 # ==============================================================================================
 # Appendix D — several processes: torchrun, DDP and FSDP2
 #
-# What it is for: `torchrun --nproc_per_node N sdpg.py …` (and `--nnodes M` across machines) trains the same run
-# as one process, on PyTorch's own engines: DistributedDataParallel, or FSDP2 (`--fsdp`, sharded weights,
-# gradients and AdamW state). Each rank takes its share of every mini-batch (whole prompts with their groups, so
-# E1 stays local), E7's divisor counts every rank's tokens, sampling randomness is drawn per response
-# (rollout_uniforms), and the logged metrics are sums over ranks: the same numbers one process would log.
-# Rank 0 alone writes files and prints. In one process every helper here does nothing. A first reading skips this.
+# What it is for: `torchrun --nproc_per_node N sdpg.py …` trains the same run as one process, with DDP or FSDP2
+# (`--fsdp`: sharded weights, gradients and AdamW state). Each rank takes whole prompts of every mini-batch (E1 stays
+# local), E7's divisor counts every rank's tokens, sampling draws per response, logged sums add over ranks; rank 0
+# alone writes and prints. In one process every helper here does nothing. A first reading skips this appendix.
 
 def rollout_uniforms(seed: int, step: int, response_ids: torch.Tensor, responses_in_step: int, prompt_width: int):
-    """The sampler's uniforms drawn per response, not per process: token t of the step's response i gets number i of
-    a stream seeded by (seed, step, t). So rollouts are the same however the step's prompts are split across ranks
-    (and a resumed run needs no RNG state for them)."""
+    """The sampler's uniforms per response, not per process: token t of the step's response i gets number i of a
+    stream seeded by (seed, step, t), so rollouts are the same on any number of ranks (and need no RNG on resume)."""
     def uniforms(input_ids):
         token = input_ids.shape[1] - prompt_width
         # a tuple of ints hashes the same in every process (string hashing is what PYTHONHASHSEED randomises)
@@ -1632,8 +1596,7 @@ def rollout_uniforms(seed: int, step: int, response_ids: torch.Tensor, responses
     return uniforms
 
 def init_distributed(cfg: Config) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment (NCCL on CUDA, gloo on CPU); (0, 1, --device)
-    without it."""
+    """(rank, world size, device) from torchrun's environment (NCCL on CUDA, gloo on CPU), else (0, 1, --device)."""
     if "WORLD_SIZE" not in os.environ:
         if cfg.fsdp:
             fail("--fsdp shards the model across torchrun's ranks: launch with torchrun --nproc_per_node N sdpg.py …")
@@ -1761,8 +1724,7 @@ def full_state_dict(model):
     return weights
 
 def full_optimizer_state(model, optimizer) -> dict:
-    """AdamW's state as one dict: FSDP2's shards gathered on rank 0's CPU (so a resume may use another number of
-    ranks); the state itself otherwise (DDP's is the same on every rank)."""
+    """AdamW's state as one dict: FSDP2's shards gathered on rank 0's CPU (resume on any number of ranks)."""
     if not sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

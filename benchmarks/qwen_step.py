@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 import torch  # noqa: E402
 
 import sdpg  # noqa: E402
+import tiny  # noqa: E402
 
 QWEN = os.path.join(HERE, "..", "..", "shared", "qwen2.5-0.5b-instruct")
 QWEN25_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -56,7 +57,7 @@ def write_random_checkpoint(path: str, layers: int) -> None:
         model.generation_config = GenerationConfig.from_pretrained(QWEN)  # Qwen's sampling defaults, which sdpg ignores
         source = "real Qwen config, tokenizer and generation config"
     else:
-        _, tokenizer = sdpg.build_tiny_model()  # byte-level: prompt ids are < 259, the model has V = 151 936
+        _, tokenizer = tiny.build_tiny_model()  # byte-level: prompt ids are < 259, the model has V = 151 936
         model = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B, bos_token_id=0, pad_token_id=0, eos_token_id=[2, 0]))
         source = "typed-in config, byte-level tokenizer (../shared not found)"
     if layers:

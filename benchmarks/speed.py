@@ -1,7 +1,7 @@
 """Seconds per training step: sdpg.py vs TRL's SDPOTrainer and GRPOTrainer, and SDPG's overhead over GRPO at
 gate fractions 100 % (--no-gate), about 50 % and 0 %, each beside its FLOP expectation.
 
-Same tiny model (sdpg.build_tiny_model), same prompts (the arithmetic task with sdpg's student
+Same tiny model (tiny.build_tiny_model), same prompts (the arithmetic task with sdpg's student
 prompt; TRL's teacher gets the same privileged context), same group size, completion length and
 one optimizer update per step. TRL is only needed here: pip install trl (tested with 1.16.0).
 
@@ -29,6 +29,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import sdpg  # noqa: E402
+import tiny  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def save_model(vocab_size: int, hidden_size: int, path: str) -> str:
     decode to nothing): the vocabulary projection then costs what Qwen's 151 936 entries cost. With
     `hidden_size` its two layers take that width (896 and 14 heads of 64 = Qwen2.5-0.5B's), so the matmuls
     weigh against the vocabulary-sized elementwise work as they do in the real model."""
-    model, tokenizer = sdpg.build_tiny_model(seed=0)
+    model, tokenizer = tiny.build_tiny_model(seed=0)
     if hidden_size:
         config = copy.deepcopy(model.config)
         config.update(dict(hidden_size=hidden_size, intermediate_size=hidden_size * 11 // 2,

@@ -29,7 +29,8 @@ def run_equation_tests(student_sdpg: str, check: bool = True) -> dict[str, list[
     the one-line diagnosis of a file that does not import (planted_bugs.py's files always do)."""
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copy(student_sdpg, os.path.join(scratch, "sdpg.py"))
-        for name in ("test_sdpg.py", "eval.py", "inspect_page.py", "inspect_page.html", "pytest.ini"):
+        for name in ("test_sdpg.py", "math_equivalence.py", "tiny.py", "eval.py", "inspect_page.py",
+                     "inspect_page.html", "pytest.ini"):
             shutil.copy(os.path.join(SOURCE, name), os.path.join(scratch, name))
         if check:
             check_imports(scratch)
