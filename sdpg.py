@@ -278,6 +278,13 @@ def extract_answer(completion: str, strict: bool = False) -> str | None:
     for a response cut at --max-new-tokens: its last number is an intermediate result, not an answer."""
     return find_answer(completion, strict)[0]
 
+def has_answer_format(completion: str) -> bool:
+    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
+    try:
+        return find_answer(completion, strict=True)[1]
+    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
+        return False
+
 def parse_number(text: str) -> Fraction | None:
     """`7`, `-0.75`, `3/4`, `\\frac{3}{4}`, `-\\frac34` → exact Fraction; anything else → None."""
     text = text.replace(" ", "")
@@ -344,6 +351,19 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> to
     is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (N, T)
     eos_seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     return (~eos_seen_before).long()
+
+def inverse_cdf_sampler(temperature: float, uniforms=None):
+    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row and returns a score
+    that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw. uniforms(input_ids) → (N, 1) float64
+    in [0, 1): the rows' draws for this token (default: torch.rand). [impl] The distribution of `do_sample=True`,
+    whose torch.multinomial over Qwen's 151 936 entries costs ~15× more on a CPU (docs/performance.md)."""
+    def sample(input_ids, scores):
+        cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
+        draws = torch.rand(len(cdf), 1, dtype=torch.float64) if uniforms is None else uniforms(input_ids)
+        uniform = draws.to(cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+    return sample
 
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: dict, max_new_tokens: int, temperature: float, uniforms=None):
@@ -628,6 +648,28 @@ def rollout(model, reference, tokenizer, prompts: list[tuple[int, dict]], step: 
                   verifier_errors=verifier_errors)
     return batch, {key: float(value) for key, value in counts.items()}, seconds
 
+@torch.no_grad()
+def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
+    """The micro-batch's sums over its response tokens for the log line (docs/metrics.md; micro-batches and ranks
+    add up): E7's parts, tokens E2 clips and dual-clips, the entropy, open gates, RLSD's clip of u_t and |Â/A − 1|."""
+    mask, advantages = terms["response_mask"].float(), terms["advantages"]
+    token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(mask))
+    ratio = torch.exp((terms["logp"] - terms["old_logp"]).clamp(-20.0, 20.0))
+    clipped = ((token_advantages < 0) & (ratio < 1 - cfg.clip_low)) | ((token_advantages > 0) &
+                                                                       (ratio > 1 + cfg.clip_high))
+    gated = mask * (advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool))[:, None]
+    sums = dict(parts, clip_frac=clipped, dual_clip_frac=(token_advantages < 0) & (ratio > cfg.clip_c),
+                entropy=terms["entropy"], tokens=torch.ones_like(mask))  # −A·r > −A·c exactly when r > c
+    sums = {name: (value * mask).sum() for name, value in sums.items()}
+    sums["gate_tokens"] = gated.sum()
+    if "token_advantages" in terms:  # RLSD: how often u_t hits its clip, and how far Â moved from A
+        signed = mask * (advantages != 0)[:, None]
+        evidence = rlsd_evidence(advantages, terms["old_logp"], terms["teacher_logp"])
+        shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
+        sums.update(rlsd_clip_frac=(((evidence - 1).abs() > cfg.rlsd_clip) * signed).sum(),
+                    rlsd_shift=(shift * signed).sum(), rlsd_tokens=signed.sum())
+    return sums
+
 def update(model, optimizer, batch: dict, cfg: Config, step: int) -> tuple[dict, dict]:
     """E8 step 5, per mini-batch: student + teacher forward, E7 over its tokens, backward, gradient-norm clip, AdamW
     step (each rank its share). Returns the step's sums (logged_sums) and β(k), λ(k), the mean gradient norm."""
@@ -711,11 +753,12 @@ def main(cfg: Config) -> list[dict]:
     return run["history"]
 
 # ==============================================================================================
-# Appendix A — memory and speed: layer recompute, fast sampling, micro-batches, teacher forwards only where used
+# Appendix A — memory and speed: layer recompute, generation, micro-batches, teacher forwards only where used
 #
-# What it is for: memory (decoder-layer recompute, micro-batches with their padding trimmed) and speed (the sampler,
-# no teacher forward for a row whose E3 and RLSD weight are 0: the loss is the same). The chunked vocabulary
-# projection is in the paper path (chunked_scores). A first reading skips this appendix.
+# What it is for: memory (decoder-layer recompute, micro-batches with their padding trimmed) and speed (generation
+# with its KV cache, FSDP2's weights gathered once per call, no teacher forward for a row whose E3 and RLSD weight
+# are 0: the loss is the same). The chunked vocabulary projection is in the paper path (chunked_scores), and so is
+# the sampler (inverse_cdf_sampler). A first reading skips this appendix.
 
 def set_layer_recompute(model, enabled: bool):
     """[impl] Activation checkpointing of the decoder layers in the update (HF's gradient checkpointing). HF only
@@ -750,19 +793,6 @@ def generation_mode(model):
             if sharded(layer):
                 layer.set_reshard_after_forward(True, recurse=False)
                 layer.reshard()
-
-def inverse_cdf_sampler(temperature: float, uniforms=None):
-    """Logits processor that draws y ~ softmax(z/τ) by inverting the CDF with one uniform per row and returns a score
-    that is 0 at y and −∞ elsewhere, so greedy decoding emits exactly that draw. uniforms(input_ids) → (N, 1) float64
-    in [0, 1): the rows' draws for this token (default: torch.rand). [impl] The distribution of `do_sample=True`,
-    whose torch.multinomial over Qwen's 151 936 entries costs ~15× more on a CPU (docs/performance.md)."""
-    def sample(input_ids, scores):
-        cdf = (scores.float() / temperature).softmax(dim=-1).double().cumsum(dim=-1)  # (N, V); float64: no drift
-        draws = torch.rand(len(cdf), 1, dtype=torch.float64) if uniforms is None else uniforms(input_ids)
-        uniform = draws.to(cdf.device) * cdf[:, -1:]
-        tokens = torch.searchsorted(cdf, uniform, right=True).clamp(max=cdf.shape[-1] - 1)  # first index with CDF > u
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
-    return sample
 
 def teacher_rows_needed(advantages, cfg: Config, beta_k: float, rlsd_weight_k: float):
     """(B,) bool: the rollouts whose teacher view is used — E3's (every row, or E4's A > 0) when β(k) > 0, RLSD's
@@ -974,35 +1004,6 @@ def method_summary(cfg: Config) -> str:
     given = {name for name, value in METHODS[cfg.method].items() if getattr(cfg, name) != value}
     overridden = f"; overridden: {', '.join(sorted(given))}" if given else ""
     return f"method {cfg.method}: {'; '.join(terms)}; lr {cfg.lr}{overridden}"
-
-def has_answer_format(completion: str) -> bool:
-    """An explicit final answer, not just a stray last number (logged as `format_rate`)."""
-    try:
-        return find_answer(completion, strict=True)[1]
-    except Exception:  # noqa: BLE001 — a bug in the rules: score_responses has already counted and shown it
-        return False
-
-@torch.no_grad()
-def logged_sums(terms: dict, parts: dict, cfg: Config) -> dict:
-    """The micro-batch's sums over its response tokens for the log line (docs/metrics.md; micro-batches and ranks
-    add up): E7's parts, tokens E2 clips and dual-clips, the entropy, open gates, RLSD's clip of u_t and |Â/A − 1|."""
-    mask, advantages = terms["response_mask"].float(), terms["advantages"]
-    token_advantages = terms.get("token_advantages", advantages[:, None].expand_as(mask))
-    ratio = torch.exp((terms["logp"] - terms["old_logp"]).clamp(-20.0, 20.0))
-    clipped = ((token_advantages < 0) & (ratio < 1 - cfg.clip_low)) | ((token_advantages > 0) &
-                                                                       (ratio > 1 + cfg.clip_high))
-    gated = mask * (advantages > 0 if cfg.gate else torch.ones_like(advantages, dtype=torch.bool))[:, None]
-    sums = dict(parts, clip_frac=clipped, dual_clip_frac=(token_advantages < 0) & (ratio > cfg.clip_c),
-                entropy=terms["entropy"], tokens=torch.ones_like(mask))  # −A·r > −A·c exactly when r > c
-    sums = {name: (value * mask).sum() for name, value in sums.items()}
-    sums["gate_tokens"] = gated.sum()
-    if "token_advantages" in terms:  # RLSD: how often u_t hits its clip, and how far Â moved from A
-        signed = mask * (advantages != 0)[:, None]
-        evidence = rlsd_evidence(advantages, terms["old_logp"], terms["teacher_logp"])
-        shift = (token_advantages / advantages.masked_fill(advantages == 0, 1)[:, None] - 1).abs()
-        sums.update(rlsd_clip_frac=(((evidence - 1).abs() > cfg.rlsd_clip) * signed).sum(),
-                    rlsd_shift=(shift * signed).sum(), rlsd_tokens=signed.sum())
-    return sums
 
 def step_record(step: int, totals: dict, used: dict, cfg: Config) -> dict:
     """One line of metrics.jsonl (docs/metrics.md): means over the step's response tokens of its totals over every

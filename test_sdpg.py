@@ -627,6 +627,21 @@ def test_response_mask_keeps_the_first_eos_and_nothing_after_it():
     assert torch.equal(sdpg.response_mask_from_eos(response, eos), expected)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_rollout_sampler_draws_from_the_tempered_softmax(temperature):
+    """Rollouts must be exact draws from softmax(z/τ) for E2/E3 to be on-policy: 200 000 draws'
+    frequencies match the probabilities within 4 standard errors."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0, float("-inf")]]).expand(200_000, -1)
+    scores = sdpg.inverse_cdf_sampler(temperature)(None, logits)
+    assert ((scores == 0).sum(dim=-1) == 1).all()  # exactly one token survives per row
+    draws = scores.argmax(dim=-1)
+    frequencies = torch.bincount(draws, minlength=7).double() / len(draws)
+    probabilities = torch.softmax(logits[0].double() / temperature, dim=-1)
+    standard_error = (probabilities * (1 - probabilities) / len(draws)).sqrt()
+    assert ((frequencies - probabilities).abs() < 4 * standard_error + 1e-6).all(), (frequencies, probabilities)
+
+
 def test_sampled_responses_stop_at_eos_and_are_right_padded(tiny):
     model, tokenizer = tiny
     prompts, mask = sdpg.left_pad([[1, 5, 6], [1, 7]], tokenizer.pad_token_id, "cpu")
@@ -2050,25 +2065,6 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, 
     with pytest.raises(SystemExit, match="non-finite loss or gradient at step 0"):
         train(tmp_path)
     assert not (tmp_path / "final").exists()
-
-
-# ----------------------------------------------------------------------------------------------
-# Appendix A: memory and speed — the sampler draws exactly from softmax(z/τ)
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_rollout_sampler_draws_from_the_tempered_softmax(temperature):
-    """Rollouts must be exact draws from softmax(z/τ) for E2/E3 to be on-policy: 200 000 draws'
-    frequencies match the probabilities within 4 standard errors."""
-    torch.manual_seed(0)
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0, float("-inf")]]).expand(200_000, -1)
-    scores = sdpg.inverse_cdf_sampler(temperature)(None, logits)
-    assert ((scores == 0).sum(dim=-1) == 1).all()  # exactly one token survives per row
-    draws = scores.argmax(dim=-1)
-    frequencies = torch.bincount(draws, minlength=7).double() / len(draws)
-    probabilities = torch.softmax(logits[0].double() / temperature, dim=-1)
-    standard_error = (probabilities * (1 - probabilities) / len(draws)).sqrt()
-    assert ((frequencies - probabilities).abs() < 4 * standard_error + 1e-6).all(), (frequencies, probabilities)
 
 
 # ----------------------------------------------------------------------------------------------
