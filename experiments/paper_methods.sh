@@ -19,6 +19,8 @@
 #        GRID=v1 bash experiments/paper_methods.sh    the v1 grid: 5 methods × SEEDS 0 1 2
 #        JOBS="rlsd-s1 opcd-s2" PARALLEL=1 bash experiments/paper_methods.sh  these jobs only
 #        JOBS="sdpg-a0-s0" PARALLEL=1 GRID=v1 bash experiments/paper_methods.sh   the paper's α = 0 ablation
+# The paired grid trains on one sdpg.py: run it from the worktree pinned at the commit docs/results/paired/pilot.md
+# names (its Status), and copy each finished run's files from there into this RESULTS folder.
 # A job whose summaries are committed under RESULTS is done; an interrupted training resumes from its newest
 # step_N/. Every run records the sdpg.py blob that trained it (trained_by), and each machine it ran on as it starts
 # or resumes (machine: one line per start); the table refuses two blobs.
