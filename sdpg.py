@@ -1525,17 +1525,17 @@ def format_field(value) -> str:
 
 def load_model(name: str, seed: int = 0):
     """(model, tokenizer) from `tiny`, a hub id, a local directory or run folder, or a `.gguf` file; fp32 weights
-    for AdamW. The special cases (built-in model, GGUF, run folders, offline errors) are in Appendix C."""
+    for AdamW. The special cases (GGUF, run folders, what is no model) are resolve_model_path's."""
     if name == "tiny":  # a small random Qwen2 built offline (tiny.py)
         from tiny import build_tiny_model
         return build_tiny_model(seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    path, kwargs = resolve_model_path(name)  # Appendix C
+    path, kwargs = resolve_model_path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as error:
-        fail_to_load(name, "model", error)  # Appendix C
+        fail_to_load(name, "model", error)
     if kwargs:  # [impl] the weights are plain fp32 now; forget the GGUF origin so save_pretrained writes safetensors
         model.config.__dict__.pop("quantization_config", None)
         model.hf_quantizer, model.is_quantized = None, False
