@@ -748,7 +748,7 @@ def main(cfg: Config) -> list[dict]:
                 save_resumable(model, adapter, tokenizer, optimizer, run, step + 1, cfg)  # Appendix B
             if stop:
                 stop_run(cfg, progress, stop_signal[0] if stop_signal else signal.SIGTERM, step + 1, world)
-    save_final(model, adapter, tokenizer, cfg)  # Appendix B
+    save_folder(model, adapter, tokenizer, cfg)  # Appendix B: final/
     announce_end(cfg)
     return run["history"]
 
@@ -833,9 +833,10 @@ def trim_padding(ids: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[torc
 # A first reading skips this appendix.
 
 RUN_ARTEFACT = re.compile(r"config\.json|metrics\.jsonl|final|step_\d+(?:\.tmp|\.old)?|tensorboard|wandb")
-RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "eval_every", "eval_problems",  # memory
-                     "eval_dataset", "device", "dtype", "micro_batch_size", "logits_chunk_size",  # and bookkeeping,
-                     "gradient_checkpointing", "report_to", "log_completions_every"}  # never the result
+# what --resume may change: memory and bookkeeping, never the result
+RESUMABLE_CHANGES = {"resume", "overwrite", "save_every", "keep_checkpoints", "eval_every", "eval_problems",
+                     "eval_dataset", "device", "dtype", "micro_batch_size", "logits_chunk_size",
+                     "gradient_checkpointing", "report_to", "log_completions_every"}
 
 def save_checkpoint(model, tokenizer, path: str, trainer_state: dict | None = None, adapter=None, merge=False,
                     state_dict=None):
@@ -1072,12 +1073,12 @@ def save_resumable(model, adapter, tokenizer, optimizer, run: dict, step: int, c
     oldest beyond --keep-checkpoints are deleted. Every rank takes part (FSDP2 gathers); rank 0 writes."""
     state = dict(step=step, optimizer=full_optimizer_state(model, optimizer), order=run["order"],
                  shuffler=run["shuffler"].getstate(), rng=rng_states())
-    save_final(model, adapter, tokenizer, cfg, f"step_{step}", state)
+    save_folder(model, adapter, tokenizer, cfg, f"step_{step}", state)
     if rank_of() == 0 and cfg.keep_checkpoints:
         for _, path in resumable_checkpoints(cfg.output_dir)[:-cfg.keep_checkpoints]:
             shutil.rmtree(path)
 
-def save_final(model, adapter, tokenizer, cfg: Config, name: str = "final", trainer_state: dict | None = None):
+def save_folder(model, adapter, tokenizer, cfg: Config, name: str = "final", trainer_state: dict | None = None):
     """final/ (or step_N/ with its trainer state), gathered from every rank, written by rank 0; LoRA: merged."""
     weights = full_state_dict(model) if adapter is None else None  # Appendix D: None when nothing is sharded
     if rank_of() == 0:
