@@ -2068,6 +2068,29 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, 
 
 
 # ----------------------------------------------------------------------------------------------
+# Appendix A: memory and speed — layer recompute off while generating, restored after
+
+
+def test_generation_runs_without_layer_recompute_and_restores_it():
+    """HF gives up the KV cache while a decoder layer recomputes: generation_mode switches every layer's recompute off
+    for one generate() and restores each as it was, also when generate fails; in one process it syncs no ranks."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model = build_tiny_model(seed=0)[0]
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    sdpg.set_layer_recompute(model, True)
+    assert layers and all(layer.training for layer in layers)
+    with pytest.raises(RuntimeError, match="generate failed"), sdpg.generation_mode(model) as synced:
+        assert synced is False and not any(layer.training for layer in layers)
+        raise RuntimeError("generate failed")
+    assert all(layer.training for layer in layers)
+    sdpg.set_layer_recompute(model, False)
+    with sdpg.generation_mode(model):
+        assert not any(layer.training for layer in layers)
+    assert not any(layer.training for layer in layers)
+
+
+# ----------------------------------------------------------------------------------------------
 # Appendix B: runs that survive (resume, interrupts, no silent overwrite) and what a run prints
 
 
