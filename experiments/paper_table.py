@@ -45,6 +45,9 @@ def read_runs(results: str) -> dict:
         run = {**read_run(folder), "name": name}
         machine = os.path.join(folder, "machine")
         run["machine"] = open(machine).readline().strip() if os.path.isfile(machine) else ""
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            with open(os.path.join(folder, "config.json")) as file:
+                run["eval_problems"] = json.load(file).get("eval_problems")
         for key in ("greedy", "mean4"):
             path = os.path.join(results, f"{name}-{key}.summary.json")
             if os.path.isfile(path):
@@ -112,13 +115,23 @@ def columns(run: dict) -> dict:
             "greedy lenient": greedy.get("accuracy"), "mean@4 strict": mean4.get("strict_accuracy")}
 
 
+def problem_counts(runs: dict) -> tuple[str, str]:
+    """The held-out problems the runs were evaluated on during training and at the end, as a header says them:
+    " (100)", " (100/50)" for runs that differ, "" where the files do not say."""
+    every = [run for seeds in runs.values() for run in seeds.values()]
+    during = sorted({run.get("eval_problems") for run in every} - {None})
+    final = sorted({run.get("greedy", {}).get("num_problems") for run in every} - {None})
+    return tuple(f" ({'/'.join(map(str, counts))})" if counts else "" for counts in (during, final))
+
+
 def table_one(runs: dict, steps: int, baseline: str = "grpo") -> str:
     done = {method: {seed: run for seed, run in seeds.items() if finished(run, steps)}
             for method, seeds in runs.items()}
     done = {method: seeds for method, seeds in done.items() if seeds}  # a method with no finished run: not tabled
     keys = ["last", "best", "greedy strict", "greedy lenient", "mean@4 strict"]
-    lines = ["| method | seeds | held-out last (50) | held-out best (50) | final greedy strict (100) | "
-             "final greedy lenient (100) | final mean@4 strict, τ 0.3 (100) |", "| --- | --- |" + " --- |" * 5]
+    during, final = problem_counts(done)
+    lines = [f"| method | seeds | held-out last{during} | held-out best{during} | final greedy strict{final} | "
+             f"final greedy lenient{final} | final mean@4 strict, τ 0.3{final} |", "| --- | --- |" + " --- |" * 5]
     values = {}
     for method, seeds in done.items():
         per_seed = [columns(run) for _, run in sorted(seeds.items())]
@@ -254,7 +267,8 @@ def ablation(runs: dict, steps: int) -> str:
     """Each ablation against the method it changes, seed by seed (the same seed draws the same problems and noise):
     the numbers the paper's ablation reads (α = 0: shorter responses, higher entropy) and where their rollouts part."""
     late = f"{steps - 4}–{steps}"
-    lines = [f"| seed | arm | held-out last (50) | final greedy strict (100) | entropy, {late} | response length, "
+    during, final = problem_counts(runs)
+    lines = [f"| seed | arm | held-out last{during} | final greedy strict{final} | entropy, {late} | response length, "
              f"{late} | first step unlike the other's |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for arm, method in ABLATIONS.items():
         for seed, run in sorted(runs.get(arm, {}).items()):
