@@ -1734,8 +1734,8 @@ def full_optimizer_state(model, optimizer) -> dict:
                                                                                cpu_offload=True))
 
 def load_optimizer_state(model, optimizer, state: dict):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     if sharded(model):  # every rank takes its shard of the full state
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(state)
