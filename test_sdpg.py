@@ -3467,6 +3467,29 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
 
 
 @in_repository("experiments/paper_table.py")
+def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
+    """The curves' step-0 point (--base) is the base model's strict accuracy on as many test problems as the runs'
+    held-out evaluations used (config.json's eval_problems: 50 in v1, 100 in the paired grid), never a fixed count;
+    runs of two counts, or a base file with fewer answers, are refused with one line."""
+    paper_table = import_paper_table()
+    base = tmp_path / "base.jsonl"
+    base.write_text("".join(json.dumps({"strict_correct": [float(i < 10)]}) + "\n" for i in range(120)))
+    for name, problems in [("grpo-s0", 100), ("sdpg-s0", 100)]:
+        write_paper_run(tmp_path / "grid", name, [0.1] * 4, [0.0] * 40)
+        (tmp_path / "grid" / name / "config.json").write_text(json.dumps({"eval_problems": problems}))
+    runs = paper_table.read_runs(str(tmp_path / "grid"))
+    assert paper_table.base_heldout(str(base), runs) == pytest.approx(0.1)  # 10 of the first 100, not 10 of 50
+    assert paper_table.problem_counts(runs) == (" (100)", "")
+    (tmp_path / "grid" / "sdpg-s0" / "config.json").write_text(json.dumps({"eval_problems": 50}))
+    with pytest.raises(SystemExit, match="one number of held-out problems"):
+        paper_table.base_heldout(str(base), paper_table.read_runs(str(tmp_path / "grid")))
+    (tmp_path / "grid" / "sdpg-s0" / "config.json").write_text(json.dumps({"eval_problems": 200}))
+    (tmp_path / "grid" / "grpo-s0" / "config.json").write_text(json.dumps({"eval_problems": 200}))
+    with pytest.raises(SystemExit, match="answers 120 problems; the runs were evaluated on 200"):
+        paper_table.base_heldout(str(base), paper_table.read_runs(str(tmp_path / "grid")))
+
+
+@in_repository("experiments/paper_table.py")
 def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     """The paired grid's table: per pair, the mean of the per-seed differences with the paired t-interval (n − 1
     degrees of freedom), "no difference larger than X" where the interval holds 0, and the seeds a 0.05 difference

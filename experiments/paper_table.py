@@ -3,8 +3,8 @@ docs/results/paper/: one folder per run named METHOD-sSEED (config.json, metrics
 summaries METHOD-sSEED-{greedy,mean4}.summary.json (100 held-out problems, eval.py).
 
 Table 1's "last" and "best" are the held-out accuracy measured during training (--eval-every 10: greedy, strict, the
-first 50 test problems) after the last step and at its best evaluation; the final columns are eval.py's 100
-problems. Mean ± sd over seeds; each method's difference from GRPO with a 95 % Welch t-interval over seeds (every
+first --eval-problems test problems, 50 in the v1 grid and 100 in the paired one) after the last step and at its best
+evaluation; the final columns are eval.py's (100 problems in v1, 200 in the paired grid). Mean ± sd over seeds; each method's difference from GRPO with a 95 % Welch t-interval over seeds (every
 model answers the same problems, so what varies between runs of a method is the training seed). Figure 3: held-out
 accuracy, training reward, entropy and response length against step, a colour per method, every seed thin and the
 mean over seeds thick. The dynamics table carries the numbers the paper's claims are read against.
@@ -31,7 +31,7 @@ PAIRS = [("sdpg", "grpo"), ("sdpg", "sdpg-b0"), ("rlsd", "grpo"), ("sdpg-ufkl", 
 # the paper's ablations: an arm and the method it changes one setting of. They are not Figure 3's or the README's
 # methods; they are compared with their method seed by seed (ablation())
 ABLATIONS = {"sdpg-a0": "sdpg"}
-CURVES = [("heldout_accuracy", "held-out accuracy (greedy, strict, 50)"), ("reward", "training reward (5-step mean)"),
+CURVES = [("heldout_accuracy", "held-out accuracy (greedy, strict{during})"), ("reward", "training reward (5-step mean)"),
           ("entropy", "entropy (5-step mean)"), ("response_len", "response length (5-step mean)")]
 
 
@@ -57,14 +57,20 @@ def read_runs(results: str) -> dict:
     return {method: runs[method] for method in METHODS if method in runs}
 
 
-def base_heldout(path: str | None, problems: int) -> float | None:
-    """The base model's strict greedy accuracy on the first PROBLEMS test problems (the step-0 point of the curves),
-    from its eval.py answers; None without them."""
+def base_heldout(path: str | None, runs: dict) -> float | None:
+    """The base model's strict greedy accuracy on the test problems the runs were evaluated on during training (the
+    step-0 point of the curves), from its eval.py answers; None without them."""
     if not path:
         return None
+    counts = {run.get("eval_problems") for seeds in runs.values() for run in seeds.values()}
+    if len(counts) != 1 or None in counts:
+        sys.exit(f"error: --base needs runs evaluated on one number of held-out problems; their configs say {counts}")
+    problems = counts.pop()
     with open(path) as file:
-        rows = [json.loads(line) for line in file if line.strip()][:problems]
-    return statistics.mean(row["strict_correct"][0] for row in rows)
+        rows = [json.loads(line) for line in file if line.strip()]
+    if len(rows) < problems:
+        sys.exit(f"error: --base {path!r} answers {len(rows)} problems; the runs were evaluated on {problems}")
+    return statistics.mean(row["strict_correct"][0] for row in rows[:problems])
 
 
 def heldout_curve(run: dict) -> dict:
@@ -345,7 +351,7 @@ def figure(runs: dict, output: str, base: float | None, steps: int):
             common = sorted(set.intersection(*(set(c) for c in curves)))
             axis.plot(common, [statistics.mean(c[s] for c in curves) for s in common], color=f"C{index}",
                       linewidth=2.2, label=f"{METHODS[method]} ({len(seeds)} run{'s' if len(seeds) > 1 else ''})")
-        axis.set_title(title, fontsize=10)
+        axis.set_title(title.format(during=problem_counts(runs)[0].replace(" (", ", ").rstrip(")")), fontsize=10)
         axis.set_xlabel("step")
         axis.set_xlim(0, steps)
     axes[0].legend(fontsize=7, title=f"thick: mean of seed{'s' if len(shared) > 1 else ''} "
@@ -371,9 +377,10 @@ def main():
     if not runs:
         sys.exit(f"error: no METHOD-sSEED run with trained_by in {args.results!r}; run experiments/paper_methods.sh")
     blob = one_trainer(runs)
-    base = base_heldout(args.base, 50)
-    print(f"Runs trained by sdpg.py blob {blob[:10]}" + (f"; the base model's held-out accuracy (the same 50 "
-                                                         f"problems): {base:.2f}" if base is not None else "") + "\n")
+    base = base_heldout(args.base, runs)
+    print(f"Runs trained by sdpg.py blob {blob[:10]}" + (f"; the base model's held-out accuracy (the same "
+                                                         f"{problem_counts(runs)[0].strip(' ()')} problems): {base:.2f}"
+                                                         if base is not None else "") + "\n")
     print("README:\n\n" + readme_table(runs, args.steps) + "\n\nTable 1:\n\n" + table_one(runs, args.steps)
           + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
           + per_run(runs) + "\n\nWhat each model learned to write:\n\n" + written(args.results, runs, args.base,
