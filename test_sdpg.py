@@ -3470,7 +3470,8 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
 def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
     """The curves' step-0 point (--base) is the base model's strict accuracy on as many test problems as the runs'
     held-out evaluations used (config.json's eval_problems: 50 in v1, 100 in the paired grid), never a fixed count;
-    runs of two counts, or a base file with fewer answers, are refused with one line."""
+    runs of two counts, or a base file with fewer answers, are refused with one line. "What each model learned to
+    write" rates every model over the problems all its files answer."""
     paper_table = import_paper_table()
     base = tmp_path / "base.jsonl"
     base.write_text("".join(json.dumps({"strict_correct": [float(i < 10)]}) + "\n" for i in range(120)))
@@ -3480,6 +3481,16 @@ def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
     runs = paper_table.read_runs(str(tmp_path / "grid"))
     assert paper_table.base_heldout(str(base), runs) == pytest.approx(0.1)  # 10 of the first 100, not 10 of 50
     assert paper_table.problem_counts(runs) == (" (100)", "")
+    # what each model learned to write: rates over the problems every file answers (the base 120 of the run's 200)
+    base.write_text("".join(json.dumps({"question": "q", "answer": "1", "completions": ["1"], "strict_correct": [0.0],
+                                        "formatted": [i < 60]}) + "\n" for i in range(120)))
+    (tmp_path / "grid" / "grpo-s0-greedy.jsonl").write_text("".join(
+        json.dumps({"question": "q", "answer": "1", "completions": ["\\boxed{1}"], "strict_correct": [1.0],
+                    "formatted": [i < 120]}) + "\n" for i in range(200)))
+    shown = paper_table.written(str(tmp_path / "grid"), runs, str(base), problem=0)
+    assert "explicit answers (first 120)" in shown and "| base model | 1 | 0 | 50% | 0% |" in shown, shown
+    assert "| grpo-s0 | \\boxed{1} | 1 | 100% | 100% |" in shown, shown  # 120 of its first 120, not 120 of 200
+    base.write_text("".join(json.dumps({"strict_correct": [float(i < 10)]}) + "\n" for i in range(120)))
     (tmp_path / "grid" / "sdpg-s0" / "config.json").write_text(json.dumps({"eval_problems": 50}))
     with pytest.raises(SystemExit, match="one number of held-out problems"):
         paper_table.base_heldout(str(base), paper_table.read_runs(str(tmp_path / "grid")))

@@ -1,13 +1,14 @@
 """The paper's Table 1 and Figure 3 in miniature, from what experiments/paper_methods.sh writes under
 docs/results/paper/: one folder per run named METHOD-sSEED (config.json, metrics.jsonl, trained_by, machine) and its
-summaries METHOD-sSEED-{greedy,mean4}.summary.json (100 held-out problems, eval.py).
+summaries METHOD-sSEED-{greedy,mean4}.summary.json (eval.py on the held-out problems).
 
 Table 1's "last" and "best" are the held-out accuracy measured during training (--eval-every 10: greedy, strict, the
-first --eval-problems test problems, 50 in the v1 grid and 100 in the paired one) after the last step and at its best
-evaluation; the final columns are eval.py's (100 problems in v1, 200 in the paired grid). Mean ± sd over seeds; each method's difference from GRPO with a 95 % Welch t-interval over seeds (every
-model answers the same problems, so what varies between runs of a method is the training seed). Figure 3: held-out
-accuracy, training reward, entropy and response length against step, a colour per method, every seed thin and the
-mean over seeds thick. The dynamics table carries the numbers the paper's claims are read against.
+first --eval-problems test problems, 50 in the v1 grid and 100 in the paired one) after the last step and at its
+best evaluation; the final columns are eval.py's (100 problems in v1, 200 in the paired grid). Mean ± sd over seeds;
+each method's difference from GRPO with a 95 % Welch t-interval over seeds (every model answers the same problems,
+so what varies between runs of a method is the training seed). Figure 3: held-out accuracy, training reward, entropy
+and response length against step, a colour per method, every seed thin and the mean over seeds thick. The dynamics
+table carries the numbers the paper's claims are read against.
 
   python experiments/paper_table.py docs/results/paper --base docs/results/paper/pilot/base-arithmetic-paper.jsonl \
       --figure docs/paper_curves.png
@@ -31,8 +32,9 @@ PAIRS = [("sdpg", "grpo"), ("sdpg", "sdpg-b0"), ("rlsd", "grpo"), ("sdpg-ufkl", 
 # the paper's ablations: an arm and the method it changes one setting of. They are not Figure 3's or the README's
 # methods; they are compared with their method seed by seed (ablation())
 ABLATIONS = {"sdpg-a0": "sdpg"}
-CURVES = [("heldout_accuracy", "held-out accuracy (greedy, strict{during})"), ("reward", "training reward (5-step mean)"),
-          ("entropy", "entropy (5-step mean)"), ("response_len", "response length (5-step mean)")]
+CURVES = [("heldout_accuracy", "held-out accuracy (greedy, strict{during})"),
+          ("reward", "training reward (5-step mean)"), ("entropy", "entropy (5-step mean)"),
+          ("response_len", "response length (5-step mean)")]
 
 
 def read_runs(results: str) -> dict:
@@ -301,16 +303,20 @@ def machine_name(line: str) -> str:
 
 def written(results: str, runs: dict, base: str | None, problem: int) -> str:
     """What each model learned to write: its greedy answer to one held-out problem (eval.py's answers, which a run
-    has once its final evaluation ran), and over all 100 how often it states an answer at all and in \\boxed{}."""
+    has once its final evaluation ran), and how often it states an answer at all and in \\boxed{} over the first N
+    problems, N the fewest any file answers (the base model's 100 against the paired grid's 200: the same problems)."""
     sources = ([("base model", base)] if base else []) + [
         (f"{method}-s{seed}", os.path.join(results, f"{method}-s{seed}-greedy.jsonl"))
         for method, seeds in runs.items() for seed in sorted(seeds)]
-    lines, question = [], ""
+    answers = {}
     for name, path in sources:
-        if not os.path.isfile(path):
-            continue
-        with open(path) as file:
-            rows = [json.loads(line) for line in file if line.strip()]
+        if os.path.isfile(path):
+            with open(path) as file:
+                answers[name] = [json.loads(line) for line in file if line.strip()]
+    count = min(map(len, answers.values()), default=0)
+    lines, question = [], ""
+    for name, rows in answers.items():
+        rows = rows[:count]
         row, boxed = rows[problem], "\\boxed"
         question = f"Problem {problem} of the test split: {row['question']} (answer {row['answer']})"
         text = row["completions"][0].strip().replace("\n", " ⏎ ").replace("|", "\\|")
@@ -318,7 +324,7 @@ def written(results: str, runs: dict, base: str | None, problem: int) -> str:
         in_box = statistics.mean(boxed in r["completions"][0] for r in rows)
         lines.append(f"| {name} | {text} | {row['strict_correct'][0]:.0f} | {explicit:.0%} | {in_box:.0%} |")
     return "\n".join([question, "", "| model | its greedy answer (⏎: a new line) | right (strict) | explicit answers "
-                      "(all 100) | in \\boxed{} |", "| --- | --- | --- | --- | --- |", *lines])
+                      f"(first {count}) | in \\boxed{{}} |", "| --- | --- | --- | --- | --- |", *lines])
 
 
 def figure(runs: dict, output: str, base: float | None, steps: int):
