@@ -3481,6 +3481,17 @@ def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
     runs = paper_table.read_runs(str(tmp_path / "grid"))
     assert paper_table.base_heldout(str(base), runs) == pytest.approx(0.1)  # 10 of the first 100, not 10 of 50
     assert paper_table.problem_counts(runs) == (" (100)", "")
+    metrics = tmp_path / "grid" / "sdpg-s0" / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({**json.loads(line), "clip_frac": 0.01 * (i % 4 == 0)}) + "\n"
+                               for i, line in enumerate(metrics.read_text().splitlines())))
+    table = paper_table.per_run(paper_table.read_runs(str(tmp_path / "grid")))
+    assert "| sdpg-s0 | 40 | 0.10 / 0.10 / 0.10 / 0.10 | – | – | 10 of 40 |" in table, table  # E2's clip acted
+    assert "| grpo-s0 | 40 | 0.10 / 0.10 / 0.10 / 0.10 | – | – | – |" in table, table  # not logged: not counted
+    cpu = "x86_64 2 cores, no GPU | torch 2.13.0+cpu | DEVICE_FLAGS ''"
+    (tmp_path / "grid" / "sdpg-s0" / "machine").write_text(f"2026-12-06T07:13:48Z start: {cpu}\n"
+                                                           f"2026-12-06T07:55:23Z --resume: {cpu}\n")
+    table = paper_table.per_run(paper_table.read_runs(str(tmp_path / "grid")))
+    assert "| 10 of 40 | 0 | x86_64 2 cores, no GPU (2 starts) |" in table, table  # one machine, started twice
     # what each model learned to write: rates over the problems every file answers (the base 120 of the run's 200)
     base.write_text("".join(json.dumps({"question": "q", "answer": "1", "completions": ["1"], "strict_correct": [0.0],
                                         "formatted": [i < 60]}) + "\n" for i in range(120)))

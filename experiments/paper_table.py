@@ -37,6 +37,9 @@ CURVES = [("heldout_accuracy", "held-out accuracy (greedy, strict{during})"),
           ("response_len", "response length (5-step mean)")]
 
 
+STARTED = re.compile(r"\S+Z [^:]*: ")
+
+
 def read_runs(results: str) -> dict:
     """{method: {seed: run}} for every METHOD-sSEED folder with metrics.jsonl and trained_by, in METHODS' order."""
     runs = {}
@@ -46,7 +49,10 @@ def read_runs(results: str) -> dict:
             continue
         run = {**read_run(folder), "name": name}
         machine = os.path.join(folder, "machine")
-        run["machine"] = open(machine).readline().strip() if os.path.isfile(machine) else ""
+        # the paired grid writes one 'TIME start: …' or 'TIME --resume: …' line per start; v1 wrote one line when the
+        # run was collected (seed 2's adds a note below it)
+        lines = [line.strip() for line in open(machine) if line.strip()] if os.path.isfile(machine) else []
+        run["machines"] = [line for line in lines if STARTED.match(line)] or lines[:1]
         if os.path.isfile(os.path.join(folder, "config.json")):
             with open(os.path.join(folder, "config.json")) as file:
                 run["eval_problems"] = json.load(file).get("eval_problems")
@@ -256,9 +262,16 @@ def dynamics(runs: dict, steps: int) -> str:
     return "\n".join(lines)
 
 
+def clipped_steps(run: dict) -> str:
+    """On how many steps E2's clip acted on some token (clip_frac > 0): never with one update per rollout batch,
+    where π_old = π_θ and every ratio is 1; '–' for runs that did not log it."""
+    logged = [m["clip_frac"] for m in run["metrics"] if m.get("clip_frac") is not None]
+    return f"{sum(value > 0 for value in logged)} of {len(logged)}" if logged else "–"
+
+
 def per_run(runs: dict) -> str:
-    lines = ["| run | steps | held-out after 10 / 20 / 30 / 40 steps | final greedy strict | mean@4 strict | training "
-             "minutes | machine |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| run | steps | held-out after 10 / 20 / 30 / 40 steps | final greedy strict | mean@4 strict | E2 clip "
+             "acts (steps) | training minutes | machine |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method, seeds in runs.items():
         for seed, run in sorted(seeds.items()):
             curve = heldout_curve(run)
@@ -266,8 +279,8 @@ def per_run(runs: dict) -> str:
                          + " / ".join(f"{curve[s]:.2f}" for s in sorted(curve)) + " | "
                          + (f"{run['greedy']['strict_accuracy']:.2f}" if "greedy" in run else "–") + " | "
                          + (f"{run['mean4']['strict_accuracy']:.3f}" if "mean4" in run else "–") + " | "
-                         + f"{sum(m.get('step_time', 0) for m in run['metrics']) / 60:.0f} | "
-                         + machine_name(run["machine"]) + " |")
+                         + clipped_steps(run) + " | "
+                         + f"{sum(m.get('step_time', 0) for m in run['metrics']) / 60:.0f} | " + machines(run) + " |")
     return "\n".join(lines)
 
 
@@ -295,10 +308,19 @@ def ablation(runs: dict, steps: int) -> str:
 
 def machine_name(line: str) -> str:
     """'x86_64 16 cores, NVIDIA H200 | torch … | DEVICE_FLAGS '--device cuda --dtype float32'' -> its hardware and the
-    --dtype the run was given (a GPU would otherwise train under bf16 autocast)."""
+    --dtype the run was given (a GPU would otherwise train under bf16 autocast); the paired grid's 'TIME start: ' or
+    'TIME --resume: ' before it is dropped."""
+    line = STARTED.sub("", line, count=1)
     dtype = re.search(r"--dtype (\w+)", line)
     hardware = line.split("|")[0].strip() or "–"
     return hardware + (f", {dtype.group(1)}" if dtype and dtype.group(1) not in hardware else "")
+
+
+def machines(run: dict) -> str:
+    """The machines a run trained on, each once, and how many times it started (a resume is a start)."""
+    names = list(dict.fromkeys(map(machine_name, run["machines"]))) or ["–"]
+    starts = len(run["machines"])
+    return " + ".join(names) + (f" ({starts} starts)" if starts > 1 else "")
 
 
 def written(results: str, runs: dict, base: str | None, problem: int) -> str:
