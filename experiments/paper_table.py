@@ -70,7 +70,7 @@ def base_heldout(path: str | None, runs: dict) -> float | None:
     step-0 point of the curves), from its eval.py answers; None without them."""
     if not path:
         return None
-    counts = {run.get("eval_problems") for seeds in runs.values() for run in seeds.values()}
+    counts = evaluated_on(runs)[0]
     if len(counts) != 1 or None in counts:
         sys.exit(f"error: --base needs runs evaluated on one number of held-out problems; their configs say {counts}")
     problems = counts.pop()
@@ -129,13 +129,19 @@ def columns(run: dict) -> dict:
             "greedy lenient": greedy.get("accuracy"), "mean@4 strict": mean4.get("strict_accuracy")}
 
 
-def problem_counts(runs: dict) -> tuple[str, str]:
-    """The held-out problems the runs were evaluated on during training and at the end, as a header says them:
-    " (100)", " (100/50)" for runs that differ, "" where the files do not say."""
+def evaluated_on(runs: dict) -> tuple[set, set]:
+    """How many held-out problems the runs were evaluated on during training (config.json's eval_problems) and at
+    the end (the greedy summary's num_problems), one set each; None for a run whose file does not say."""
     every = [run for seeds in runs.values() for run in seeds.values()]
-    during = sorted({run.get("eval_problems") for run in every} - {None})
-    final = sorted({run.get("greedy", {}).get("num_problems") for run in every} - {None})
-    return tuple(f" ({'/'.join(map(str, counts))})" if counts else "" for counts in (during, final))
+    return ({run.get("eval_problems") for run in every},
+            {run.get("greedy", {}).get("num_problems") for run in every})
+
+
+def problem_counts(runs: dict, before: str = " (", after: str = ")") -> tuple[str, str]:
+    """evaluated_on as a header says it: " (100)", " (100/50)" for runs that differ, "" where the files do not
+    say."""
+    return tuple(f"{before}{'/'.join(map(str, sorted(counts - {None})))}{after}" if counts - {None} else ""
+                 for counts in evaluated_on(runs))
 
 
 def table_one(runs: dict, steps: int, baseline: str = "grpo") -> str:
@@ -361,6 +367,7 @@ def figure(runs: dict, output: str, base: float | None, steps: int):
     shared = set.intersection(*({seed for seed, run in seeds.items() if finished(run, steps)}
                                 for seeds in runs.values()))
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.3 * len(CURVES), 3.5))
+    during = problem_counts(runs, ", ", "")[0]
     for axis, (key, title) in zip(axes, CURVES):
         for index, (method, seeds) in enumerate(runs.items()):
             curves = []
@@ -379,7 +386,7 @@ def figure(runs: dict, output: str, base: float | None, steps: int):
             common = sorted(set.intersection(*(set(c) for c in curves)))
             axis.plot(common, [statistics.mean(c[s] for c in curves) for s in common], color=f"C{index}",
                       linewidth=2.2, label=f"{METHODS[method]} ({len(seeds)} run{'s' if len(seeds) > 1 else ''})")
-        axis.set_title(title.format(during=problem_counts(runs)[0].replace(" (", ", ").rstrip(")")), fontsize=10)
+        axis.set_title(title.format(during=during), fontsize=10)
         axis.set_xlabel("step")
         axis.set_xlim(0, steps)
     axes[0].legend(fontsize=7, title=f"thick: mean of seed{'s' if len(shared) > 1 else ''} "
@@ -407,7 +414,7 @@ def main():
     blob = one_trainer(runs)
     base = base_heldout(args.base, runs)
     print(f"Runs trained by sdpg.py blob {blob[:10]}" + (f"; the base model's held-out accuracy (the same "
-                                                         f"{problem_counts(runs)[0].strip(' ()')} problems): {base:.2f}"
+                                                         f"{problem_counts(runs, '', '')[0]} problems): {base:.2f}"
                                                          if base is not None else "") + "\n")
     print("README:\n\n" + readme_table(runs, args.steps) + "\n\nTable 1:\n\n" + table_one(runs, args.steps)
           + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
