@@ -3442,7 +3442,9 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     assert paper_table.first_divergence(runs["grpo"][1], runs["grpo"][1]) is None
     gpu = "x86_64 16 cores, NVIDIA H200 | torch 2.11.0 | DEVICE_FLAGS '--device cuda --dtype float32'"
     assert paper_table.machine_name(gpu) == "x86_64 16 cores, NVIDIA H200, float32"  # the dtype a GPU run was given
-    assert paper_table.machine_name("x86_64 2 cores, no GPU | torch 2.13.0 | DEVICE_FLAGS ''") == "x86_64 2 cores, no GPU"
+    cpu = "x86_64 2 cores, no GPU | torch 2.13.0 | DEVICE_FLAGS ''"
+    assert paper_table.machine_name(cpu) == "x86_64 2 cores, no GPU, float32"  # sdpg.py's auto without a GPU
+    assert paper_table.machine_name("x86_64 16 cores, NVIDIA H100 | DEVICE_FLAGS ''").endswith("H100, bf16 autocast")
     assert "| RLSD | 3 | 0.100 ± 0.050 → 0.500 ± 0.000 |" in paper_table.dynamics(runs, steps=40)  # 3, 2, 1 of 10 at 0.5
     answers = [{"question": "2 + 3?", "answer": "5", "completions": ["2 + 3 = 5\nThe answer is \\boxed{5}"],
                 "strict_correct": [1.0], "formatted": [True]},
@@ -3491,7 +3493,7 @@ def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
     (tmp_path / "grid" / "sdpg-s0" / "machine").write_text(f"2026-12-06T07:13:48Z start: {cpu}\n"
                                                            f"2026-12-06T07:55:23Z --resume: {cpu}\n")
     table = paper_table.per_run(paper_table.read_runs(str(tmp_path / "grid")))
-    assert "| 10 of 40 | 0 | x86_64 2 cores, no GPU (2 starts) |" in table, table  # one machine, started twice
+    assert "| 10 of 40 | 0 | x86_64 2 cores, no GPU, float32 (2 starts) |" in table, table  # one machine, started twice
     # what each model learned to write: rates over the problems every file answers (the base 120 of the run's 200)
     base.write_text("".join(json.dumps({"question": "q", "answer": "1", "completions": ["1"], "strict_correct": [0.0],
                                         "formatted": [i < 60]}) + "\n" for i in range(120)))

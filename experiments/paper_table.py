@@ -314,12 +314,14 @@ def ablation(runs: dict, steps: int) -> str:
 
 def machine_name(line: str) -> str:
     """'x86_64 16 cores, NVIDIA H200 | torch … | DEVICE_FLAGS '--device cuda --dtype float32'' -> its hardware and the
-    --dtype the run was given (a GPU would otherwise train under bf16 autocast); the paired grid's 'TIME start: ' or
-    'TIME --resume: ' before it is dropped."""
+    dtype it computed in: the --dtype it was given, else sdpg.py's auto (float32 without a GPU, bf16 autocast on
+    one); the paired grid's 'TIME start: ' or 'TIME --resume: ' before it is dropped."""
     line = STARTED.sub("", line, count=1)
-    dtype = re.search(r"--dtype (\w+)", line)
-    hardware = line.split("|")[0].strip() or "–"
-    return hardware + (f", {dtype.group(1)}" if dtype and dtype.group(1) not in hardware else "")
+    given = re.search(r"--dtype (\w+)", line)
+    hardware = line.split("|")[0].strip()
+    if not hardware or re.search(r"float32|bfloat16|bf16", hardware):  # v1's seed-2 lines name it by hand
+        return hardware or "–"
+    return f"{hardware}, " + (given.group(1) if given else "float32" if "no GPU" in hardware else "bf16 autocast")
 
 
 def machines(run: dict) -> str:
