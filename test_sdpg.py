@@ -3435,6 +3435,10 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     difference, low, high = paper_table.welch_interval([0.4, 0.5, 0.6], last)
     assert f"| RLSD − GRPO | {difference:+.3f} [{low:+.3f}, {high:+.3f}] |" in table, table
     assert "OPCD" not in table  # unfinished: drawn, not tabled
+    (tmp_path / "grpo-s0-mean4.summary.json").write_text(json.dumps({"accuracy": 0.3, "strict_accuracy": 0.25}))
+    sampled = paper_table.read_runs(str(tmp_path))  # v1 sampled mean@4 at τ too: one more column in both tables
+    assert "| 0.100 ± 0.100 | 0.200 ± 0.100 | 0.250 (seeds 1 of 3) |" in paper_table.table_one(sampled, steps=40)
+    assert "| grpo-s0 | 40 | 0.10 / 0.30 / 0.20 / 0.20 | 0.00 | 0.250 | – |" in paper_table.per_run(sampled)
     short = paper_table.readme_table(runs, steps=40)
     assert "| GRPO | 3 | 0.20 ± 0.10 | 0.27 ± 0.06 | 0.10 ± 0.10 | – |" in short, short
     assert f"| RLSD | 3 | 0.50 ± 0.10 | 0.53 ± 0.06 | 0.30 ± 0.10 | {difference:+.2f} [{low:+.2f}, {high:+.2f}] |" in short
@@ -3487,8 +3491,9 @@ def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
     metrics.write_text("".join(json.dumps({**json.loads(line), "clip_frac": 0.01 * (i % 4 == 0)}) + "\n"
                                for i, line in enumerate(metrics.read_text().splitlines())))
     table = paper_table.per_run(paper_table.read_runs(str(tmp_path / "grid")))
-    assert "| sdpg-s0 | 40 | 0.10 / 0.10 / 0.10 / 0.10 | – | – | 10 of 40 |" in table, table  # E2's clip acted
-    assert "| grpo-s0 | 40 | 0.10 / 0.10 / 0.10 / 0.10 | – | – | – |" in table, table  # not logged: not counted
+    assert "| sdpg-s0 | 40 | 0.10 / 0.10 / 0.10 / 0.10 | – | 10 of 40 |" in table, table  # E2's clip acted
+    assert "| grpo-s0 | 40 | 0.10 / 0.10 / 0.10 / 0.10 | – | – |" in table, table  # not logged: not counted
+    assert "mean@4" not in table + paper_table.table_one(runs, steps=40)  # no run sampled mean@4: no empty column
     cpu = "x86_64 2 cores, no GPU | torch 2.13.0+cpu | DEVICE_FLAGS ''"
     (tmp_path / "grid" / "sdpg-s0" / "machine").write_text(f"2026-12-06T07:13:48Z start: {cpu}\n"
                                                            f"2026-12-06T07:55:23Z --resume: {cpu}\n")
