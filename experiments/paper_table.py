@@ -6,12 +6,15 @@ Table 1's "last" and "best" are the held-out accuracy measured during training (
 first --eval-problems test problems, 50 in the v1 grid and 100 in the paired one) after the last step and at its
 best evaluation; the final columns are eval.py's (100 problems in v1, 200 in the paired grid). Mean ± sd over seeds;
 each method's difference from GRPO with a 95 % Welch t-interval over seeds (every model answers the same problems,
-so what varies between runs of a method is the training seed). Figure 3: held-out accuracy, training reward, entropy
-and response length against step, a colour per method, every seed thin and the mean over seeds thick. The dynamics
-table carries the numbers the paper's claims are read against.
+so what varies between runs of a method is the training seed); with --paired (the paired grid, where each seed trains
+every arm) the README table's difference is the paired t-interval, and the paired table reads every pair seed by
+seed. Figure 3: held-out accuracy, training reward, entropy and response length against step, a colour per method,
+every seed thin and the mean over seeds thick. The dynamics table carries the numbers the paper's claims are read
+against.
 
   python experiments/paper_table.py docs/results/paper --base docs/results/paper/pilot/base-arithmetic-paper.jsonl \
       --figure docs/paper_curves.png
+  python experiments/paper_table.py docs/results/paired --paired
 """
 
 import argparse
@@ -230,23 +233,31 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict"))
     return "\n".join(lines)
 
 
-def readme_table(runs: dict, steps: int, baseline: str = "grpo") -> str:
-    """The README's short form of Table 1: last, best and the final strict accuracy, and last − GRPO."""
+def readme_table(runs: dict, steps: int, baseline: str = "grpo", paired: bool = False) -> str:
+    """The README's short form of Table 1: last, best and the final strict accuracy, and last − GRPO: a Welch interval
+    over seeds (v1), or with paired=True the paired t-interval over the seeds both trained (the paired grid)."""
     lines = [f"| method | seeds | held-out last | held-out best | final greedy strict | last − {METHODS[baseline]} "
-             "[95 % Welch] |", "| --- | --- | --- | --- | --- | --- |"]
-    done = {method: [run for _, run in sorted(seeds.items()) if finished(run, steps)] for method, seeds in runs.items()}
-    lasts = {method: [last_best(run)[0] for run in done[method]] for method in done}
+             f"[95 % {'paired t' if paired else 'Welch'}] |", "| --- | --- | --- | --- | --- | --- |"]
+    done = {method: {seed: run for seed, run in sorted(seeds.items()) if finished(run, steps)}
+            for method, seeds in runs.items()}
+    lasts = {method: {seed: last_best(run)[0] for seed, run in done[method].items()} for method in done}
     for method, finished_runs in done.items():
         if not finished_runs or method in ABLATIONS:
             continue
-        best = [last_best(run)[1] for run in finished_runs]
-        strict = [run["greedy"]["strict_accuracy"] for run in finished_runs if "greedy" in run]
+        best = [last_best(run)[1] for run in finished_runs.values()]
+        strict = [run["greedy"]["strict_accuracy"] for run in finished_runs.values() if "greedy" in run]
+        mine, theirs = lasts[method], lasts.get(baseline, {})
+        both = [seed for seed in mine if seed in theirs]
         difference = "–"
-        if method != baseline and len(lasts[method]) > 1 and len(lasts.get(baseline, [])) > 1:
-            mean, low, high = welch_interval(lasts[method], lasts[baseline])
+        if method != baseline and paired and len(both) > 1:
+            mean, low, high, _ = paired_interval([mine[seed] - theirs[seed] for seed in both])
+            fewer = f" ({len(both)} seeds)" if len(both) < len(mine) else ""  # the baseline's unfinished seeds
+            difference = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]{fewer}"
+        elif method != baseline and not paired and len(mine) > 1 and len(theirs) > 1:
+            mean, low, high = welch_interval(list(mine.values()), list(theirs.values()))
             difference = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
-        lines.append(f"| {METHODS[method]} | {len(finished_runs)} | {mean_sd(lasts[method], 2)} | {mean_sd(best, 2)} | "
-                     f"{mean_sd(strict, 2)} | {difference} |")
+        lines.append(f"| {METHODS[method]} | {len(finished_runs)} | {mean_sd(list(mine.values()), 2)} | "
+                     f"{mean_sd(best, 2)} | {mean_sd(strict, 2)} | {difference} |")
     return "\n".join(lines)
 
 
@@ -417,6 +428,9 @@ def main():
                         "stay out of the tables (they are drawn)")
     parser.add_argument("--problem", type=int, default=0, help="the held-out problem whose greedy answers are shown")
     parser.add_argument("--figure", help="also write Figure 3 in miniature (PNG) here; needs matplotlib")
+    parser.add_argument("--paired", action="store_true", help="the README table's difference from GRPO as a paired "
+                        "t-interval over the seeds both trained (the paired grid: each seed trains every arm on one "
+                        "machine and dtype); without it a Welch interval over seeds (v1)")
     args = parser.parse_args()
     if not os.path.isdir(args.results):
         sys.exit(f"error: {args.results!r} is not a folder; pass the folder experiments/paper_methods.sh wrote")
@@ -428,7 +442,8 @@ def main():
     print(f"Runs trained by sdpg.py blob {blob[:10]}" + (f"; the base model's held-out accuracy (the same "
                                                          f"{problem_counts(runs, '', '')[0]} problems): {base:.2f}"
                                                          if base is not None else "") + "\n")
-    print("README:\n\n" + readme_table(runs, args.steps) + "\n\nTable 1:\n\n" + table_one(runs, args.steps)
+    print("README:\n\n" + readme_table(runs, args.steps, paired=args.paired) + "\n\nTable 1:\n\n"
+          + table_one(runs, args.steps)
           + "\n\nDynamics:\n\n" + dynamics(runs, args.steps) + "\n\nPer run:\n\n"
           + per_run(runs) + "\n\nWhat each model learned to write:\n\n" + written(args.results, runs, args.base,
                                                                                        args.problem))
