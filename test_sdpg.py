@@ -3591,20 +3591,20 @@ def test_help_of_the_scripts_names_no_path_outside_the_repository():
 
 
 @in_repository("README.md", "docs/results.md", "experiments/paper_table.py", "docs/results/paper")
-def test_results_tables_are_what_paper_table_prints_from_the_committed_runs():
-    """Every table row between `<!-- paper_table ARGS -->` and `<!-- /paper_table -->` in README.md and docs/results.md
-    is a row that `experiments/paper_table.py ARGS` prints from the committed runs: a number edited by hand, or runs
-    changed without regenerating the tables, fails here with the row."""
+def test_results_tables_are_what_the_table_scripts_print_from_the_committed_runs():
+    """Every table row between `<!-- SCRIPT ARGS -->` and `<!-- /SCRIPT -->` (SCRIPT: paper_table or seed_table) in
+    README.md and docs/results.md is a row that `experiments/SCRIPT.py ARGS` prints from the committed runs: a number
+    edited by hand, or runs changed without regenerating the tables, fails here with the row."""
     for doc in ("README.md", os.path.join("docs", "results.md")):
         text = open(os.path.join(HERE, doc), encoding="utf-8").read()
-        blocks = re.findall(r"<!-- paper_table (.+?) -->\n(.*?)<!-- /paper_table -->", text, re.S)
+        blocks = re.findall(r"<!-- (paper_table|seed_table) (.+?) -->\n(.*?)<!-- /\1 -->", text, re.S)
         assert blocks, f"{doc} has no <!-- paper_table ARGS --> block"
-        for args, block in blocks:
-            printed = subprocess.run([sys.executable, os.path.join("experiments", "paper_table.py"), *shlex.split(args)],
+        for script, args, block in blocks:
+            printed = subprocess.run([sys.executable, os.path.join("experiments", f"{script}.py"), *shlex.split(args)],
                                      cwd=HERE, capture_output=True, text=True, check=True).stdout.splitlines()
             rows = [line for line in block.splitlines() if line.startswith("|")]
             assert rows and not [row for row in rows if row not in printed], (
-                f"{doc}: rows not printed by paper_table.py {args}: {[row for row in rows if row not in printed]}")
+                f"{doc}: rows not printed by {script}.py {args}: {[row for row in rows if row not in printed]}")
 
 
 # names the docs use that belong to other code: the authors' verl config key, DDP's method, a math symbol
