@@ -204,6 +204,12 @@ def seeds_needed(sd: float, effect: float) -> int:
     return max(2, math.ceil(((1.96 + 0.8416) * sd / effect) ** 2))
 
 
+def paired_seeds(runs: dict, a: str, b: str, steps: int) -> list[int]:
+    """The seeds both arms finished: the pairs a paired difference of a − b is read over."""
+    return sorted(seed for seed in runs.get(a, {}) if seed in runs.get(b, {})
+                  and finished(runs[a][seed], steps) and finished(runs[b][seed], steps))
+
+
 def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict")) -> str:
     """Each pair of PAIRS over the seeds both arms finished: the mean difference with its paired 95 % interval per
     metric, what the interval can tell ("no difference larger than X" where it holds 0), and the seeds that a
@@ -211,8 +217,7 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict"))
     lines = ["| difference | seeds | " + " | ".join(f"{key} [95 % paired t]" for key in keys) + " | what the seeds "
              "can tell (last) | seeds for 0.05 (last) |", "| --- | --- |" + " --- |" * (len(keys) + 2)]
     for a, b in PAIRS:
-        seeds = sorted(seed for seed in runs.get(a, {}) if seed in runs.get(b, {})
-                       and finished(runs[a][seed], steps) and finished(runs[b][seed], steps))
+        seeds = paired_seeds(runs, a, b, steps)
         if len(seeds) < 2:
             continue
         cells, reading, need = [], "–", "–"
@@ -247,7 +252,7 @@ def readme_table(runs: dict, steps: int, baseline: str = "grpo", paired: bool = 
         best = [last_best(run)[1] for run in finished_runs.values()]
         strict = [run["greedy"]["strict_accuracy"] for run in finished_runs.values() if "greedy" in run]
         mine, theirs = lasts[method], lasts.get(baseline, {})
-        both = [seed for seed in mine if seed in theirs]
+        both = paired_seeds(runs, method, baseline, steps)
         difference = "–"
         if method != baseline and paired and len(both) > 1:
             mean, low, high, _ = paired_interval([mine[seed] - theirs[seed] for seed in both])
