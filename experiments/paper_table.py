@@ -213,14 +213,17 @@ def paired_seeds(runs: dict, a: str, b: str, steps: int) -> list[int]:
 def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict")) -> str:
     """Each pair of PAIRS over the seeds both arms finished: the mean difference with its paired 95 % interval per
     metric, what the interval can tell ("no difference larger than X" where it holds 0), and the seeds that a
-    difference of 0.05 in held-out "last" would need at this spread."""
+    difference of 0.05 in held-out "last" would need at this spread, and how the two arms' "last" correlate over the
+    seeds: pairing narrows the interval only as far as that correlation is positive (var(a − b) = var a + var b −
+    2 cov(a, b))."""
     lines = ["| difference | seeds | " + " | ".join(f"{key} [95 % paired t]" for key in keys) + " | what the seeds "
-             "can tell (last) | seeds for 0.05 (last) |", "| --- | --- |" + " --- |" * (len(keys) + 2)]
+             "can tell (last) | seeds for 0.05 (last) | the arms' correlation over seeds (last) |",
+             "| --- | --- |" + " --- |" * (len(keys) + 3)]
     for a, b in PAIRS:
         seeds = paired_seeds(runs, a, b, steps)
         if len(seeds) < 2:
             continue
-        cells, reading, need = [], "–", "–"
+        cells, reading, need, correlation = [], "–", "–", "–"
         for key in keys:
             pairs = [(columns(runs[a][seed])[key], columns(runs[b][seed])[key]) for seed in seeds]
             differences = [x - y for x, y in pairs if x is not None and y is not None]
@@ -233,8 +236,11 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict"))
                 reading = (f"{METHODS[a]} higher" if low > 0 else f"{METHODS[a]} lower" if high < 0 else
                            f"no difference larger than {max(-low, high):.2f}")
                 need = str(seeds_needed(sd, 0.05)) if sd > 0 else "–"
+                mine, theirs = zip(*[(x, y) for x, y in pairs if x is not None and y is not None])
+                if len(set(mine)) > 1 and len(set(theirs)) > 1:  # undefined when an arm is the same in every seed
+                    correlation = f"{statistics.correlation(mine, theirs):+.2f}"
         lines.append(f"| {METHODS[a]} − {METHODS[b]} | {len(seeds)} | " + " | ".join(cells) + f" | {reading} | "
-                     f"{need} |")
+                     f"{need} | {correlation} |")
     return "\n".join(lines)
 
 
