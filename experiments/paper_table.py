@@ -226,7 +226,8 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict"))
         cells, reading, need, correlation = [], "–", "–", "–"
         for key in keys:
             pairs = [(columns(runs[a][seed])[key], columns(runs[b][seed])[key]) for seed in seeds]
-            differences = [x - y for x, y in pairs if x is not None and y is not None]
+            pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+            differences = [x - y for x, y in pairs]
             if len(differences) < 2:
                 cells.append("–")
                 continue
@@ -236,7 +237,7 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict"))
                 reading = (f"{METHODS[a]} higher" if low > 0 else f"{METHODS[a]} lower" if high < 0 else
                            f"no difference larger than {max(-low, high):.2f}")
                 need = str(seeds_needed(sd, 0.05)) if sd > 0 else "–"
-                mine, theirs = zip(*[(x, y) for x, y in pairs if x is not None and y is not None])
+                mine, theirs = zip(*pairs)
                 if len(set(mine)) > 1 and len(set(theirs)) > 1:  # undefined when an arm is the same in every seed
                     correlation = f"{statistics.correlation(mine, theirs):+.2f}"
         lines.append(f"| {METHODS[a]} − {METHODS[b]} | {len(seeds)} | " + " | ".join(cells) + f" | {reading} | "
