@@ -28,28 +28,44 @@ def run_equation_tests(student_sdpg: str, check: bool = True) -> dict[str, list[
     """{tag: [(test name, failure message or None)]} from one pytest run of the `test_e<N>_` tests; check=False skips
     the one-line diagnosis of a file that does not import (planted_bugs.py's files always do)."""
     with tempfile.TemporaryDirectory() as scratch:
-        shutil.copy(student_sdpg, os.path.join(scratch, "sdpg.py"))
-        for name in ("test_sdpg.py", "math_equivalence.py", "tiny.py", "eval.py", "inspect_page.py",
-                     "inspect_page.html", "pytest.ini"):
-            shutil.copy(os.path.join(SOURCE, name), os.path.join(scratch, name))
+        copy_with_reference_tests(student_sdpg, scratch)
         if check:
             check_imports(scratch)
         report = os.path.join(scratch, "report.xml")
-        selection = " or ".join(f"test_{tag.lower()}_" for tag in EQUATIONS)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", "-k", selection,
-                        f"--junitxml={report}", "test_sdpg.py"], cwd=scratch, env=env, capture_output=True,
-                       text=True, timeout=600)
-        if not os.path.isfile(report):
-            raise SystemExit("error: the tests did not run (does sdpg.py import? try: python -c 'import sdpg')")
-        results = {tag: [] for tag in EQUATIONS}
-        for case in ElementTree.parse(report).iter("testcase"):
-            tag = re.match(r"test_(e\d|rlsd)_", case.get("name", ""))
-            if tag is None or tag.group(1).upper() not in results:
-                continue
-            problem = case.find("failure") if case.find("failure") is not None else case.find("error")
-            message = None if problem is None else first_line(problem.get("message") or problem.text or "failed")
-            results[tag.group(1).upper()].append((case.get("name"), message))
+        subprocess.run([sys.executable, "-m", "pytest", *pytest_arguments(report)], cwd=scratch, env=TEST_ENV,
+                       capture_output=True, text=True, timeout=600)
+        return read_report(report)
+
+
+# no third-party pytest plugin: the tests need none, and loading them (hypothesis's, where installed) is seconds a run
+TEST_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def copy_with_reference_tests(student_sdpg: str, scratch: str):
+    """The student's sdpg.py beside the reference test file and the modules it imports."""
+    shutil.copy(student_sdpg, os.path.join(scratch, "sdpg.py"))
+    for name in ("test_sdpg.py", "math_equivalence.py", "tiny.py", "eval.py", "inspect_page.py",
+                 "inspect_page.html", "pytest.ini"):
+        shutil.copy(os.path.join(SOURCE, name), os.path.join(scratch, name))
+
+
+def pytest_arguments(report: str) -> list[str]:
+    """The equations' tests, one line per failure, results to the JUnit file `report`."""
+    selection = " or ".join(f"test_{tag.lower()}_" for tag in EQUATIONS)
+    return ["-q", "-p", "no:cacheprovider", "--tb=line", "-k", selection, f"--junitxml={report}", "test_sdpg.py"]
+
+
+def read_report(report: str) -> dict[str, list[tuple[str, str | None]]]:
+    if not os.path.isfile(report):
+        raise SystemExit("error: the tests did not run (does sdpg.py import? try: python -c 'import sdpg')")
+    results = {tag: [] for tag in EQUATIONS}
+    for case in ElementTree.parse(report).iter("testcase"):
+        tag = re.match(r"test_(e\d|rlsd)_", case.get("name", ""))
+        if tag is None or tag.group(1).upper() not in results:
+            continue
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        message = None if problem is None else first_line(problem.get("message") or problem.text or "failed")
+        results[tag.group(1).upper()].append((case.get("name"), message))
     return results
 
 
