@@ -6,7 +6,7 @@
 Each bug is one edit of one blanked function, the kind of single-line slip a student makes (a sign, a bound, a
 missing ½ or ε, a mean over the wrong axis, a missing detach, an off-by-one). For each, grade.py must fail the
 bug's own equation first, and that line must say in words what is wrong. The table in teaching/README.md is this
-script's output, so it never drifts from what the grader prints. About a minute on 2 cores.
+script's output, so it never drifts from what the grader prints. About 80 s on 2 cores.
 """
 
 import argparse
