@@ -152,17 +152,18 @@ def run_here(student_sdpg: str) -> dict[str, list[tuple[str, str | None]]]:
 
 def table(source: str) -> tuple[str, list[str]]:
     """The markdown table, and the bugs whose first failing line is not their own equation's."""
-    if "fork" in multiprocessing.get_all_start_methods():
+    if sys.platform.startswith("linux"):
         # grade.run_equation_tests starts a new interpreter per bug, and importing torch and pytest is ~2 s of its
         # ~5 s. Here they are imported once and each bug is graded in a process forked from this one: the same
         # pytest run of the same files, in a fresh process per bug (maxtasksperchild=1 and chunksize=1), so no
-        # planted sdpg.py is ever imported where another was.
+        # planted sdpg.py is ever imported where another was. Linux only: macOS's system libraries are not safe
+        # to fork once loaded (its Python spawns by default).
         import pytest  # noqa: F401
         import torch  # noqa: F401
 
         with multiprocessing.get_context("fork").Pool(2, maxtasksperchild=1) as pool:
             graded = pool.starmap(grade_bug, [(source, bug, True) for bug in BUGS], chunksize=1)
-    else:  # Windows: a new interpreter per bug
+    else:  # macOS, Windows: a new interpreter per bug
         with ThreadPoolExecutor(max_workers=2) as pool:
             graded = list(pool.map(lambda bug: grade_bug(source, bug), BUGS))
     rows, wrong = ["| planted in | the slip | first failing line | its first failure says | other lines failing |",
