@@ -32,13 +32,15 @@ def run_equation_tests(student_sdpg: str, check: bool = True) -> dict[str, list[
         if check:
             check_imports(scratch)
         report = os.path.join(scratch, "report.xml")
-        subprocess.run([sys.executable, "-m", "pytest", *pytest_arguments(report)], cwd=scratch, env=TEST_ENV,
+        subprocess.run([sys.executable, "-m", "pytest", *pytest_arguments(report)], cwd=scratch, env=grading_env(),
                        capture_output=True, text=True, timeout=600)
         return read_report(report)
 
 
-# no third-party pytest plugin: the tests need none, and loading them (hypothesis's, where installed) is seconds a run
-TEST_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+def grading_env() -> dict[str, str]:
+    """This environment, offline, and with no third-party pytest plugin: the tests need none, and loading them
+    (hypothesis's, where installed) is seconds a run."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def copy_with_reference_tests(student_sdpg: str, scratch: str):

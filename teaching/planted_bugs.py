@@ -141,7 +141,7 @@ def run_here(student_sdpg: str) -> dict[str, list[tuple[str, str | None]]]:
     with tempfile.TemporaryDirectory() as scratch, open(os.devnull, "w") as quiet:
         grade.copy_with_reference_tests(student_sdpg, scratch)
         report = os.path.join(scratch, "report.xml")
-        os.environ.update(grade.TEST_ENV)
+        os.environ.update(grade.grading_env())
         os.chdir(scratch)
         sys.path.insert(0, scratch)
         with contextlib.redirect_stdout(quiet):
