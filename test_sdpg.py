@@ -3,12 +3,11 @@
 Offline and on CPU: a tiny random Qwen2ForCausalLM with a locally built tokenizer stands in for
 Qwen2.5. Sections follow sdpg.py — the paper path (config, data, verifier, rollouts, E3 and its inputs, E1, E2,
 RLSD, E5/E6, E4/E7, E8), then its appendices — then math_equivalence.py, tiny.py, eval.py, inspect_page.py, the
-teaching kit, the experiments, and last the repository's own promises (docs, README, help, the file's shape). Each docstring names the tag
-(docs/algorithm.md) it checks.
+teaching kit, the experiments, and last the repository's own promises (docs, README, help, the file's shape). Each
+docstring names the tag (docs/algorithm.md) it checks.
 Run:  python -m pytest -q test_sdpg.py
 """
 
-import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -97,8 +96,8 @@ QWEN = os.path.join(HERE, "..", "shared", "qwen2.5-0.5b-instruct")
 
 
 needs_qwen = pytest.mark.skipif(not os.path.isfile(os.path.join(QWEN, "tokenizer.json")),
-                                reason="../shared/qwen2.5-0.5b-instruct (real Qwen tokenizer and configs) is not beside "
-                                       "this checkout; CI always has it")
+                                reason="../shared/qwen2.5-0.5b-instruct (real Qwen tokenizer and configs) is not "
+                                       "beside this checkout; CI always has it")
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +240,8 @@ def test_an_abbreviated_or_unknown_flag_is_an_error(capsys):
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--group-size", "1",
-                             "--output-dir", str(tmp_path)], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                             "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
     assert "--group-size 1" in result.stderr
@@ -252,7 +252,7 @@ def test_help_explains_every_flag_with_the_default_it_really_takes():
     that say what they switch instead of "(default: True)"."""
     result = subprocess.run([sys.executable, os.path.join(HERE, "sdpg.py"), "--help"], capture_output=True, text=True)
     text = " ".join(result.stdout.split())
-    for field in sdpg.dataclasses.fields(sdpg.Config):
+    for field in dataclasses.fields(sdpg.Config):
         flag = ("--no-" if field.default is True else "--") + field.name.replace("_", "-")
         assert flag in result.stdout, flag
     for bad in ("(default: None)", "(default: True)", "(default: False)", "(default: 0.0)"):
@@ -312,20 +312,24 @@ def test_teacher_prompt_is_the_student_message_plus_privileged_context(tiny):
     row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
     student = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"]))
     teacher = tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "answer")))
-    context = "The correct answer to this problem is: 5\nUse this to verify your reasoning, but show your full solution process."
+    context = ("The correct answer to this problem is: 5\n"
+               "Use this to verify your reasoning, but show your full solution process.")
     assert teacher == student.replace("\\boxed{}.<|im_end|>", "\\boxed{}.\n\n" + context + "<|im_end|>")
     assert student.endswith("<|im_start|>assistant\n") and "You are a helpful assistant." in student
-    assert "2 + 3 = 5" in tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "solution")))
+    solution_context = sdpg.privileged_context(row, "solution")
+    assert "2 + 3 = 5" in tokenizer.decode(sdpg.build_prompt(tokenizer, row["question"], solution_context))
 
 
 def test_paper_teacher_context_is_figure_4_with_answer_and_solution():
     """--teacher-context paper: the hint, the worked solution, the instruction to derive it another way."""
     row = {"question": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = 5"}
     context = sdpg.privileged_context(row, "paper")
-    assert context.startswith("[Hint] The correct answer is 5. A common way to solve this is:\n2 + 3 = 5\n[Instruction] "
-                              "If possible, derive the answer 5 using an alternative, equally rigorous mathematical approach")
+    assert context.startswith("[Hint] The correct answer is 5. A common way to solve this is:\n2 + 3 = 5\n"
+                              "[Instruction] If possible, derive the answer 5 using an alternative, equally rigorous "
+                              "mathematical approach")
     assert context.endswith("Do NOT state that you were given the answer or reference.")
-    with pytest.raises(SystemExit, match="--teacher-context paper needs a worked solution .*choose --teacher-context answer"):
+    with pytest.raises(SystemExit,
+                       match="--teacher-context paper needs a worked solution .*choose --teacher-context answer"):
         sdpg.privileged_context({"question": "q", "answer": "1", "solution": None}, "paper")
 
 
@@ -466,7 +470,8 @@ def test_a_truncated_response_earns_nothing_from_its_last_number():
     completions = ["so she walked 1200 * 6 =", "The answer is 6. Let me double check: 1200 * 6 =", "so 6"]
     assert sdpg.score_responses(completions, ["6"] * 3, [True, True, False]) == ([0.0, 1.0, 1.0], 0)
     eos = [2, 0]
-    assert sdpg.truncated_responses(torch.tensor([[5, 6, 7], [5, 2, 0], [0, 0, 0]]), eos).tolist() == [True, False, False]
+    responses = torch.tensor([[5, 6, 7], [5, 2, 0], [0, 0, 0]])
+    assert sdpg.truncated_responses(responses, eos).tolist() == [True, False, False]
 
 
 HOSTILE = [
@@ -749,8 +754,8 @@ def test_qwen_prompts_have_chatml_layout_with_the_default_system_prompt(qwen_che
     teacher = sdpg.build_prompt(tokenizer, row["question"], sdpg.privileged_context(row, "paper"))
     system = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
     for ids, extra in ((student, ""), (teacher, "\n\n" + sdpg.privileged_context(row, "paper"))):
-        assert tokenizer.decode(ids) == (f"{system}<|im_start|>user\nWhat is 6 * 7?\n{sdpg.INSTRUCTION}{extra}<|im_end|>\n"
-                                         "<|im_start|>assistant\n")
+        assert tokenizer.decode(ids) == (f"{system}<|im_start|>user\nWhat is 6 * 7?\n{sdpg.INSTRUCTION}{extra}"
+                                         "<|im_end|>\n<|im_start|>assistant\n")
         assert ids[0] == 151644 and ids[-3:] == tokenizer("<|im_start|>assistant\n").input_ids
         assert tokenizer.bos_token_id is None or ids[0] != tokenizer.bos_token_id  # nothing prepended
 
@@ -773,8 +778,8 @@ def test_both_qwen_eos_ids_stop_a_rollout_and_the_mask_keeps_the_first_only(qwen
     hook = model.lm_head.register_forward_hook(force_next_token)
     try:
         ids, mask = sdpg.left_pad([sdpg.build_prompt(tokenizer, "Hi")], tokenizer.pad_token_id, "cpu")
-        response, response_mask = sdpg.sample_responses(model.eval(), tokenizer,
-                                                        dict(prompt_ids=ids.repeat(2, 1), prompt_mask=mask.repeat(2, 1)), 8, 1.0)
+        batch = dict(prompt_ids=ids.repeat(2, 1), prompt_mask=mask.repeat(2, 1))
+        response, response_mask = sdpg.sample_responses(model.eval(), tokenizer, batch, 8, 1.0)
     finally:
         hook.remove()
     assert response.shape[1] == 3 and response[0].tolist() == [9707, 11, eos]
@@ -882,24 +887,29 @@ def test_training_takes_e3_from_reverse_kl_on_the_default_path(tmp_path, monkeyp
     args = ("--steps", "1", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0", "--beta-decay-steps", "0")
     _, plain = train(tmp_path / "plain", *args)
     original, calls = sdpg.reverse_kl, []
-    monkeypatch.setattr(sdpg, "reverse_kl", lambda log_p, log_q: calls.append(log_p.shape) or 2 * original(log_p, log_q))
+    monkeypatch.setattr(sdpg, "reverse_kl",
+                        lambda log_p, log_q: calls.append(log_p.shape) or 2 * original(log_p, log_q))
     _, doubled = train(tmp_path / "doubled", *args)
     assert calls and all(shape[-1] == 259 for shape in calls)  # full-vocabulary rows of the tiny model
-    assert doubled[0]["reverse_kl"] == pytest.approx(2 * plain[0]["reverse_kl"], rel=1e-5) and plain[0]["reverse_kl"] > 0
+    assert plain[0]["reverse_kl"] > 0
+    assert doubled[0]["reverse_kl"] == pytest.approx(2 * plain[0]["reverse_kl"], rel=1e-5)
 
 
 def mixed_batch(seed=0):
     """Three sequences whose prompt, teacher-prompt and response lengths all differ."""
     generator = torch.Generator().manual_seed(seed)
     tokens = lambda n: torch.randint(3, 99, (n,), generator=generator).tolist()  # noqa: E731
-    prompts, teachers, responses = [tokens(5), tokens(9), tokens(2)], [tokens(12), tokens(10), tokens(20)], [tokens(7), tokens(3), tokens(11)]
+    prompts = [tokens(5), tokens(9), tokens(2)]
+    teachers = [tokens(12), tokens(10), tokens(20)]
+    responses = [tokens(7), tokens(3), tokens(11)]
     responses[1][-1] = 2  # one response ends with EOS, the others were cut at the length limit
     prompt_ids, prompt_mask = sdpg.left_pad(prompts, 0, "cpu")
     teacher_ids, teacher_mask = sdpg.left_pad(teachers, 0, "cpu")
     width = max(map(len, responses))
     response_ids = torch.tensor([r + [0] * (width - len(r)) for r in responses])
     response_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses])
-    return (prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask), (prompts, teachers, responses)
+    batch = (prompt_ids, prompt_mask, teacher_ids, teacher_mask, response_ids, response_mask)
+    return batch, (prompts, teachers, responses)
 
 
 def unpadded_reference(model, prompts, teachers, responses, temperature):
@@ -907,9 +917,10 @@ def unpadded_reference(model, prompts, teachers, responses, temperature):
     logps, kls = [], []
     for prompt, teacher, response in zip(prompts, teachers, responses):
         n = len(response)
-        student_logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1: len(prompt) - 1 + n] / temperature
+        s, t = len(prompt) - 1, len(teacher) - 1  # the logit at position i predicts token i + 1
+        student_logits = model(torch.tensor([prompt + response])).logits[0, s: s + n] / temperature
         with torch.no_grad():
-            teacher_logits = model(torch.tensor([teacher + response])).logits[0, len(teacher) - 1: len(teacher) - 1 + n] / temperature
+            teacher_logits = model(torch.tensor([teacher + response])).logits[0, t: t + n] / temperature
         logps.append(student_logits.double().log_softmax(-1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1))
         kls.append(kl_of_logits(student_logits.double(), teacher_logits.double()))
     return logps, kls
@@ -1158,7 +1169,8 @@ def test_e1_advantages_by_hand_for_one_success_in_four():
     advantages = sdpg.group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4)
     expect_shape(advantages, (4,), "group_advantages (one A per response)")
     torch.testing.assert_close(advantages, torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5, rtol=0,
-                               msg="E1 on R = [1, 0, 0, 0]: expected A = [1.5, −0.5, −0.5, −0.5] (sample std, ε = 1e-6)")
+                               msg="E1 on R = [1, 0, 0, 0]: expected A = [1.5, −0.5, −0.5, −0.5] "
+                                   "(sample std, ε = 1e-6)")
 
 
 def test_e1_all_equal_groups_get_zero_advantage_not_nan():
@@ -1241,7 +1253,8 @@ def test_e2_follows_the_dual_clip_formula_in_every_region():
 
 def pg(ratio, advantage, **kw):
     logp = torch.log(torch.tensor([ratio], dtype=torch.float64))
-    return sdpg.clipped_pg_loss(logp, torch.zeros(1, dtype=torch.float64), torch.tensor([advantage], dtype=torch.float64), **kw).item()
+    old_logp, advantages = torch.zeros(1, dtype=torch.float64), torch.tensor([advantage], dtype=torch.float64)
+    return sdpg.clipped_pg_loss(logp, old_logp, advantages, **kw).item()
 
 
 @pytest.mark.parametrize("ratio, advantage, expected", [
@@ -1256,7 +1269,8 @@ def pg(ratio, advantage, **kw):
 ])
 def test_e2_dual_clip_surrogate_by_hand(ratio, advantage, expected):
     """E2: l = max(−A r, −A clip(r, 0.8, 1.28)); A < 0 → min(l, −A c), c = 10."""
-    assert pg(ratio, advantage) == pytest.approx(expected, rel=1e-9), f"E2 at r = {ratio}, A = {advantage}: expected {expected}"
+    assert pg(ratio, advantage) == pytest.approx(expected, rel=1e-9), \
+        f"E2 at r = {ratio}, A = {advantage}: expected {expected}"
 
 
 def test_e2_clip_range_and_dual_clip_bound_are_parameters():
@@ -1277,7 +1291,8 @@ def test_e2_clipped_tokens_get_no_gradient():
     logp = torch.log(torch.tensor([1.5, 0.5, 50.0])).requires_grad_()
     advantages = torch.tensor([1.0, -1.0, -1.0])
     sdpg.clipped_pg_loss(logp, torch.zeros(3), advantages).sum().backward()
-    assert torch.equal(logp.grad, torch.zeros(3)), "E2: a clipped token must get no gradient (max with the clipped term)"
+    assert torch.equal(logp.grad, torch.zeros(3)), \
+        "E2: a clipped token must get no gradient (max with the clipped term)"
 
 
 @pytest.mark.parametrize("log_ratio", [100.0, -100.0, 1000.0])
@@ -1343,7 +1358,8 @@ def test_rlsd_keeps_the_sign_of_a_and_moves_it_by_at_most_lambda_epsilon(weight)
     advantages, old_logp, teacher_logp = rlsd_inputs(2)
     teacher_logp[0, 0], teacher_logp[1, 0] = -60.0, 0.0  # u far outside the clip, both ways
     hat = sdpg.rlsd_advantages(advantages, old_logp, teacher_logp, weight, 0.2)
-    assert torch.isfinite(hat).all(), "RLSD: Â must stay finite when the views disagree by 60 nats (clamp the log-ratio)"
+    assert torch.isfinite(hat).all(), \
+        "RLSD: Â must stay finite when the views disagree by 60 nats (clamp the log-ratio)"
     assert torch.equal(torch.sign(hat), torch.sign(advantages)[:, None].expand_as(hat)), "RLSD flipped a sign of A"
     nonzero = advantages != 0
     ratio = hat[nonzero] / advantages[nonzero][:, None]
@@ -1414,7 +1430,8 @@ def test_e5_beta_follows_its_warmup_and_decay_at_every_step():
     schedule = lambda up, down: torch.tensor([beta * up(k) * down(k) for k in steps], dtype=torch.float64)  # noqa: E731
     ramp = lambda k: min(1.0, k / warm)  # noqa: E731
     fall = lambda k: max(0.0, min(1.0, (T - k) / decay))  # noqa: E731
-    slips = {"off by one in the warm-up: min(1, k/T_warm), so β(0) = 0": schedule(lambda k: min(1.0, (k + 1) / warm), fall),
+    slips = {"off by one in the warm-up: min(1, k/T_warm), so β(0) = 0":
+             schedule(lambda k: min(1.0, (k + 1) / warm), fall),
              "the warm-up factor not capped at 1: min(1, k/T_warm)": schedule(lambda k: k / warm, fall),
              "the decay not capped at 1: min(1, (T − k)/T_decay), so β = β_base before the decay window": schedule(
                  ramp, lambda k: max(0.0, (T - k) / decay)),
@@ -1461,13 +1478,15 @@ def test_e5_default_follows_the_papers_proportions_for_any_number_of_steps():
 
 def test_training_logs_the_e5_beta_of_each_step(tmp_path):
     """E8 uses E5 with the paper's proportions by default: the training loop logs exactly this β(k)."""
-    _, history = train(tmp_path, "--steps", "8", "--batch-size", "1", "--mini-batch-size", "1", "--group-size", "2", "--max-new-tokens", "4",
-                       "--beta", "0.8")
+    _, history = train(tmp_path, "--steps", "8", "--batch-size", "1", "--mini-batch-size", "1", "--group-size", "2",
+                       "--max-new-tokens", "4", "--beta", "0.8")
     assert [r["beta"] for r in history] == pytest.approx([0.8 * min(1, k / 1) * min(1, (8 - k) / 7) for k in range(8)])
 
 
-REFERENCE_ANCHORS = {"urkl": ("½(log w)²", lambda w: 0.5 * w**2), "ufkl": ("e^(−log w) + log w", lambda w: torch.exp(-w) + w),
-                     "rkl": ("½(log w + 1)²", lambda w: 0.5 * (w + 1) ** 2), "fkl": ("e^(−log w)", lambda w: torch.exp(-w))}
+REFERENCE_ANCHORS = {"urkl": ("½(log w)²", lambda w: 0.5 * w**2),
+                     "ufkl": ("e^(−log w) + log w", lambda w: torch.exp(-w) + w),
+                     "rkl": ("½(log w + 1)²", lambda w: 0.5 * (w + 1) ** 2),
+                     "fkl": ("e^(−log w)", lambda w: torch.exp(-w))}
 
 
 def reference_ref_kl(logp, ref_logp, mode="urkl"):
@@ -1488,7 +1507,8 @@ def test_e6_each_mode_is_its_integrand_of_log_w():
              "fkl": {}}
     for mode, (formula, f) in REFERENCE_ANCHORS.items():
         got = sdpg.ref_kl(logp, ref_logp, mode)
-        mode_slips = {**slips[mode], "log w reversed: log w = logp − ref_logp (the policy over the reference)": f(-log_w)}
+        mode_slips = {**slips[mode],
+                      "log w reversed: log w = logp − ref_logp (the policy over the reference)": f(-log_w)}
         first_wrong(f"E6 {mode}", got, f(log_w), mode_slips,
                     lambda i: f"at log w = {log_w[i].item():g} (f = {formula})", shape="elementwise: logp's shape")
 
@@ -1529,8 +1549,9 @@ def random_loss_inputs(seed=0, batch=4, length=6):
     mask = torch.ones(batch, length)
     mask[0, 4:] = 0
     mask[2, 2:] = 0
-    return dict(logp=logp, old_logp=logp.detach() + rand(batch, length) * 0.2, ref_logp=logp.detach() + rand(batch, length) * 0.3,
-                kl=rand(batch, length).abs(), advantages=torch.tensor([1.0, -0.5, 0.5, -1.0], dtype=torch.float64), mask=mask)
+    return dict(logp=logp, old_logp=logp.detach() + rand(batch, length) * 0.2,
+                ref_logp=logp.detach() + rand(batch, length) * 0.3, kl=rand(batch, length).abs(),
+                advantages=torch.tensor([1.0, -0.5, 0.5, -1.0], dtype=torch.float64), mask=mask)
 
 
 def e7_call(x, beta_k, num_tokens=None, **settings):
@@ -1588,7 +1609,8 @@ def test_e7_returns_its_per_token_parts_detached(own_equation):
     parts, keys = result[1], {"loss", "pg_loss", "reverse_kl", "ref_kl"}
     assert isinstance(parts, dict) and set(parts) >= keys, f"E7's parts must be a dict with the keys {sorted(keys)}"
     where = lambda i: f"at row {i[0]}, token {i[1]}"  # noqa: E731
-    for key, expected, slips in (("pg_loss", pg, {}), ("ref_kl", f, {"with α: parts['ref_kl'] is f(log w_t) alone": 0.2 * f}),
+    for key, expected, slips in (("pg_loss", pg, {}),
+                                 ("ref_kl", f, {"with α: parts['ref_kl'] is f(log w_t) alone": 0.2 * f}),
                                  ("loss", pg + 0.2 * f, {})):
         assert not parts[key].requires_grad, f"E7's parts['{key}'] must be detached: it is logged, not differentiated"
         first_wrong(f"E7 parts['{key}']", parts[key], expected, slips, where, shape="one value per token, (B, T)")
@@ -1596,13 +1618,15 @@ def test_e7_returns_its_per_token_parts_detached(own_equation):
     _, parts = e7_call(positive, 0.3)
     first_wrong("E7 parts['reverse_kl']", parts["reverse_kl"], x["kl"].clamp(max=20),
                 {"with β: parts['reverse_kl'] is min(ℓ_t, 20) without β(k)": 0.3 * x["kl"].clamp(max=20),
-                 "not clamped: parts['reverse_kl'] is min(ℓ_t, 20)": x["kl"]}, where, shape="one value per token, (B, T)")
+                 "not clamped: parts['reverse_kl'] is min(ℓ_t, 20)": x["kl"]},
+                where, shape="one value per token, (B, T)")
     loss, parts = e7_call(x, 0.3, alpha=0.2, kl_mode="ufkl")  # A of both signs: whatever the gate did, the loss is
     made = parts["pg_loss"] + 0.3 * parts["reverse_kl"] + 0.2 * parts["ref_kl"]  # made of the parts it returns
     first_wrong("E7 parts['loss']", parts["loss"], made, {}, lambda i: f"at row {i[0]}, token {i[1]} (parts['loss'] = "
                 f"pg_loss + β·reverse_kl + α·ref_kl: the loss is made of the parts it returns)")
     mask = x["mask"].double()
-    first_wrong("E7", loss, (made * mask).sum() / mask.sum(), {}, lambda i: "(the loss is Σ mask·parts['loss'] / Σ mask)")
+    first_wrong("E7", loss, (made * mask).sum() / mask.sum(), {},
+                lambda i: "(the loss is Σ mask·parts['loss'] / Σ mask)")
 
 
 def test_e7_divides_by_the_num_tokens_it_is_given_and_never_by_zero(own_equation):
@@ -1612,8 +1636,9 @@ def test_e7_divides_by_the_num_tokens_it_is_given_and_never_by_zero(own_equation
     a = x["advantages"][:, None].expand_as(x["logp"])
     per_token = (reference_clipped_pg_loss(x["logp"], x["old_logp"], a) * x["mask"]).sum()
     got, _ = e7_call(x, 0.0, num_tokens=torch.tensor(37.0))
-    first_wrong("E7", got, per_token / 37, {"num_tokens ignored: divide by the num_tokens given (the whole "
-                                            "mini-batch's count under gradient accumulation)": per_token / x["mask"].sum()},
+    first_wrong("E7", got, per_token / 37,
+                {"num_tokens ignored: divide by the num_tokens given (the whole mini-batch's count under gradient "
+                 "accumulation)": per_token / x["mask"].sum()},
                 lambda i: "with num_tokens = 37 (the sum over this call's 18 tokens / 37)")
     empty, _ = e7_call(dict(x, mask=torch.zeros_like(x["mask"])), 0.0)
     assert torch.isfinite(empty) and empty.item() == 0, (
@@ -1625,12 +1650,14 @@ def test_e7_uses_the_per_token_advantages_it_is_given(own_equation):
     """E7's docstring: `token_advantages` (B, T) (RLSD's Â), when given, replace A in E2; the gate still reads A."""
     x = random_loss_inputs()
     generator = torch.Generator().manual_seed(5)
-    x["token_advantages"] = x["advantages"][:, None] * (1 + 0.2 * torch.rand(4, 6, generator=generator, dtype=torch.float64))
+    noise = torch.rand(4, 6, generator=generator, dtype=torch.float64)
+    x["token_advantages"] = x["advantages"][:, None] * (1 + 0.2 * noise)
     got, _ = e7_call(x, 0.0)
     mean = lambda per_token: (per_token * x["mask"]).sum() / x["mask"].sum()  # noqa: E731
+    sequence_advantages = x["advantages"][:, None].expand_as(x["logp"])
     first_wrong("E7", got, mean(reference_clipped_pg_loss(x["logp"], x["old_logp"], x["token_advantages"])),
-                {"token_advantages ignored: when given (RLSD's Â_t), they replace A in E2": mean(reference_clipped_pg_loss(
-                    x["logp"], x["old_logp"], x["advantages"][:, None].expand_as(x["logp"])))},
+                {"token_advantages ignored: when given (RLSD's Â_t), they replace A in E2":
+                 mean(reference_clipped_pg_loss(x["logp"], x["old_logp"], sequence_advantages))},
                 lambda i: "with token_advantages (Σ mask·l_t(Â_t) / Σ mask)")
 
 
@@ -1657,9 +1684,10 @@ def test_e7_opcd_ignores_rewards_entirely(own_equation):
         loss, _ = sdpg_loss(**dict(x, advantages=advantages), beta=1.0, alpha=0.1, gate=False, outcome=False)
         results.append((loss, torch.autograd.grad(loss, x["logp"])[0]))
     expected = ((x["kl"] + 0.1 * reference_ref_kl(x["logp"], x["ref_logp"])) * x["mask"]).sum() / x["mask"].sum()
+    pg = reference_clipped_pg_loss(x["logp"], x["old_logp"], x["advantages"][:, None].expand_as(x["logp"]))
     first_wrong("E7 with outcome=False (OPCD)", results[0][0], expected,
-                {"E2 kept: with cfg.outcome False the rewards play no part, l_t is 0": expected + (reference_clipped_pg_loss(
-                    x["logp"], x["old_logp"], x["advantages"][:, None].expand_as(x["logp"])) * x["mask"]).sum() / x["mask"].sum()},
+                {"E2 kept: with cfg.outcome False the rewards play no part, l_t is 0":
+                 expected + (pg * x["mask"]).sum() / x["mask"].sum()},
                 lambda i: "(Σ mask·(ℓ_t + α·f) / Σ mask: no E2, no gate)")
     for loss, gradient in results[1:]:
         torch.testing.assert_close(loss, results[0][0], msg="E7 with outcome=False must not depend on A")
@@ -1699,7 +1727,8 @@ def test_e7_sums_count_pg_loss_and_the_clipped_and_dual_clipped_tokens(own_equat
     pg = reference_clipped_pg_loss(logp, old_logp, advantages[:, None].expand(2, 4))
     assert sums["pg_loss"].item() == pytest.approx(pg.sum().item()), "sums['pg_loss'] is Σ_t E2 over the tokens"
     # A > 0: r = 1.5 and 20 are clipped (> 1.28); A < 0: r = 0.5 is clipped (< 0.8), r = 20 > c = 10 is dual-clipped
-    assert sums["clip_frac"].item() == 3, f"sums['clip_frac'] counts clipped tokens: expected 3, got {sums['clip_frac']}"
+    assert sums["clip_frac"].item() == 3, \
+        f"sums['clip_frac'] counts clipped tokens: expected 3, got {sums['clip_frac']}"
     assert sums["dual_clip_frac"].item() == 1, "sums['dual_clip_frac'] counts tokens with A < 0 and r > c: expected 1"
 
 
@@ -1754,11 +1783,12 @@ def test_e7_padding_changes_nothing(own_equation):
     x = random_loss_inputs()
     loss, _ = sdpg_loss(**x, beta=0.5, alpha=0.5)
     (grad,) = torch.autograd.grad(loss, x["logp"])
-    junk = {k: torch.where(x["mask"].bool(), v.detach(), torch.full_like(v, 7.0)) if k in ("old_logp", "ref_logp", "kl") else v
-            for k, v in x.items()}
+    junk = {k: torch.where(x["mask"].bool(), v.detach(), torch.full_like(v, 7.0))
+            if k in ("old_logp", "ref_logp", "kl") else v for k, v in x.items()}
     loss_junk, _ = sdpg_loss(**junk, beta=0.5, alpha=0.5)
     (grad_junk,) = torch.autograd.grad(loss_junk, x["logp"])
-    torch.testing.assert_close(loss, loss_junk, msg="E7: a padding position changed the loss; multiply by response_mask")
+    torch.testing.assert_close(loss, loss_junk,
+                               msg="E7: a padding position changed the loss; multiply by response_mask")
     torch.testing.assert_close(grad, grad_junk)
 
 
@@ -1808,7 +1838,8 @@ def test_no_teacher_forward_when_every_gate_is_closed(tiny, monkeypatch):
     tensors, _ = mixed_batch()
     seen_widths = []
     original = sdpg.response_hidden
-    monkeypatch.setattr(sdpg, "response_hidden", lambda m, ids, *a: seen_widths.append(ids.shape[1]) or original(m, ids, *a))
+    monkeypatch.setattr(sdpg, "response_hidden",
+                        lambda m, ids, *a: seen_widths.append(ids.shape[1]) or original(m, ids, *a))
     logp, kl = response_stats(model, *tensors, teacher_rows=torch.zeros(3, dtype=torch.bool))
     assert seen_widths == [tensors[0].shape[1]] and (kl == 0).all()  # one forward: the student's
     seen_widths.clear()
@@ -1846,9 +1877,15 @@ def test_beta_zero_skips_the_teacher_forward_and_trains_grpo(tmp_path, monkeypat
 # (reward, loss, reverse_kl) per step of `tiny` with the committed seed study's settings, as sdpg.py logged them before
 # --method existed (commit 48e8f04): that study's three arms must still train exactly so
 SEED_STUDY_BEFORE_METHODS = {
-    'grpo': [(0.375, -0.0036705504072473403, None), (0.5, -0.17867430497644546, None), (0.3125, 0.020748487082860805, None)],
-    'sdpg': [(0.375, -0.0034882333865643997, 0.48361864397602694), (0.5, -0.1785077727242802, 0.41861388968221797), (0.3125, 0.020796663017683133, 0.4687016579957135)],
-    'sdpg-beta0.1-nogate': [(0.375, 0.045993045470634854, 0.4966361558908387), (0.3125, -0.017023541710593483, 0.3879070281982422), (0.1875, 0.017106208329399426, 0.5131637454032898)],
+    'grpo': [(0.375, -0.0036705504072473403, None),
+             (0.5, -0.17867430497644546, None),
+             (0.3125, 0.020748487082860805, None)],
+    'sdpg': [(0.375, -0.0034882333865643997, 0.48361864397602694),
+             (0.5, -0.1785077727242802, 0.41861388968221797),
+             (0.3125, 0.020796663017683133, 0.4687016579957135)],
+    'sdpg-beta0.1-nogate': [(0.375, 0.045993045470634854, 0.4966361558908387),
+                            (0.3125, -0.017023541710593483, 0.3879070281982422),
+                            (0.1875, 0.017106208329399426, 0.5131637454032898)],
 }
 
 
@@ -1892,7 +1929,8 @@ def test_each_method_trains_tiny_end_to_end_and_logs_what_it_uses(tmp_path, monk
 
 @needs_qwen
 def test_one_training_step_and_one_eval_run_on_the_qwen_shaped_checkpoint(qwen_checkpoint, tmp_path):
-    cfg = sdpg.parse_config(["--model", qwen_checkpoint, "--dataset", "arithmetic", "--output-dir", str(tmp_path / "run"),
+    cfg = sdpg.parse_config(["--model", qwen_checkpoint, "--dataset", "arithmetic",
+                             "--output-dir", str(tmp_path / "run"),
                              "--steps", "1", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "6",
                              "--no-gate", "--beta", "1"])
     history = sdpg.main(cfg)
@@ -1912,8 +1950,9 @@ def test_each_method_takes_one_step_on_smollm2(tmp_path, monkeypatch):
     del model
     monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 2 == 0))
     for method, extra in (("grpo", ()), ("rlsd", ()), ("opcd", ()), ("sdpg", ("--kl-mode", "ufkl", "--no-gate"))):
-        cfg = sdpg.parse_config(["--model", str(tmp_path / "smollm2"), "--dataset", "arithmetic-easy", "--method", method,
-                                 "--output-dir", str(tmp_path / method), "--steps", "1", "--batch-size", "1",
+        cfg = sdpg.parse_config(["--model", str(tmp_path / "smollm2"), "--dataset", "arithmetic-easy",
+                                 "--method", method, "--output-dir", str(tmp_path / method), "--steps", "1",
+                                 "--batch-size", "1",
                                  "--group-size", "4", "--max-new-tokens", "6", "--beta-warmup-steps", "0", *extra])
         (record,) = sdpg.main(cfg)
         assert math.isfinite(record["loss"]) and record["grad_norm"] > 0, method
@@ -1925,7 +1964,8 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
     """E8 end to end on the tiny model: metrics.jsonl finite, config.json, final/ reloads and generates."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg, history = train(tmp_path, "--mini-batch-size", "2", "--micro-batch-size", "3", "--save-every", "1", "--no-gate")
+    cfg, history = train(tmp_path, "--mini-batch-size", "2", "--micro-batch-size", "3", "--save-every", "1",
+                         "--no-gate")
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert lines == history and len(lines) == 2
     required = {"step", "reward", "format_rate", "frac_zero_std", "loss", "pg_loss", "reverse_kl", "ref_kl", "entropy",
@@ -1940,7 +1980,8 @@ def test_two_training_steps_write_finite_metrics_and_a_reloadable_checkpoint(tmp
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "final")
     original_tokenizer = build_tiny_model()[1]  # AutoTokenizer picks Qwen2Tokenizer: same ids, same text
-    assert sdpg.build_prompt(tokenizer, "What is 1 + 1?\nOk") == sdpg.build_prompt(original_tokenizer, "What is 1 + 1?\nOk")
+    question = "What is 1 + 1?\nOk"
+    assert sdpg.build_prompt(tokenizer, question) == sdpg.build_prompt(original_tokenizer, question)
     ids = torch.tensor([sdpg.build_prompt(tokenizer, "What is 1 + 1?")])
     output = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert output.shape[1] > ids.shape[1]
@@ -2039,19 +2080,21 @@ def test_local_dataset_file_and_local_model_directory(tmp_path):
     with open(tmp_path / "rows.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     _, history = train(tmp_path / "run", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "rows.jsonl"),
-                       "--question-field", "problem", "--answer-field", "label", "--teacher-context", "solution", "--steps", "1")
+                       "--question-field", "problem", "--answer-field", "label", "--teacher-context", "solution",
+                       "--steps", "1")
     assert len(history) == 1
     loaded = sdpg.load_rows(str(tmp_path / "rows.jsonl"), "problem", "label")
     assert loaded[3] == {"question": "What is 3 + 1?", "answer": "4", "solution": "3 + 1 = 4"}
 
 
 def test_a_dataset_smaller_than_the_batch_still_gives_b_times_g_rollouts(tmp_path, monkeypatch):
-    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"
-                                                 for i in range(3)))
+    rows = [{"question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(3)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     widths, original = [], sdpg.sample_responses
     monkeypatch.setattr(sdpg, "sample_responses", lambda m, tok, prompts, *a: widths.append(len(prompts["prompt_ids"]))
                         or original(m, tok, prompts, *a))
-    train(tmp_path / "run", "--dataset", str(tmp_path / "rows.jsonl"), "--batch-size", "8", "--teacher-context", "answer")
+    train(tmp_path / "run", "--dataset", str(tmp_path / "rows.jsonl"), "--batch-size", "8",
+          "--teacher-context", "answer")
     assert widths == [8 * 4, 8 * 4]
 
 
@@ -2125,8 +2168,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
 
     # reward depends on the sampled text, so equal rewards need equal RNG states and weights
     monkeypatch.setattr(sdpg, "verify", lambda completion, answer, strict=False: float(len(completion) % 3 == 0))
-    args = ("--steps", "4", "--batch-size", "2", "--mini-batch-size", "2", "--alpha", "0.5", "--beta", "1", "--no-gate", "--lr", "3e-3",
-            "--warmup-steps", "3", "--save-every", "1", "--keep-checkpoints", "1", *extra)
+    args = ("--steps", "4", "--batch-size", "2", "--mini-batch-size", "2", "--alpha", "0.5", "--beta", "1", "--no-gate",
+            "--lr", "3e-3", "--warmup-steps", "3", "--save-every", "1", "--keep-checkpoints", "1", *extra)
     if extra:  # the later --lr wins: LoRA's own learning rate
         pytest.importorskip("peft")
     _, straight = train(tmp_path / "straight", *args)
@@ -2149,15 +2192,16 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     for key in ("reward", "loss", "reverse_kl", "ref_kl", "entropy"):
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-6, abs=1e-9), key
     assert len({r["reward"] for r in straight}) > 1 and straight[-1]["ref_kl"] > 0
-    final = [AutoModelForCausalLM.from_pretrained(tmp_path / run / "final").state_dict() for run in ("straight", "resumed")]
+    final = [AutoModelForCausalLM.from_pretrained(tmp_path / run / "final").state_dict()
+             for run in ("straight", "resumed")]
     for name in final[0]:
         torch.testing.assert_close(final[1][name], final[0][name], atol=1e-7, rtol=1e-6, msg=name)
 
 
 def test_sigterm_writes_a_checkpoint_and_prints_one_resume_line(tmp_path):
     """What a cluster scheduler sends: stop at the step's end, checkpoint, one line, exit 128 + 15, no traceback."""
-    command = [sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--output-dir", str(tmp_path), "--steps",
-               "500", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8"]
+    command = [sys.executable, os.path.join(HERE, "sdpg.py"), "--model", "tiny", "--output-dir", str(tmp_path),
+               "--steps", "500", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.time() + 120
     while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
@@ -2189,7 +2233,7 @@ def test_the_resume_command_rebuilds_the_same_config(flags, tmp_path):
     cfg = sdpg.parse_config(flags + ["--output-dir", str(tmp_path)])
     command = sdpg.resume_command(cfg)
     again = sdpg.parse_config(shlex.split(command.split("python sdpg.py ")[1]))
-    assert sdpg.dataclasses.asdict(again) == dict(sdpg.dataclasses.asdict(cfg), resume=True), command
+    assert dataclasses.asdict(again) == dict(dataclasses.asdict(cfg), resume=True), command
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -2218,7 +2262,8 @@ def test_resume_with_nothing_to_continue_from_says_to_start_again(tmp_path):
 def test_an_output_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
     train(tmp_path, "--steps", "1")
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="already holds a run; pass --resume to continue it, --overwrite to replace it"):
+    with pytest.raises(SystemExit,
+                       match="already holds a run; pass --resume to continue it, --overwrite to replace it"):
         train(tmp_path, "--steps", "1")
     with pytest.raises(SystemExit, match="no step_N/ checkpoint"):
         train(tmp_path, "--steps", "1", "--resume")
@@ -2259,7 +2304,8 @@ def test_resume_with_different_settings_is_refused(tmp_path):
     train(tmp_path, "--steps", "2", "--save-every", "1")
     with pytest.raises(SystemExit, match=r"--lr 1e-06 → 0.1"):
         train(tmp_path, "--steps", "2", "--resume", "--lr", "0.1")
-    with pytest.raises(SystemExit, match=r"is finished \(step 2 of 2, final/ written\); to train on pass --resume --steps N"):
+    with pytest.raises(SystemExit,
+                       match=r"is finished \(step 2 of 2, final/ written\); to train on pass --resume --steps N"):
         train(tmp_path, "--steps", "2", "--resume")
 
 
@@ -2428,8 +2474,9 @@ def test_local_math500_file_reads_problem_and_answer_without_field_flags(tmp_pat
     """MATH-500 rows have `problem`, not `question`: picked up by itself; the answer and solution are kept."""
     path = os.path.join(HERE, "..", "shared", "math500", "test.jsonl")
     if not os.path.isfile(path):
-        (tmp_path / "math.jsonl").write_text(json.dumps({"problem": "Compute $1+1$.", "answer": "2", "solution": "$1+1=2$",
-                                                         "subject": "Algebra", "level": 1, "unique_id": "x"}) + "\n")
+        row = {"problem": "Compute $1+1$.", "answer": "2", "solution": "$1+1=2$", "subject": "Algebra", "level": 1,
+               "unique_id": "x"}
+        (tmp_path / "math.jsonl").write_text(json.dumps(row) + "\n")
         path = str(tmp_path / "math.jsonl")
     rows = sdpg.load_rows(path)
     assert rows[0]["question"] and rows[0]["answer"] and rows[0]["solution"]
@@ -2474,7 +2521,8 @@ def test_a_gguf_model_without_its_packages_is_one_line(tmp_path, monkeypatch):
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("gguf", "accelerate") else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("gguf", "accelerate") else real(name, *a))
     with pytest.raises(SystemExit, match="needs gguf and accelerate: pip install gguf accelerate"):
         sdpg.load_model(str(tmp_path / "m.gguf"))
 
@@ -2499,12 +2547,14 @@ def test_bad_input_gets_a_one_line_error(tmp_path, args, message):
         train(tmp_path, *args)
 
 
-@pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available()), ("cuda:7", torch.cuda.device_count() > 7),
+@pytest.mark.parametrize("device, available", [("cuda", torch.cuda.is_available()),
+                                               ("cuda:7", torch.cuda.device_count() > 7),
                                                ("mps", torch.backends.mps.is_available())])
 def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path, device, available, monkeypatch):
     if available:
         pytest.skip(f"this machine has {device}")
-    monkeypatch.setattr(sdpg, "load_model", lambda *a: pytest.fail("the model was loaded before the device was checked"))
+    monkeypatch.setattr(sdpg, "load_model",
+                        lambda *a: pytest.fail("the model was loaded before the device was checked"))
     with pytest.raises(SystemExit, match=f"--device {device}: .*use --device cpu"):
         train(tmp_path, "--device", device)
 
@@ -2622,7 +2672,8 @@ def test_a_run_folder_is_continued_evaluated_and_inspected_as_it_trained(tmp_pat
     context and dataset (no flag to repeat), eval.py evaluates it on that dataset, and the token page shows E3 as
     the run trained it (no gate, β_base 1), never "gate closed"."""
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
+    rows.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(4)))
     run = tmp_path / "run"
     train(run, "--steps", "1", "--dataset", str(rows), "--teacher-context", "answer", "--no-gate", "--beta", "1")
     assert "--dataset HELD_OUT.jsonl" in capsys.readouterr().out  # never the file the run trained on
@@ -2751,8 +2802,9 @@ sdpg.main(sdpg.parse_config(sys.argv[1:]))
 """
 
 
-DISTRIBUTED = ("--model", "tiny", "--batch-size", "4", "--group-size", "4", "--mini-batch-size", "2", "--max-new-tokens",
-               "12", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0", "--beta-decay-steps", "0", "--alpha", "0.1",
+DISTRIBUTED = ("--model", "tiny", "--batch-size", "4", "--group-size", "4", "--mini-batch-size", "2",
+               "--max-new-tokens", "12", "--no-gate", "--beta", "1", "--beta-warmup-steps", "0",
+               "--beta-decay-steps", "0", "--alpha", "0.1",
                "--lr", "1e-3", "--warmup-steps", "0", "--save-every", "1")
 
 
@@ -2874,7 +2926,8 @@ def test_an_edited_e3_trains_on_two_ranks_as_in_one_process(tmp_path, one_proces
     same_run(tmp_path, "two", "one", 2, update_tolerance=3e-4)  # two steps: a small update, so noise weighs more
     edited, original = (json.loads(open(path / "metrics.jsonl").readline()) for path in (tmp_path / "one",
                                                                                         one_process_run))
-    assert edited["reward"] == original["reward"] and edited["reverse_kl"] != pytest.approx(original["reverse_kl"], rel=1e-2)
+    assert edited["reward"] == original["reward"]
+    assert edited["reverse_kl"] != pytest.approx(original["reverse_kl"], rel=1e-2)
 
 
 def test_eval_under_torchrun_says_to_run_one_process_per_gpu(monkeypatch):
@@ -2986,7 +3039,8 @@ def test_eval_summary_accuracy_and_pass_at_k_equal_the_per_sample_jsonl(tiny, tm
     assert set(written) >= {"accuracy", "pass@2", "pass@4", "format_rate", "mean_response_len", "n", "num_problems",
                             "problems_per_second"}
     for line in lines:
-        assert set(line) >= {"question", "answer", "completions", "extracted", "correct"} and len(line["completions"]) == 8
+        assert set(line) >= {"question", "answer", "completions", "extracted", "correct"}
+        assert len(line["completions"]) == 8
 
 
 def test_greedy_evaluation_is_deterministic(tiny):
@@ -3017,12 +3071,14 @@ def test_plot_writes_a_png_with_one_line_per_run(tmp_path, monkeypatch):
     for name, offset in (("grpo", 0.0), ("sdpg", 0.1)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text("".join(
-            json.dumps(dict(step=s, reward=offset + s / 10, reverse_kl=0.1, ref_kl=1e-3, entropy=2.0, response_len=50)) + "\n"
+            json.dumps(dict(step=s, reward=offset + s / 10, reverse_kl=0.1, ref_kl=1e-3, entropy=2.0,
+                            response_len=50)) + "\n"
             for s in range(5)))
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     output = tmp_path / "curves.png"
-    evaluation.main(evaluation.parse_args(["--plot", str(tmp_path / "grpo"), str(tmp_path / "sdpg"), "--plot-output", str(output)]))
+    evaluation.main(evaluation.parse_args(["--plot", str(tmp_path / "grpo"), str(tmp_path / "sdpg"),
+                                           "--plot-output", str(output)]))
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     panels = [axis for axis in figures[0].axes if axis.get_lines()]
     assert len(panels) >= 4, [axis.get_title() for axis in figures[0].axes]
@@ -3053,12 +3109,13 @@ def test_plot_leaves_out_what_a_run_never_computed_and_draws_kl_on_a_log_axis(tm
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     output = tmp_path / "new" / "folder" / "curves.png"
-    evaluation.plot_runs([str(tmp_path / "grpo"), str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")], str(output))
+    runs = [str(tmp_path / "grpo"), str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")]
+    evaluation.plot_runs(runs, str(output))
     assert output.read_bytes()[:4] == b"\x89PNG"
     panels = {axis.get_title(): axis for axis in figures[0].axes}
     reward, opd = panels["reward (mean accuracy)"], panels["E3 reverse KL, gated tokens"]
-    assert [line.get_label() for line in reward.get_lines()] == ["grpo", str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")]
-    assert [line.get_label() for line in opd.get_lines()] == [str(tmp_path / "a" / "sdpg"), str(tmp_path / "b" / "sdpg")]
+    assert [line.get_label() for line in reward.get_lines()] == ["grpo", *runs[1:]]
+    assert [line.get_label() for line in opd.get_lines()] == runs[1:]
     assert opd.get_yscale() == "log" and list(opd.get_lines()[0].get_ydata()) == [1e-2, 1e-3, 1e-4, 1e-5]
     assert len(reward.get_lines()[2].get_xdata()) == 4  # the half-written line is not a point
 
@@ -3073,8 +3130,9 @@ def test_compare_evaluates_both_models_on_the_same_problems(tmp_path, capsys):
     model, tokenizer = build_tiny_model(seed=1)
     model.save_pretrained(tmp_path / "other")
     tokenizer.save_pretrained(tmp_path / "other")
-    summaries = evaluation.main(evaluation.parse_args(["--compare", "tiny", str(tmp_path / "other"), "--dataset", "arithmetic",
-                                                       "--limit", "4", "--max-new-tokens", "8", "--output", str(tmp_path / "cmp")]))
+    summaries = evaluation.main(evaluation.parse_args(["--compare", "tiny", str(tmp_path / "other"),
+                                                       "--dataset", "arithmetic", "--limit", "4",
+                                                       "--max-new-tokens", "8", "--output", str(tmp_path / "cmp")]))
     assert list(summaries) == ["tiny", str(tmp_path / "other")]
     assert all(s["arithmetic"]["num_problems"] == 4 for s in summaries.values())
     assert "difference" in capsys.readouterr().out
@@ -3181,7 +3239,8 @@ def test_inspect_page_renders_in_headless_chromium_with_one_element_per_token(tm
     assert dom.returncode == 0 and "Uncaught" not in dom.stderr, dom.stderr[-2000:]
     spans = re.findall(r'<span class="tok" tabindex="0" data-r="(\d+)" data-t="(\d+)"[^>]*aria-label="([^"]*)"',
                        dom.stdout)
-    tokens = [(r, t, token) for r, response in enumerate(data["responses"]) for t, token in enumerate(response["tokens"])]
+    tokens = [(r, t, token) for r, response in enumerate(data["responses"])
+              for t, token in enumerate(response["tokens"])]
     assert len(spans) == len(tokens) == 3 * 12 - sum(12 - len(r["tokens"]) for r in data["responses"])
     for (r, t, label), (r2, t2, token) in zip(spans, tokens):
         assert (int(r), int(t)) == (r2, t2) and f"ℓ = KL(p‖q) {token['kl']:.3f} nats" in label
@@ -3361,7 +3420,8 @@ def write_fake_run(results, name, greedy, blob="b" * 40, trained_by=True):
     folder = results / name
     folder.mkdir(parents=True)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(
-        {"step": step, "reward": step / 10, "response_len": 100 - step, "reverse_kl": None, "ref_kl": 0.1, "step_time": 60}
+        {"step": step, "reward": step / 10, "response_len": 100 - step, "reverse_kl": None, "ref_kl": 0.1,
+         "step_time": 60}
     ) + "\n" for step in range(12)))
     if trained_by:
         (folder / "trained_by").write_text(f"commit {'c' * 40} sdpg.py {blob}\n")
@@ -3441,7 +3501,8 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     assert "| grpo-s0 | 40 | 0.10 / 0.30 / 0.20 / 0.20 | 0.00 | 0.250 | – |" in paper_table.per_run(sampled)
     short = paper_table.readme_table(runs, steps=40)
     assert "| GRPO | 3 | 0.20 ± 0.10 | 0.27 ± 0.06 | 0.10 ± 0.10 | – |" in short, short
-    assert f"| RLSD | 3 | 0.50 ± 0.10 | 0.53 ± 0.06 | 0.30 ± 0.10 | {difference:+.2f} [{low:+.2f}, {high:+.2f}] |" in short
+    interval = f"{difference:+.2f} [{low:+.2f}, {high:+.2f}]"
+    assert f"| RLSD | 3 | 0.50 ± 0.10 | 0.53 ± 0.06 | 0.30 ± 0.10 | {interval} |" in short
     assert [paper_table.first_divergence(runs["rlsd"][s], runs["grpo"][s]) for s in range(3)] == [8, 9, 10]
     assert paper_table.first_divergence(runs["grpo"][1], runs["grpo"][1]) is None
     gpu = "x86_64 16 cores, NVIDIA H200 | torch 2.11.0 | DEVICE_FLAGS '--device cuda --dtype float32'"
@@ -3449,10 +3510,12 @@ def test_paper_table_last_best_and_differences_from_grpo(tmp_path):
     cpu = "x86_64 2 cores, no GPU | torch 2.13.0 | DEVICE_FLAGS ''"
     assert paper_table.machine_name(cpu) == "x86_64 2 cores, no GPU, float32"  # sdpg.py's auto without a GPU
     assert paper_table.machine_name("x86_64 16 cores, NVIDIA H100 | DEVICE_FLAGS ''").endswith("H100, bf16 autocast")
-    assert "| RLSD | 3 | 0.100 ± 0.050 → 0.500 ± 0.000 |" in paper_table.dynamics(runs, steps=40)  # 3, 2, 1 of 10 at 0.5
+    # 3, 2, 1 of 10 at 0.5
+    assert "| RLSD | 3 | 0.100 ± 0.050 → 0.500 ± 0.000 |" in paper_table.dynamics(runs, steps=40)
     answers = [{"question": "2 + 3?", "answer": "5", "completions": ["2 + 3 = 5\nThe answer is \\boxed{5}"],
                 "strict_correct": [1.0], "formatted": [True]},
-               {"question": "1 + 1?", "answer": "2", "completions": ["3"], "strict_correct": [0.0], "formatted": [False]}]
+               {"question": "1 + 1?", "answer": "2", "completions": ["3"], "strict_correct": [0.0],
+                "formatted": [False]}]
     (tmp_path / "grpo-s0-greedy.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
     shown = paper_table.written(str(tmp_path), runs, None, problem=0)
     assert "Problem 0 of the test split: 2 + 3? (answer 5)" in shown
@@ -3621,8 +3684,9 @@ def test_every_code_name_the_docs_use_exists_in_the_code():
     import glob
 
     known = set()
-    for path in ["sdpg.py", "math_equivalence.py", "tiny.py", "eval.py", "inspect_page.py", "test_sdpg.py", *glob.glob(os.path.join(HERE, "benchmarks", "*.py")),
-                 *glob.glob(os.path.join(HERE, "teaching", "*.py")), *glob.glob(os.path.join(HERE, "experiments", "*.py"))]:
+    folders = ("benchmarks", "teaching", "experiments")
+    for path in ["sdpg.py", "math_equivalence.py", "tiny.py", "eval.py", "inspect_page.py", "test_sdpg.py",
+                 *(file for folder in folders for file in glob.glob(os.path.join(HERE, folder, "*.py")))]:
         for node in ast.walk(ast.parse(open(os.path.join(HERE, path), encoding="utf-8").read())):
             known.add(getattr(node, "name", None) or getattr(node, "id", None) or getattr(node, "attr", None)
                       or getattr(node, "arg", None))
@@ -3651,7 +3715,8 @@ def test_the_readme_reading_guide_line_ranges_are_true():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         names, ranges = re.findall(r"`(\w+)`", cells[2]), re.findall(r"(\d+)–(\d+)", cells[-1])
         for name, (first, last) in zip(names, ranges):
-            assert spans.get(name) == (int(first), int(last)), f"README says {name} is at {first}–{last}; it is at {spans.get(name)}"
+            assert spans.get(name) == (int(first), int(last)), \
+                f"README says {name} is at {first}–{last}; it is at {spans.get(name)}"
             checked += 1
     assert checked >= 20
 

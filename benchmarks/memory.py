@@ -66,11 +66,13 @@ def main():
     parser.add_argument("--one", nargs=2, type=int, metavar=("T", "CHUNK"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.hidden, args.one[0], args.one[1], args.device, not args.no_gradient_checkpointing)))
+        length, chunk = args.one
+        print(json.dumps(measure(args.hidden, length, chunk, args.device, not args.no_gradient_checkpointing)))
         return
 
     def child(length, chunk):
-        command = [sys.executable, __file__, "--hidden", str(args.hidden), "--device", args.device, "--one", str(length), str(chunk)]
+        command = [sys.executable, __file__, "--hidden", str(args.hidden), "--device", args.device,
+                   "--one", str(length), str(chunk)]
         command += ["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else []
         return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 

@@ -63,7 +63,8 @@ def ours(args, beta, alpha, output_dir, gate="0 %"):
     sdpg.verify = GATES.get(gate, GATES["0 %"])  # stand-in verifier: decides which rollouts have A > 0
     cfg = sdpg.parse_config(["--model", args.model_dir, "--dataset", "arithmetic", "--steps", str(args.steps),
                              "--batch-size", str(args.prompts), "--group-size", str(args.group_size),
-                             "--micro-batch-size", str(args.prompts * args.group_size), "--max-new-tokens", str(args.tokens),
+                             "--micro-batch-size", str(args.prompts * args.group_size),
+                             "--max-new-tokens", str(args.tokens),
                              "--beta", str(beta), "--alpha", str(alpha), "--beta-warmup-steps", "0",
                              "--beta-decay-steps", "0", "--device", args.device, "--output-dir", output_dir]
                             + (["--no-gate"] if gate == "100 %" else []))
@@ -94,8 +95,8 @@ def trl_run(args, kind, output_dir):
     if kind == "sdpo":
         from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 
-        config = SDPOConfig(**common, distillation_mode="full_logits", teacher_model_kind="live", distillation_weight=0.5,
-                            include_environment_feedback=True)
+        config = SDPOConfig(**common, distillation_mode="full_logits", teacher_model_kind="live",
+                            distillation_weight=0.5, include_environment_feedback=True)
         trainer_class = SDPOTrainer
     else:
         from trl import GRPOConfig, GRPOTrainer
@@ -126,8 +127,10 @@ def main():
     parser.add_argument("--group-size", type=int, default=8, help="G")
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens")
     parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is not timed")
-    parser.add_argument("--vocab", type=int, default=0, help="grow the tiny model's 259-entry vocabulary to this; 151936 = Qwen's")
-    parser.add_argument("--hidden", type=int, default=0, help="give the tiny model's two layers this width; 896 = Qwen2.5-0.5B's")
+    parser.add_argument("--vocab", type=int, default=0,
+                        help="grow the tiny model's 259-entry vocabulary to this; 151936 = Qwen's")
+    parser.add_argument("--hidden", type=int, default=0,
+                        help="give the tiny model's two layers this width; 896 = Qwen2.5-0.5B's")
     parser.add_argument("--skip-trl", action="store_true", help="only our SDPG vs GRPO-mode step")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast, as sdpg.py's default there); "
                         "TRL runs only on the CPU here, so --device cuda needs --skip-trl")
@@ -136,7 +139,8 @@ def main():
         parser.error("--device cuda compares sdpg.py with itself only: add --skip-trl")
 
     work = tempfile.mkdtemp()
-    args.model_dir = save_model(args.vocab, args.hidden, os.path.join(work, "model"))  # TRL builds its reference model from a path
+    # TRL builds its reference model from a path
+    args.model_dir = save_model(args.vocab, args.hidden, os.path.join(work, "model"))
     model, tokenizer = sdpg.load_model(args.model_dir)
     vocab = model.config.vocab_size
     results, updates, grpo_runs = {}, {}, []
@@ -156,7 +160,8 @@ def main():
 
     where = f"CPU, {torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name()
     print(f"\n{where}; tiny Qwen2 (H={model.config.hidden_size}, 2 layers, V={vocab}); B={args.prompts} prompts × "
-          f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; median of steps 2..{args.steps}")
+          f"G={args.group_size}, ≤{args.tokens} new tokens, 1 optimizer update per step; "
+          f"median of steps 2..{args.steps}")
     print(f"{'trainer':<46} {'s/step':>8} {'mean len':>9} {'÷ SDPG 100 %':>13}")
     for name, (seconds, length) in results.items():
         print(f"{name:<46} {seconds:>8.3f} {length:>9.1f} {seconds / sdpg_time:>13.2f}")
@@ -183,8 +188,10 @@ def main():
 
     grpo_base = flops(grpo_len, 0)[0]
     print(f"\nupdate time (step − generation), SDPG (β = α = 0.001) ÷ GRPO (β = α = 0) around it; the four GRPO runs: "
-          f"{', '.join(f'{run[1]:.2f}' for run in grpo_runs)} s; prompt {prompt:.0f}, teacher prompt {teacher:.0f} tokens")
-    print(f"{'gate':<8} {'open':>6} {'SDPG s':>8} {'GRPO s':>8} {'ratio':>7} {'FLOP expectation':>17} {'ratio ÷ expectation':>20}")
+          f"{', '.join(f'{run[1]:.2f}' for run in grpo_runs)} s; "
+          f"prompt {prompt:.0f}, teacher prompt {teacher:.0f} tokens")
+    print(f"{'gate':<8} {'open':>6} {'SDPG s':>8} {'GRPO s':>8} {'ratio':>7} {'FLOP expectation':>17} "
+          f"{'ratio ÷ expectation':>20}")
     for gate in ("100 %", "50 %", "0 %"):
         seconds, length, fraction, grpo_seconds = updates[gate]
         base, total = flops(length, fraction)

@@ -71,8 +71,8 @@ def main():
     if not os.path.isdir(SHARED):
         raise SystemExit(f"error: {SHARED} not found; this benchmark reads ../shared/gsm8k and ../shared/math500")
     reference = math_verify_grader()
-    print(f"{'corpus':<14} {'cases':>6} {'grader':<12} {'= label':>8} {'accepts':>8} {'rejects':>8} {'= math-verify':>14} "
-          f"{'per second':>11}")
+    print(f"{'corpus':<14} {'cases':>6} {'grader':<12} {'= label':>8} {'accepts':>8} {'rejects':>8} "
+          f"{'= math-verify':>14} {'per second':>11}")
     corpora = (("GSM8K", gsm8k_cases()), ("MATH-500", math500_cases()), ("table", table_cases("math_answers.jsonl")),
                ("fresh table", table_cases("math_answers_fresh.jsonl")))
     for name, cases in corpora:
@@ -86,8 +86,8 @@ def main():
             correct, wrong = ([hit for hit, case in zip(hits, cases) if case[2] == label] for label in (True, False))
             rate = lambda values: f"{sum(values) / len(values):.4f}" if values else "—"  # noqa: E731
             agree = f"{sum(a == b for a, b in zip(scores, theirs)) / len(cases):.4f}" if theirs else "—"
-            print(f"{name:<14} {len(cases):>6} {grader:<12} {rate(hits):>8} {rate(correct):>8} {rate(wrong):>8} {agree:>14} "
-                  f"{speed:>11.0f}")
+            print(f"{name:<14} {len(cases):>6} {grader:<12} {rate(hits):>8} {rate(correct):>8} {rate(wrong):>8} "
+                  f"{agree:>14} {speed:>11.0f}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ EQUATIONS = {"E1": ("group_advantages", "group-relative advantages"),
              "E6": ("ref_kl", "the reference-policy anchor"),
              "E7": ("sdpg_loss", "the gated (E4), token-mean total loss"),
              "RLSD": ("rlsd_advantages", "RLSD's token advantage (the paper's Appendix B baseline)")}
-COPIED = ["math_equivalence.py", "tiny.py", "eval.py", "inspect_page.py", "inspect_page.html", "test_sdpg.py", "pytest.ini",
-          "requirements.txt", "docs/algorithm.md", "docs/metrics.md", "testdata"]
+COPIED = ["math_equivalence.py", "tiny.py", "eval.py", "inspect_page.py", "inspect_page.html", "test_sdpg.py",
+          "pytest.ini", "requirements.txt", "docs/algorithm.md", "docs/metrics.md", "testdata"]
 
 
 def blank_functions(source: str, tags: list[str]) -> str:
