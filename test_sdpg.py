@@ -3585,21 +3585,25 @@ def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
 def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     """The paired grid's table: per pair, the mean of the per-seed differences with the paired t-interval (n − 1
     degrees of freedom), "no difference larger than X" where the interval holds 0, and the seeds a 0.05 difference
-    would need at that spread, the arms' correlation over seeds — computed here by hand; the README table's --paired
-    column gives the same interval."""
+    would need at that spread, the arms' correlation over seeds, and where each seed's arms part — computed here by
+    hand; the README table's --paired column gives the same interval."""
     paper_table = import_paper_table()
     last = {"grpo": [0.2, 0.3, 0.1, 0.2], "sdpg": [0.3, 0.5, 0.1, 0.3], "sdpg-b0": [0.0, 0.1, -0.1, 0.0]}
     for method, values in last.items():
         for seed, value in enumerate(values):
-            write_paper_run(tmp_path, f"{method}-s{seed}", [0.1, 0.1, 0.1, value + 0.5], [0.0] * 40, greedy=value)
+            # SDPG's seed 1 samples another reward at step 5 (counted from 1): from there its rollouts are its own
+            rewards = [0.5 if (method, seed, step) == ("sdpg", 1, 4) else 0.0 for step in range(40)]
+            write_paper_run(tmp_path, f"{method}-s{seed}", [0.1, 0.1, 0.1, value + 0.5], rewards, greedy=value)
     write_paper_run(tmp_path, "rlsd-s0", [0.1] * 4, [0.0] * 40)  # one seed: no interval, no row
     table = paper_table.paired_table(paper_table.read_runs(str(tmp_path)), steps=40)
     half = 3.1824 * statistics.stdev([0.1, 0.2, 0.0, 0.1]) / 2  # t(0.975, 3) · sd / √4
     assert f"| SDPG-URKL − GRPO | 4 | {0.1:+.3f} [{0.1 - half:+.3f}, {0.1 + half:+.3f}] |" in table, table
     assert f"no difference larger than {0.1 + half:.2f} | 21 |" in table, table  # ⌈(2.8016 · 0.0816 / 0.05)²⌉
     assert f"| SDPG-URKL − SDPG, β = 0 | 4 | +0.300 [{0.3 - half:+.3f}, {0.3 + half:+.3f}] |" in table, table
-    assert "| SDPG-URKL higher | 21 | +1.00 |" in table, table  # the interval excludes 0; b0 is GRPO − 0.2: r = 1
-    assert f"larger than {0.1 + half:.2f} | 21 | +1.00 |" in table, table  # SDPG's seeds are GRPO's spread twice: r = 1
+    assert "| SDPG-URKL higher | 21 | +1.00 | never, 5, never, never |" in table, table  # the interval excludes
+    # 0; b0 is GRPO − 0.2: r = 1
+    assert f"larger than {0.1 + half:.2f} | 21 | +1.00 | never, 5, never, never |" in table, table  # r = 1: SDPG's
+    # seeds are GRPO's spread twice
     assert "RLSD" not in table
     write_paper_run(tmp_path, "sdpg-s4", [0.1] * 4, [0.0] * 40)  # no GRPO seed 4 to pair with
     runs = paper_table.read_runs(str(tmp_path))

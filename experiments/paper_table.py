@@ -215,10 +215,12 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict"))
     metric, what the interval can tell ("no difference larger than X" where it holds 0), and the seeds that a
     difference of 0.05 in held-out "last" would need at this spread, and how the two arms' "last" correlate over the
     seeds: pairing narrows the interval only as far as that correlation is positive (var(a − b) = var a + var b −
-    2 cov(a, b))."""
+    2 cov(a, b)); and seed by seed the first step whose rollouts differ between the arms (first_divergence): until
+    then the pair is one trajectory, not two."""
     lines = ["| difference | seeds | " + " | ".join(f"{key} [95 % paired t]" for key in keys) + " | what the seeds "
-             "can tell (last) | seeds for 0.05 (last) | the arms' correlation over seeds (last) |",
-             "| --- | --- |" + " --- |" * (len(keys) + 3)]
+             "can tell (last) | seeds for 0.05 (last) | the arms' correlation over seeds (last) | first step the "
+             "arms' rollouts differ, seed by seed |",
+             "| --- | --- |" + " --- |" * (len(keys) + 4)]
     for a, b in PAIRS:
         seeds = paired_seeds(runs, a, b, steps)
         if len(seeds) < 2:
@@ -240,8 +242,9 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict"))
                 mine, theirs = zip(*pairs)
                 if len(set(mine)) > 1 and len(set(theirs)) > 1:  # undefined when an arm is the same in every seed
                     correlation = f"{statistics.correlation(mine, theirs):+.2f}"
+        parted = ", ".join(str(first_divergence(runs[a][seed], runs[b][seed]) or "never") for seed in seeds)
         lines.append(f"| {METHODS[a]} − {METHODS[b]} | {len(seeds)} | " + " | ".join(cells) + f" | {reading} | "
-                     f"{need} | {correlation} |")
+                     f"{need} | {correlation} | {parted} |")
     return "\n".join(lines)
 
 
