@@ -3600,10 +3600,10 @@ def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     assert f"| SDPG-URKL − GRPO | 4 | {0.1:+.3f} [{0.1 - half:+.3f}, {0.1 + half:+.3f}] |" in table, table
     assert f"no difference larger than {0.1 + half:.2f} | 21 |" in table, table  # ⌈(2.8016 · 0.0816 / 0.05)²⌉
     assert f"| SDPG-URKL − SDPG, β = 0 | 4 | +0.300 [{0.3 - half:+.3f}, {0.3 + half:+.3f}] |" in table, table
-    assert "| SDPG-URKL higher | 21 | +1.00 | never, 5, never, never |" in table, table  # the interval excludes
-    # 0; b0 is GRPO − 0.2: r = 1
-    assert f"larger than {0.1 + half:.2f} | 21 | +1.00 | never, 5, never, never |" in table, table  # r = 1: SDPG's
-    # seeds are GRPO's spread twice
+    # the interval excludes 0; b0 is GRPO − 0.2: r = 1
+    assert "| SDPG-URKL higher | 21 | +1.00 | never, 5, never, never |" in table, table
+    # r = 1: SDPG's seeds are GRPO's spread twice
+    assert f"larger than {0.1 + half:.2f} | 21 | +1.00 | never, 5, never, never |" in table, table
     assert "RLSD" not in table
     write_paper_run(tmp_path, "sdpg-s4", [0.1] * 4, [0.0] * 40)  # no GRPO seed 4 to pair with
     runs = paper_table.read_runs(str(tmp_path))

@@ -103,14 +103,15 @@ def window_mean(run: dict, key: str, start: int, stop: int) -> float:
     return statistics.mean(values) if values else float("nan")
 
 
-def first_divergence(run: dict, grpo: dict | None) -> int | None:
-    """The first step (counted from 1, as "held-out after 10 steps") whose rollouts differ from GRPO's of the same
-    seed (reward or mean length differs); the same seed draws the same problems and the same sampling noise, so
-    until the weights differ enough to change one sampled token, the two runs sample the same responses. None:
-    identical for every step both logged."""
-    if grpo is None:
+def first_divergence(run: dict, other: dict | None) -> int | None:
+    """The first step (counted from 1, as "held-out after 10 steps") whose rollouts differ from those of another run
+    of the same seed — GRPO's, the arm it is paired with, the method an ablation changes — (reward or mean length
+    differs); the same seed draws the same problems and the same sampling noise, so until the weights differ enough
+    to change one sampled token, the two runs sample the same responses. None: identical for every step both
+    logged."""
+    if other is None:
         return None
-    for mine, theirs in zip(run["metrics"], grpo["metrics"]):
+    for mine, theirs in zip(run["metrics"], other["metrics"]):
         if (mine["reward"], round(mine["response_len"], 6)) != (theirs["reward"], round(theirs["response_len"], 6)):
             return mine["step"] + 1  # a record's step counts from 0
     return None
