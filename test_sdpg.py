@@ -3593,7 +3593,8 @@ def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
         for seed, value in enumerate(values):
             # SDPG's seed 1 samples another reward at step 5 (counted from 1): from there its rollouts are its own
             rewards = [0.5 if (method, seed, step) == ("sdpg", 1, 4) else 0.0 for step in range(40)]
-            write_paper_run(tmp_path, f"{method}-s{seed}", [0.1, 0.1, 0.1, value + 0.5], rewards, greedy=value)
+            early = 0.2 if (method, seed) == ("sdpg", 1) else 0.1  # held-out after 10 steps: apart in seed 1 only
+            write_paper_run(tmp_path, f"{method}-s{seed}", [early, 0.1, 0.1, value + 0.5], rewards, greedy=value)
     write_paper_run(tmp_path, "rlsd-s0", [0.1] * 4, [0.0] * 40)  # one seed: no interval, no row
     table = paper_table.paired_table(paper_table.read_runs(str(tmp_path)), steps=40)
     half = 3.1824 * statistics.stdev([0.1, 0.2, 0.0, 0.1]) / 2  # t(0.975, 3) · sd / √4
@@ -3604,6 +3605,9 @@ def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     assert "| SDPG-URKL higher | 21 | +1.00 | never, 5, never, never |" in table, table
     # r = 1: SDPG's seeds are GRPO's spread twice
     assert f"larger than {0.1 + half:.2f} | 21 | +1.00 | never, 5, never, never |" in table, table
+    # after 10 steps: differences 0, 0.1, 0, 0 (the paper's early lift, read on the first evaluation)
+    early = 3.1824 * statistics.stdev([0.0, 0.1, 0.0, 0.0]) / 2
+    assert f"| {0.025:+.3f} [{0.025 - early:+.3f}, {0.025 + early:+.3f}] | no difference larger than" in table, table
     assert "RLSD" not in table
     write_paper_run(tmp_path, "sdpg-s4", [0.1] * 4, [0.0] * 40)  # no GRPO seed 4 to pair with
     runs = paper_table.read_runs(str(tmp_path))
