@@ -3608,6 +3608,7 @@ def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     # after 10 steps: differences 0, 0.1, 0, 0 (the paper's early lift, read on the first evaluation)
     early = 3.1824 * statistics.stdev([0.0, 0.1, 0.0, 0.0]) / 2
     assert f"| {0.025:+.3f} [{0.025 - early:+.3f}, {0.025 + early:+.3f}] | no difference larger than" in table, table
+    assert "| SDPG, β = 0 − GRPO | 4 | -0.200 [-0.200, -0.200] |" in table, table  # clip-higher alone; sd 0
     assert "RLSD" not in table
     write_paper_run(tmp_path, "sdpg-s4", [0.1] * 4, [0.0] * 40)  # no GRPO seed 4 to pair with
     runs = paper_table.read_runs(str(tmp_path))

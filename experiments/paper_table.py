@@ -30,8 +30,8 @@ from seed_table import RUN_NAME, moving_mean, one_trainer, read_run, student_t_q
 METHODS = {"grpo": "GRPO", "rlsd": "RLSD", "opcd": "OPCD", "sdpg": "SDPG-URKL", "sdpg-ufkl": "SDPG-UFKL",
            "sdpg-a0": "SDPG-URKL, α = 0", "sdpg-b0": "SDPG, β = 0"}
 # the paired grid's comparisons (docs/results/paired): each seed trains both arms, so a difference is read seed by
-# seed. SDPG − SDPG β = 0 isolates distillation; SDPG β = 0 − GRPO would isolate clip-higher (0.28 against 0.2).
-PAIRS = [("sdpg", "grpo"), ("sdpg", "sdpg-b0"), ("rlsd", "grpo"), ("sdpg-ufkl", "sdpg")]
+# seed. SDPG − SDPG β = 0 isolates distillation; SDPG β = 0 − GRPO isolates clip-higher (0.28 against 0.2).
+PAIRS = [("sdpg", "grpo"), ("sdpg", "sdpg-b0"), ("sdpg-b0", "grpo"), ("rlsd", "grpo"), ("sdpg-ufkl", "sdpg")]
 # the paper's ablations: an arm and the method it changes one setting of. They are not Figure 3's or the README's
 # methods; they are compared with their method seed by seed (ablation())
 ABLATIONS = {"sdpg-a0": "sdpg"}
