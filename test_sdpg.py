@@ -3609,6 +3609,18 @@ def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     early = 3.1824 * statistics.stdev([0.0, 0.1, 0.0, 0.0]) / 2
     assert f"| {0.025:+.3f} [{0.025 - early:+.3f}, {0.025 + early:+.3f}] | no difference larger than" in table, table
     assert "| SDPG, β = 0 − GRPO | 4 | -0.200 [-0.200, -0.200] |" in table, table  # clip-higher alone; sd 0
+    # the dynamics' paired differences read the last five steps (0-based 35–39): SDPG's seed 1 is 0.1 more entropic
+    # there, and far more at step 34, outside them
+    metrics = tmp_path / "sdpg-s1" / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({**record, "entropy": {34: 0.9}.get(record["step"], 0.3 if
+                                                                               record["step"] >= 35 else 0.2)}) + "\n"
+                               for record in map(json.loads, metrics.read_text().splitlines())))
+    late = paper_table.paired_table(paper_table.read_runs(str(tmp_path)), steps=40, values=paper_table.late_dynamics,
+                                    keys=("entropy", "response length", "cut at the limit"))
+    assert late.splitlines()[0] == ("| difference | seeds | entropy [95 % paired t] | response length [95 % paired t] "
+                                    "| cut at the limit [95 % paired t] |"), late
+    assert (f"| SDPG-URKL − GRPO | 4 | {0.025:+.3f} [{0.025 - early:+.3f}, {0.025 + early:+.3f}] | +0.0 [+0.0, +0.0] "
+            "| +0.000 [+0.000, +0.000] |") in late, late
     assert "RLSD" not in table
     write_paper_run(tmp_path, "sdpg-s4", [0.1] * 4, [0.0] * 40)  # no GRPO seed 4 to pair with
     runs = paper_table.read_runs(str(tmp_path))

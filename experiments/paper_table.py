@@ -212,32 +212,44 @@ def paired_seeds(runs: dict, a: str, b: str, steps: int) -> list[int]:
                   and finished(runs[a][seed], steps) and finished(runs[b][seed], steps))
 
 
-def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict", "after 10 steps")) -> str:
+def late_dynamics(run: dict, steps: int = 40) -> dict:
+    """The dynamics a paired difference is read on: means over a run's last five steps (the paper's α = 0 ablation
+    and DAPO's clip-higher speak of entropy and response length)."""
+    return {key: window_mean(run, metric, steps - 5, steps)
+            for key, metric in [("entropy", "entropy"), ("response length", "response_len"),
+                                ("cut at the limit", "truncated_frac")]}
+
+
+def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict", "after 10 steps"),
+                 values=columns) -> str:
     """Each pair of PAIRS over the seeds both arms finished: the mean difference with its paired 95 % interval per
     metric (held-out accuracy after 10 steps, the first evaluation, reads the paper's "β = 0 loses the early accuracy
     lift"), what the interval can tell ("no difference larger than X" where it holds 0), and the seeds that a
     difference of 0.05 in held-out "last" would need at this spread, and how the two arms' "last" correlate over the
     seeds: pairing narrows the interval only as far as that correlation is positive (var(a − b) = var a + var b −
     2 cov(a, b)); and seed by seed the first step whose rollouts differ between the arms (first_divergence): until
-    then the pair is one trajectory, not two."""
-    lines = ["| difference | seeds | " + " | ".join(f"{key} [95 % paired t]" for key in keys) + " | what the seeds "
-             "can tell (last) | seeds for 0.05 (last) | the arms' correlation over seeds (last) | first step the "
-             "arms' rollouts differ, seed by seed |",
-             "| --- | --- |" + " --- |" * (len(keys) + 4)]
+    then the pair is one trajectory, not two. With values=late_dynamics and its keys: the paired differences of the
+    dynamics alone (the four reading columns belong to held-out "last")."""
+    held_out = "last" in keys
+    lines = ["| difference | seeds | " + " | ".join(f"{key} [95 % paired t]" for key in keys) + (
+             " | what the seeds can tell (last) | seeds for 0.05 (last) | the arms' correlation over seeds (last) | "
+             "first step the arms' rollouts differ, seed by seed |" if held_out else " |"),
+             "| --- | --- |" + " --- |" * (len(keys) + 4 * held_out)]
     for a, b in PAIRS:
         seeds = paired_seeds(runs, a, b, steps)
         if len(seeds) < 2:
             continue
         cells, reading, need, correlation = [], "–", "–", "–"
         for key in keys:
-            pairs = [(columns(runs[a][seed])[key], columns(runs[b][seed])[key]) for seed in seeds]
+            pairs = [(values(runs[a][seed])[key], values(runs[b][seed])[key]) for seed in seeds]
             pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
             differences = [x - y for x, y in pairs]
             if len(differences) < 2:
                 cells.append("–")
                 continue
             mean, low, high, sd = paired_interval(differences)
-            cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+            digits = 1 if key == "response length" else 3
+            cells.append(f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]")
             if key == "last":
                 reading = (f"{METHODS[a]} higher" if low > 0 else f"{METHODS[a]} lower" if high < 0 else
                            f"no difference larger than {max(-low, high):.2f}")
@@ -246,8 +258,8 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict", 
                 if len(set(mine)) > 1 and len(set(theirs)) > 1:  # undefined when an arm is the same in every seed
                     correlation = f"{statistics.correlation(mine, theirs):+.2f}"
         parted = ", ".join(str(first_divergence(runs[a][seed], runs[b][seed]) or "never") for seed in seeds)
-        lines.append(f"| {METHODS[a]} − {METHODS[b]} | {len(seeds)} | " + " | ".join(cells) + f" | {reading} | "
-                     f"{need} | {correlation} | {parted} |")
+        lines.append(f"| {METHODS[a]} − {METHODS[b]} | {len(seeds)} | " + " | ".join(cells) + (
+                     f" | {reading} | {need} | {correlation} | {parted} |" if held_out else " |"))
     return "\n".join(lines)
 
 
@@ -468,6 +480,9 @@ def main():
     paired = paired_table(runs, args.steps)
     if paired.count("\n") > 1:
         print("\nPaired differences (each seed trains both arms):\n\n" + paired)
+        late = paired_table(runs, args.steps, keys=("entropy", "response length", "cut at the limit"),
+                            values=lambda run: late_dynamics(run, args.steps))
+        print(f"\nPaired differences in the dynamics (steps {args.steps - 4}–{args.steps}):\n\n" + late)
     compared = ablation(runs, args.steps)
     if compared:
         print("\nAblation, seed by seed:\n\n" + compared)
