@@ -3585,8 +3585,10 @@ def test_paper_table_base_point_uses_the_runs_held_out_problems(tmp_path):
 def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     """The paired grid's table: per pair, the mean of the per-seed differences with the paired t-interval (n − 1
     degrees of freedom), "no difference larger than X" where the interval holds 0, and the seeds a 0.05 difference
-    would need at that spread, the arms' correlation over seeds, and where each seed's arms part — computed here by
-    hand; the README table's --paired column gives the same interval."""
+    would need at that spread, the arms' correlation over seeds, and where each seed's arms part; the difference after
+    10 steps (the paper's early lift), the fifth pair (β = 0 − GRPO: clip-higher alone) and the paired differences
+    of the last five steps' dynamics — computed here by hand; the README table's --paired column gives the same
+    interval."""
     paper_table = import_paper_table()
     last = {"grpo": [0.2, 0.3, 0.1, 0.2], "sdpg": [0.3, 0.5, 0.1, 0.3], "sdpg-b0": [0.0, 0.1, -0.1, 0.0]}
     for method, values in last.items():
@@ -3611,9 +3613,11 @@ def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     assert "| SDPG, β = 0 − GRPO | 4 | -0.200 [-0.200, -0.200] |" in table, table  # clip-higher alone; sd 0
     # the dynamics' paired differences read the last five steps (0-based 35–39): SDPG's seed 1 is 0.1 more entropic
     # there, and far more at step 34, outside them
+    def entropy(step):
+        return 0.9 if step == 34 else 0.3 if step >= 35 else 0.2
+
     metrics = tmp_path / "sdpg-s1" / "metrics.jsonl"
-    metrics.write_text("".join(json.dumps({**record, "entropy": {34: 0.9}.get(record["step"], 0.3 if
-                                                                               record["step"] >= 35 else 0.2)}) + "\n"
+    metrics.write_text("".join(json.dumps({**record, "entropy": entropy(record["step"])}) + "\n"
                                for record in map(json.loads, metrics.read_text().splitlines())))
     late = paper_table.paired_table(paper_table.read_runs(str(tmp_path)), steps=40, values=paper_table.late_dynamics,
                                     keys=("entropy", "response length", "cut at the limit"))
