@@ -1221,11 +1221,7 @@ def close_trackers(run: dict, status: int):
 def fail(message: str):
     """Bad input ends the program with one line naming the problem and the fix, no traceback (under torchrun
     printed by rank 0 alone; the others exit with status 1)."""
-    if os.environ.get("RANK", "0") != "0":
-        # torchrun stops every rank once one exits with an error: give rank 0 time to print the line first
-        time.sleep(3)
-        raise SystemExit(1)
-    raise SystemExit(f"error: {message}")
+    raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
 
 def parse_config(argv=None) -> Config:
     """argparse from Config's fields and help texts, with each default (or each method's value). A switch on by
