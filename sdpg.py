@@ -1219,9 +1219,9 @@ def close_trackers(run: dict, status: int):
 # inside a library, and never silently wrong training. A first reading skips this appendix.
 
 def fail(message: str):
-    """Bad input ends the program with one line naming the problem and the fix, no traceback (under torchrun
-    printed by rank 0 alone; the others exit with status 1)."""
-    raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else 1)
+    """Bad input ends the program with one line naming the problem and the fix, no traceback; under torchrun rank 0
+    prints it, the others wait 3 s (torchrun stops every rank once one fails) and exit with status 1."""
+    raise SystemExit(f"error: {message}" if os.environ.get("RANK", "0") == "0" else time.sleep(3) or 1)
 
 def parse_config(argv=None) -> Config:
     """argparse from Config's fields and help texts, with each default (or each method's value). A switch on by
