@@ -3620,7 +3620,7 @@ def test_paper_table_paired_differences_read_seed_by_seed(tmp_path):
     metrics.write_text("".join(json.dumps({**record, "entropy": entropy(record["step"])}) + "\n"
                                for record in map(json.loads, metrics.read_text().splitlines())))
     late = paper_table.paired_table(paper_table.read_runs(str(tmp_path)), steps=40, values=paper_table.late_dynamics,
-                                    keys=("entropy", "response length", "cut at the limit"))
+                                    keys=tuple(paper_table.LATE_DYNAMICS))
     assert late.splitlines()[0] == ("| difference | seeds | entropy [95 % paired t] | response length [95 % paired t] "
                                     "| cut at the limit [95 % paired t] |"), late
     assert (f"| SDPG-URKL − GRPO | 4 | {0.025:+.3f} [{0.025 - early:+.3f}, {0.025 + early:+.3f}] | +0.0 [+0.0, +0.0] "

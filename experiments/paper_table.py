@@ -212,12 +212,14 @@ def paired_seeds(runs: dict, a: str, b: str, steps: int) -> list[int]:
                   and finished(runs[a][seed], steps) and finished(runs[b][seed], steps))
 
 
+# the dynamics a paired difference is read on, {column: metrics.jsonl key} (the paper's α = 0 ablation and DAPO's
+# clip-higher speak of entropy and response length)
+LATE_DYNAMICS = {"entropy": "entropy", "response length": "response_len", "cut at the limit": "truncated_frac"}
+
+
 def late_dynamics(run: dict, steps: int = 40) -> dict:
-    """The dynamics a paired difference is read on: means over a run's last five steps (the paper's α = 0 ablation
-    and DAPO's clip-higher speak of entropy and response length)."""
-    return {key: window_mean(run, metric, steps - 5, steps)
-            for key, metric in [("entropy", "entropy"), ("response length", "response_len"),
-                                ("cut at the limit", "truncated_frac")]}
+    """LATE_DYNAMICS over a run's last five steps (their means)."""
+    return {key: window_mean(run, metric, steps - 5, steps) for key, metric in LATE_DYNAMICS.items()}
 
 
 def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict", "after 10 steps"),
@@ -240,8 +242,9 @@ def paired_table(runs: dict, steps: int, keys=("last", "best", "greedy strict", 
         if len(seeds) < 2:
             continue
         cells, reading, need, correlation = [], "–", "–", "–"
+        both = [(values(runs[a][seed]), values(runs[b][seed])) for seed in seeds]
         for key in keys:
-            pairs = [(values(runs[a][seed])[key], values(runs[b][seed])[key]) for seed in seeds]
+            pairs = [(of_a[key], of_b[key]) for of_a, of_b in both]
             pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
             differences = [x - y for x, y in pairs]
             if len(differences) < 2:
@@ -480,7 +483,7 @@ def main():
     paired = paired_table(runs, args.steps)
     if paired.count("\n") > 1:
         print("\nPaired differences (each seed trains both arms):\n\n" + paired)
-        late = paired_table(runs, args.steps, keys=("entropy", "response length", "cut at the limit"),
+        late = paired_table(runs, args.steps, keys=tuple(LATE_DYNAMICS),
                             values=lambda run: late_dynamics(run, args.steps))
         print(f"\nPaired differences in the dynamics (steps {args.steps - 4}–{args.steps}):\n\n" + late)
     compared = ablation(runs, args.steps)
